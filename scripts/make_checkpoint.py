@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Make a ModelOpt FP8 checkpoint from a randomly initialised Hugging Face model.
+
+Uses the real nvidia-modelopt: ``mtq.quantize(model, mtq.FP8_DEFAULT_CFG, calibrate)`` then
+``export_hf_checkpoint(model, dtype=torch.bfloat16, export_dir=...)`` (without ``dtype`` the
+export fails under transformers 5). Adds a byte-level BPE tokenizer with a chat template whose
+vocabulary is no larger than the model's. Nothing is downloaded.
+
+    python scripts/make_checkpoint.py --arch qwen2 --size tiny --out checkpoints/qwen2-tiny
+    python scripts/make_checkpoint.py --arch qwen2 --size 3b --out /tmp/ck/qwen2.5-3b --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# geometry presets: (hidden, intermediate, layers, heads, kv_heads, vocab, max_position)
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=1024, max_position_embeddings=2048),
+    "small": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
+                  num_key_value_heads=4, vocab_size=2048, max_position_embeddings=4096),
+    # Qwen2.5-3B geometry (vocab cut to 16384 so random-weight checkpoints stay small to make).
+    "3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+               num_key_value_heads=2, vocab_size=16384, max_position_embeddings=32768),
+    # Llama-3-8B geometry.
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=16384, max_position_embeddings=8192),
+}
+
+ARCHITECTURES: dict[str, tuple[str, str]] = {
+    # arch flag: (transformers config class, architecture name in config.json)
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+}
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+TRAINING_TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "ModelOpt quantizes large language models to FP8 for fast inference on GPUs.",
+    "Ray Serve scales replicas across a cluster; vLLM batches requests continuously.",
+    "Hello, world! How are you today? I am a small random model.",
+    "user assistant system: answer the question in one sentence please.",
+    "0123456789 + - * / = ( ) [ ] { } < > , . ; : ! ?",
+]
+
+
+def build_tokenizer(vocab_size: int) -> Any:
+    """A byte-level BPE tokenizer trained in memory, with a chat template and special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    budget = min(vocab_size, 1024)  # 256 bytes + merges + specials; never above the model's vocab
+    trainer = trainers.BpeTrainer(
+        vocab_size=budget,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(TRAINING_TEXT * 20, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        unk_token=None,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    if len(fast) > vocab_size:
+        raise ValueError(f"tokenizer has {len(fast)} tokens, more than the model's vocab {vocab_size}")
+    return fast
+
+
+def build_model(arch: str, geometry: dict[str, int], seed: int, device: str, overrides: dict[str, Any]) -> Any:
+    import torch
+    import transformers
+
+    config_cls_name, arch_name = ARCHITECTURES[arch]
+    config_cls = getattr(transformers, config_cls_name)
+    config = config_cls(**geometry, tie_word_embeddings=False, architectures=[arch_name], **overrides)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    return model.to(device).eval()
+
+
+def quantize_fp8(model: Any, vocab_limit: int, seed: int) -> Any:
+    import modelopt.torch.quantization as mtq
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    batches = [torch.randint(0, vocab_limit, (2, 32), generator=generator) for _ in range(4)]
+
+    def calibrate(m: Any) -> None:
+        with torch.no_grad():
+            for batch in batches:
+                m(batch.to(device))
+
+    return mtq.quantize(model, mtq.FP8_DEFAULT_CFG, calibrate)
+
+
+def make_checkpoint(
+    out: Path,
+    arch: str = "qwen2",
+    size: str = "tiny",
+    seed: int = 0,
+    device: str = "cpu",
+    overrides: dict[str, Any] | None = None,
+) -> Path:
+    """Write a ModelOpt FP8 checkpoint with tokenizer to ``out`` and return it."""
+    import torch
+    from modelopt.torch.export import export_hf_checkpoint
+
+    geometry = dict(SIZES[size])
+    geometry.update({k: v for k, v in (overrides or {}).items() if k in geometry})
+    extra = {k: v for k, v in (overrides or {}).items() if k not in geometry}
+    tokenizer = build_tokenizer(geometry["vocab_size"])
+    extra.setdefault("eos_token_id", tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    extra.setdefault("pad_token_id", tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+    model = build_model(arch, geometry, seed, device, extra)
+    model = quantize_fp8(model, len(tokenizer), seed)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        export_hf_checkpoint(model, dtype=torch.bfloat16, export_dir=str(out))
+    tokenizer.save_pretrained(str(out))
+    _write_generation_config(out, extra["eos_token_id"], extra["pad_token_id"])
+    return out
+
+
+def _write_generation_config(out: Path, eos: int, pad: int) -> None:
+    path = out / "generation_config.json"
+    config = json.loads(path.read_text()) if path.exists() else {}
+    config.update({"eos_token_id": eos, "pad_token_id": pad})
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="qwen2")
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for realistic sizes")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="override a config field, e.g. --set num_hidden_layers=4")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
+    args = parser.parse_args(argv)
+    if (args.out / "config.json").exists() and not args.force:
+        print(f"{args.out}: checkpoint exists (use --force to remake it)")
+        return 0
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
+    started = time.perf_counter()
+    make_checkpoint(args.out, args.arch, args.size, args.seed, args.device, overrides)
+    print(f"{args.out}: {args.arch} {args.size} ModelOpt FP8 checkpoint in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Every error this application raises on purpose, in one hierarchy.
+
+    ServeAppError
+    ├── RegistryError            models.yaml is invalid; fix the file and start again
+    ├── PreflightFailed          a model failed preflight; the report says what to fix
+    ├── RequestError             the client's request is wrong; it can retry with a fixed one (4xx)
+    │   ├── InvalidRequestError      a field is missing or out of range            -> 400
+    │   ├── ContextLengthError       prompt (+ max_tokens) exceeds the context    -> 400
+    │   ├── ChatTemplateMissingError chat request to a model without a template   -> 400
+    │   └── ModelNotFoundError       no served model has that name                -> 404
+    ├── OverloadedError          every replica is busy and the queue is full; retry later (503)
+    └── EngineError              the engine failed
+        ├── EngineNotStartedError    a call reached an engine before start(); a programming error
+        ├── EngineGenerateError      one request failed; the engine is still fine (500)
+        └── EngineDeadError          the engine is gone; the replica must be replaced (503)
+
+Exceptions cross Ray process boundaries, so each keeps all of its state in ``args``
+(Ray re-creates them by pickling).
+"""
+
+from __future__ import annotations
+
+
+class ServeAppError(Exception):
+    """Base of the hierarchy. ``param`` names the offending field where there is one."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message, param)
+        self.message = message
+        self.param = param
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class RegistryError(ServeAppError):
+    """models.yaml (or the args given to build_app) failed validation."""
+
+
+class PreflightFailed(ServeAppError):
+    """A model failed a preflight check and its policy is to stop the app."""
+
+
+class RequestError(ServeAppError):
+    """The request is wrong; the client can fix it and retry."""
+
+
+class InvalidRequestError(RequestError):
+    """A field is missing, has the wrong type or is out of range."""
+
+
+class ContextLengthError(RequestError):
+    """The prompt, or prompt plus max_tokens, does not fit the model's context window."""
+
+
+class ChatTemplateMissingError(RequestError):
+    """A chat request reached a model whose tokenizer has no chat template."""
+
+
+class ModelNotFoundError(RequestError):
+    """The ``model`` field names no served model (nor alias)."""
+
+
+class OverloadedError(ServeAppError):
+    """All replicas are at capacity and the queue is full. Retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        Exception.__init__(self, message, retry_after_s)
+        self.message = message
+        self.param = None
+        self.retry_after_s = retry_after_s
+
+
+class EngineError(ServeAppError):
+    """The engine failed."""
+
+
+class EngineNotStartedError(EngineError):
+    """A call reached the engine before ``start()`` finished (a programming error)."""
+
+
+class EngineGenerateError(EngineError):
+    """One request failed inside the engine; other requests and the engine are fine."""
+
+
+class EngineDeadError(EngineError):
+    """The engine died. The replica reports unhealthy so Ray Serve replaces it."""
+
+
+def unwrap(error: BaseException) -> BaseException:
+    """Return the original exception behind Ray's wrappers (RayTaskError keeps it as ``cause``)."""
+    seen = 0
+    while seen < 8:
+        cause = getattr(error, "cause", None)
+        if not isinstance(cause, BaseException) or cause is error:
+            return error
+        error = cause
+        seen += 1
+    return error

@@ -1,0 +1,178 @@
+"""The registry schema: what one served model and the router accept in models.yaml.
+
+Everything here is strict (``extra="forbid"``): a typo fails at load time instead of being
+ignored. Nothing here imports Ray or vLLM.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+EngineKind = Literal["auto", "vllm", "cpu"]
+KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "bfloat16"]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ResourcesSpec(StrictModel):
+    num_gpus: float | None = Field(
+        default=None,
+        ge=0,
+        description="GPUs per replica; fractions let several models share one GPU (pair them with "
+        "gpu_memory_utilization). Default: tensor_parallel_size for vLLM, 0 for the CPU engine.",
+    )
+    num_cpus: float | None = Field(
+        default=None,
+        ge=0,
+        description="CPUs Ray reserves per replica. Default 1 for vLLM (its scheduler loop), "
+        "0.5 for the CPU engine so two demo models and the router fit a 2-core machine.",
+    )
+    accelerator_type: str | None = Field(
+        default=None, description="Ray accelerator type to pin replicas to, e.g. 'H100'."
+    )
+
+
+class AutoscalingSpec(StrictModel):
+    """Replica autoscaling on ongoing requests.
+
+    Defaults are for LLM engines that batch continuously: one replica keeps up to
+    ``target_ongoing_requests`` streams in flight before another is worth adding. Ray Serve LLM
+    sets this target to 1e9, which means it never scales on load; 64 is about half of vLLM's
+    default max_num_seqs on an H100 at the context lengths we serve, so a replica scales out
+    before its batch is full and its TTFT climbs.
+    """
+
+    min_replicas: int = Field(default=1, ge=0, description="Replicas kept up even when idle.")
+    max_replicas: int = Field(default=1, ge=1, description="Upper bound on replicas (GPUs permitting).")
+    initial_replicas: int | None = Field(default=None, ge=0, description="Replicas at start.")
+    target_ongoing_requests: float = Field(
+        default=64, gt=0, description="Ongoing requests per replica that autoscaling aims for."
+    )
+    upscale_delay_s: float = Field(
+        default=15.0, ge=0, description="Load must persist this long before a replica is added."
+    )
+    downscale_delay_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Idle time before a replica is removed; long, because a cold vLLM start costs minutes.",
+    )
+
+    @model_validator(mode="after")
+    def min_not_above_max(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is larger than max_replicas ({self.max_replicas})"
+            )
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        return self
+
+
+class ModelSpec(StrictModel):
+    """One served model: a ModelOpt FP8 checkpoint and how to run it."""
+
+    name: str = Field(min_length=1, description="The id clients send in the `model` field.")
+    aliases: list[str] = Field(default_factory=list, description="Other ids that route to this model.")
+    checkpoint: Path = Field(
+        description="Local checkpoint directory; a relative path is resolved against the YAML's folder."
+    )
+    engine: EngineKind = Field(
+        default="auto", description="auto: vLLM where a CUDA GPU and vLLM are present, else cpu."
+    )
+    on_preflight_failure: Literal["fail", "skip"] = Field(
+        default="fail",
+        description="fail: a failed preflight check stops the app. skip: serve the other models and "
+        "list this one as unavailable in /readyz.",
+    )
+
+    # Engine options (vLLM names; the CPU engine honours max_model_len and max_num_seqs).
+    max_model_len: int | None = Field(default=None, ge=1, description="Context window; default: config's.")
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="Share of the GPU's memory this replica's vLLM may use."
+    )
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one replica shards over.")
+    max_num_seqs: int | None = Field(default=None, ge=1, description="Sequences batched at once.")
+    enforce_eager: bool = Field(default=False, description="Skip CUDA graphs and torch.compile.")
+    kv_cache_dtype: KvCacheDtype = Field(default="auto", description="KV-cache dtype.")
+    trust_remote_code: bool = Field(default=False, description="Run code shipped in the checkpoint.")
+    compile_cache_dir: Path | None = Field(
+        default=None,
+        description="Persistent torch.compile cache for this model, so a restarted or added replica "
+        "skips compilation. Default: ~/.cache/modelopt-serve/compile/<name>.",
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further vLLM AsyncEngineArgs, checked against vLLM's own fields at load.",
+    )
+
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    max_ongoing_requests: int = Field(
+        default=256,
+        ge=1,
+        description="Requests one replica takes at once. Serve's default of 5 would starve the "
+        "engine's continuous batching; the rest wait in the handle's queue.",
+    )
+    max_queued_requests: int = Field(
+        default=1024,
+        ge=-1,
+        description="Requests waiting for a replica before new ones get 503 + Retry-After (-1: no limit).",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def name_is_routable(cls, value: str) -> str:
+        if value.strip() != value or any(ch.isspace() for ch in value):
+            raise ValueError("must not contain whitespace")
+        return value
+
+    @property
+    def served_names(self) -> list[str]:
+        return [self.name, *self.aliases]
+
+
+class RouterSpec(StrictModel):
+    num_replicas: int = Field(default=1, ge=1, description="Router (ingress) replicas.")
+    num_cpus: float = Field(
+        default=0.25,
+        ge=0,
+        description="CPUs reserved per router replica; small so the router never waits for a CPU "
+        "that model replicas hold (on a 2-core machine the default of 1 deadlocks scheduling).",
+    )
+    max_ongoing_requests: int = Field(default=4096, ge=1, description="Streams one router replica relays.")
+
+
+class RegistrySpec(StrictModel):
+    """The ``args`` of the application in models.yaml."""
+
+    models: list[ModelSpec] = Field(min_length=1, description="The served models.")
+    router: RouterSpec = Field(default_factory=RouterSpec)
+    base_dir: Path | None = Field(
+        default=None, description="Folder relative checkpoint paths resolve against (default: the YAML's)."
+    )
+
+    @model_validator(mode="after")
+    def names_are_unique(self) -> RegistrySpec:
+        owner: dict[str, str] = {}
+        for model in self.models:
+            for served in model.served_names:
+                if served in owner:
+                    raise ValueError(
+                        f"model name {served!r} is used twice (by {owner[served]!r} and {model.name!r}); "
+                        "each name and alias must be unique"
+                    )
+                owner[served] = model.name
+        return self
+
+    def model(self, name: str) -> ModelSpec:
+        for spec in self.models:
+            if name in spec.served_names:
+                return spec
+        raise KeyError(name)
