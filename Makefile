@@ -1,0 +1,43 @@
+# The README's two commands: `make serve` and `make test`. Each sets up what it needs.
+# GPU machines: make serve EXTRAS=gpu,quantize   (vLLM 0.24.0 + torch 2.11.0 instead of the CPU torch)
+PYTHON ?= python3
+VENV ?= .venv
+EXTRAS ?= cpu,quantize,dev
+comma := ,
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+DEMO := checkpoints/qwen2-small/config.json checkpoints/llama-small/config.json
+
+.PHONY: setup serve test lint preflight demo-checkpoints clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+demo-checkpoints: $(DEMO)
+
+checkpoints/qwen2-small/config.json: | $(STAMP)
+	$(PY) scripts/make_checkpoint.py --arch qwen2 --size small --out checkpoints/qwen2-small
+checkpoints/llama-small/config.json: | $(STAMP)
+	$(PY) scripts/make_checkpoint.py --arch llama --size small --seed 1 --out checkpoints/llama-small
+
+serve: setup demo-checkpoints
+	$(PY) -m serve_app preflight models.yaml
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH serve run models.yaml
+
+preflight: setup demo-checkpoints
+	$(PY) -m serve_app preflight models.yaml
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/pytest -q
+
+clean:
+	rm -rf $(VENV) checkpoints .pytest_cache .ruff_cache

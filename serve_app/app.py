@@ -1,0 +1,79 @@
+"""``build_app``: the import path models.yaml names (``serve_app.app:build_app``).
+
+registry -> preflight -> one deployment per model -> the router that routes by ``model``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from serve_app.deployments.builder import PlannedModel, bind_model, plan_models
+from serve_app.errors import PreflightFailed, RegistryError
+from serve_app.registry.loader import config_path_from_argv, parse_registry
+from serve_app.registry.models import RegistrySpec
+from serve_app.router.app import Router
+
+logger = logging.getLogger("ray.serve")
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Validate the registry, run preflight, and build the deployments and the router."""
+    if not isinstance(args, dict):
+        raise RegistryError("build_app args must be a mapping with 'models:'")
+    config_path = config_path_from_argv()
+    source = str(config_path) if config_path else "build_app args"
+    registry = parse_registry(args, source=source, base_dir=config_path.parent if config_path else None)
+    planned = plan_models(registry.models)
+    unavailable = run_preflight_gate(registry, planned)
+    served = [p for p in planned if p.spec.name not in unavailable]
+    if not served:
+        raise PreflightFailed("no model passed preflight; nothing to serve:\n" + _reasons(unavailable))
+    return build_router(registry, served, unavailable)
+
+
+def build_router(registry: RegistrySpec, served: list[PlannedModel], unavailable: dict[str, str]) -> Application:
+    models = {p.spec.name: bind_model(p) for p in served}
+    aliases = {alias: p.spec.name for p in served for alias in p.spec.aliases}
+    router = serve.deployment(Router).options(
+        name="Router",
+        num_replicas=registry.router.num_replicas,
+        max_ongoing_requests=registry.router.max_ongoing_requests,
+        ray_actor_options={"num_cpus": registry.router.num_cpus},
+    )
+    return router.bind(models, aliases, unavailable)
+
+
+def run_preflight_gate(registry: RegistrySpec, planned: list[PlannedModel]) -> dict[str, str]:
+    """Run preflight; stop on failures of 'fail' models, return {name: reason} of skipped ones."""
+    from serve_app.preflight.runner import run_preflight
+
+    report = run_preflight(registry, engines={p.spec.name: p.engine for p in planned})
+    unavailable: dict[str, str] = {}
+    fatal = []
+    for model_report in report.models:
+        if model_report.ok:
+            continue
+        spec = registry.model(model_report.name)
+        reason = model_report.summary()
+        if spec.on_preflight_failure == "skip":
+            logger.warning("model %s left out (on_preflight_failure: skip): %s", spec.name, reason)
+            unavailable[spec.name] = f"failed preflight: {reason}"
+        else:
+            fatal.append(model_report)
+    if fatal:
+        from serve_app.preflight.render import render_text
+
+        raise PreflightFailed(
+            "preflight failed; no deployment was started. Fix the checkpoint or set "
+            "on_preflight_failure: skip for the model.\n" + render_text(report)
+        )
+    return unavailable
+
+
+def _reasons(unavailable: dict[str, str]) -> str:
+    return "\n".join(f"  {name}: {reason}" for name, reason in unavailable.items())
+

@@ -1,0 +1,77 @@
+"""Registry specs -> Ray Serve deployment options and bound model-server applications."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from serve_app.deployments.model_server import ModelServer
+from serve_app.engines.selection import Platform, ResolvedEngine, engine_class, engine_config, resolve_engine
+from serve_app.registry.models import ModelSpec
+
+# Ray Serve only offers the CPU engine a fraction of a core: the demo runs two models and the
+# router on a 2-core machine, and whole-core requests would leave one waiting for scheduling.
+DEFAULT_NUM_CPUS = {"vllm": 1.0, "cpu": 0.5}
+
+
+@dataclass(frozen=True)
+class PlannedModel:
+    spec: ModelSpec
+    engine: ResolvedEngine
+    deployment_name: str
+    options: dict[str, Any]
+
+
+def deployment_name(model_name: str) -> str:
+    """The model's name, with characters Ray Serve would reject replaced."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", model_name)
+
+
+def deployment_options(spec: ModelSpec, engine: ResolvedEngine) -> dict[str, Any]:
+    num_gpus = spec.resources.num_gpus
+    if num_gpus is None:
+        num_gpus = float(spec.tensor_parallel_size) if engine == "vllm" else 0.0
+    num_cpus = spec.resources.num_cpus if spec.resources.num_cpus is not None else DEFAULT_NUM_CPUS[engine]
+    actor_options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+    if spec.resources.accelerator_type:
+        actor_options["accelerator_type"] = spec.resources.accelerator_type
+    scaling = spec.autoscaling
+    autoscaling_config: dict[str, Any] = {
+        "min_replicas": scaling.min_replicas,
+        "max_replicas": scaling.max_replicas,
+        "target_ongoing_requests": scaling.target_ongoing_requests,
+        "upscale_delay_s": scaling.upscale_delay_s,
+        "downscale_delay_s": scaling.downscale_delay_s,
+    }
+    if scaling.initial_replicas is not None:
+        autoscaling_config["initial_replicas"] = scaling.initial_replicas
+    return {
+        "name": deployment_name(spec.name),
+        "ray_actor_options": actor_options,
+        "autoscaling_config": autoscaling_config,
+        "max_ongoing_requests": spec.max_ongoing_requests,
+        "max_queued_requests": spec.max_queued_requests,
+        # A vLLM start (load + compile) takes minutes; Serve's health checks must not kill it.
+        "health_check_period_s": 10,
+        "health_check_timeout_s": 60,
+        "graceful_shutdown_timeout_s": 30,
+    }
+
+
+def plan_models(specs: list[ModelSpec], platform: Platform | None = None) -> list[PlannedModel]:
+    platform = platform or Platform.detect()
+    planned = []
+    for spec in specs:
+        engine = resolve_engine(spec, platform)
+        options = deployment_options(spec, engine)
+        planned.append(PlannedModel(spec, engine, options["name"], options))
+    return planned
+
+
+def bind_model(planned: PlannedModel) -> Application:
+    deployment = serve.deployment(ModelServer).options(**planned.options)
+    return deployment.bind(engine_class(planned.engine), engine_config(planned.spec))

@@ -1,0 +1,126 @@
+"""One model's Ray Serve replica: an engine plus the tokenizer, producing OpenAI bodies.
+
+The engine class is given to the constructor (no lookup by string). The server renders the
+prompt, runs the engine, and returns either a finished response dict or a stream of ready SSE
+text batches that the router relays untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from serve_app.deployments.coalesce import coalesce
+from serve_app.deployments.openai_format import DONE, ResponseFormatter
+from serve_app.deployments.prompts import PromptRenderer
+from serve_app.deployments.requests import InferenceRequest
+from serve_app.engines.protocol import Engine, EngineConfig, GenerationDelta, GenerationRequest
+from serve_app.errors import EngineDeadError
+
+logger = logging.getLogger("ray.serve")
+
+DEFAULT_STREAM_INTERVAL_S = 0.02
+
+
+class ModelServer:
+    """Serves one model. Ray Serve wraps it with ``serve.deployment`` in the builder."""
+
+    async def __init__(
+        self,
+        engine_cls: type[Engine],
+        config: EngineConfig,
+        stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S,
+    ) -> None:
+        started = time.perf_counter()
+        self.config = config
+        self.stream_interval_s = stream_interval_s
+        self.engine: Engine = engine_cls(config)
+        await self.engine.start()
+        tokenizer = await asyncio.to_thread(_load_tokenizer, config)
+        self.prompts = PromptRenderer(tokenizer, config.model_name, self.engine.max_model_len)
+        self.start_seconds = time.perf_counter() - started
+        logger.info("model %s ready in %.1f s", config.model_name, self.start_seconds)
+
+    # --- requests -------------------------------------------------------------------------
+    async def complete(self, request: InferenceRequest) -> dict[str, Any]:
+        """A whole (non-streamed) chat.completion or text_completion body."""
+        formatter, generation = self._prepare(request)
+        parts: list[str] = []
+        last: GenerationDelta | None = None
+        async for delta in self.engine.generate(generation):
+            parts.append(delta.text)
+            last = delta
+        text = "".join(parts)
+        if request.echo and request.kind == "completion" and isinstance(request.prompt, str):
+            text = request.prompt + text
+        return formatter.full_response(
+            text, last.finish_reason if last else "stop", last.completion_tokens if last else 0
+        )
+
+    async def stream(self, request: InferenceRequest) -> AsyncIterator[str]:
+        """SSE text for the whole response, ending in ``data: [DONE]``.
+
+        Validation happens before the first yield, so the router can still answer 4xx.
+        """
+        formatter, generation = self._prepare(request)
+        deltas = self.engine.generate(generation)
+        completion_tokens = 0
+        batches = coalesce(deltas, self.stream_interval_s)
+        try:
+            async for batch in batches:
+                text = "".join(delta.text for delta in batch)
+                finish = batch[-1].finish_reason
+                completion_tokens = batch[-1].completion_tokens
+                out = formatter.chunk(text, finish)
+                if finish is not None:
+                    if request.include_usage:
+                        out += formatter.usage_chunk(completion_tokens)
+                    out += DONE
+                yield out
+        finally:
+            await batches.aclose()
+
+    def _prepare(self, request: InferenceRequest) -> tuple[ResponseFormatter, GenerationRequest]:
+        prompt_ids = self.prompts.token_ids(request)
+        sampling = request.sampling
+        if not request.max_tokens_given:
+            sampling = _replace_max_tokens(sampling, self.prompts.room_for_completion(len(prompt_ids)))
+        formatter = ResponseFormatter(request, len(prompt_ids))
+        return formatter, GenerationRequest(request.request_id, prompt_ids, sampling)
+
+    # --- health and introspection -----------------------------------------------------------
+    async def check_health(self) -> None:
+        """Called by Ray Serve; raising marks the replica unhealthy so Serve replaces it."""
+        try:
+            await self.engine.check_health()
+        except EngineDeadError:
+            logger.error("engine of %s is dead; asking Ray Serve to replace this replica", self.config.model_name)
+            raise
+
+    async def info(self) -> dict[str, Any]:
+        """Readiness details for /readyz and the model card for /v1/models."""
+        return {
+            "model": self.config.model_name,
+            "max_model_len": self.engine.max_model_len,
+            "chat_template": self.prompts.has_chat_template,
+            "start_seconds": round(self.start_seconds, 2),
+            "stats": self.engine.stats().as_dict(),
+        }
+
+    async def __del__(self) -> None:
+        await self.engine.shutdown()
+
+
+def _load_tokenizer(config: EngineConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(config.checkpoint), trust_remote_code=config.trust_remote_code)
+
+
+def _replace_max_tokens(sampling: Any, max_tokens: int) -> Any:
+    from dataclasses import replace
+
+    return replace(sampling, max_tokens=max_tokens)

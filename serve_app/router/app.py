@@ -1,0 +1,152 @@
+"""The OpenAI-compatible ingress: routes each request by its ``model`` field.
+
+The hot path is thin on purpose: validate the body, pick the handle from a dict built once,
+and relay the model server's ready-made SSE text without parsing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve_app.errors import ModelNotFoundError, ServeAppError
+from serve_app.router.errors import error_response, http_error_response, sse_error, validation_error_response
+from serve_app.router.protocol import ChatCompletionRequest, CompletionRequest
+
+logger = logging.getLogger("ray.serve")
+READY_TIMEOUT_S = 5.0
+
+api = FastAPI(title="modelopt-serve", description="OpenAI-compatible router for ModelOpt FP8 models")
+
+
+@api.exception_handler(RequestValidationError)
+async def _on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return validation_error_response(exc)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return http_error_response(exc)
+
+
+@api.exception_handler(ServeAppError)
+async def _on_app_error(_: Request, exc: ServeAppError) -> JSONResponse:
+    return error_response(exc)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    handle: DeploymentHandle
+    stream_handle: DeploymentHandle
+
+
+@serve.ingress(api)
+class Router:
+    def __init__(
+        self,
+        models: dict[str, DeploymentHandle],
+        aliases: dict[str, str] | None = None,
+        unavailable: dict[str, str] | None = None,
+    ) -> None:
+        self.created = int(time.time())
+        self.unavailable = dict(unavailable or {})
+        self.models: dict[str, ServedModel] = {}
+        for name, handle in models.items():
+            self.models[name] = ServedModel(name, handle, handle.options(stream=True))
+        self.routes: dict[str, ServedModel] = dict(self.models)
+        for alias, name in (aliases or {}).items():
+            self.routes[alias] = self.models[name]
+
+    def _route(self, model: str) -> ServedModel:
+        served = self.routes.get(model)
+        if served is not None:
+            return served
+        if model in self.unavailable:
+            raise ModelNotFoundError(
+                f"model {model!r} is not being served: {self.unavailable[model]}", param="model"
+            )
+        names = ", ".join(sorted(self.routes))
+        raise ModelNotFoundError(f"model {model!r} does not exist; served models: {names}", param="model")
+
+    # --- OpenAI API ---------------------------------------------------------------------------
+    @api.get("/v1/models")
+    async def list_models(self) -> dict[str, Any]:
+        data = [
+            {"id": model_id, "object": "model", "created": self.created, "owned_by": "modelopt-serve",
+             "root": served.name}
+            for model_id, served in self.routes.items()
+        ]
+        return {"object": "list", "data": data}
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, body: ChatCompletionRequest) -> Any:
+        return await self._serve(body.model, body.to_inference())
+
+    @api.post("/v1/completions")
+    async def completions(self, body: CompletionRequest) -> Any:
+        return await self._serve(body.model, body.to_inference())
+
+    async def _serve(self, model: str, request: Any) -> Any:
+        served = self._route(model)
+        try:
+            if not request.stream:
+                return JSONResponse(await served.handle.complete.remote(request))
+            stream = served.stream_handle.stream.remote(request)
+            # Await the first chunk before answering so that a bad request still gets a 4xx status.
+            first = await stream.__anext__()
+        except StopAsyncIteration:
+            return error_response(RuntimeError("the model server ended the stream without output"))
+        except Exception as exc:
+            return error_response(exc)
+        return StreamingResponse(_relay(first, stream), media_type="text/event-stream")
+
+    # --- health ---------------------------------------------------------------------------------
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        names = list(self.models)
+        results = await asyncio.gather(*(self._model_status(n) for n in names))
+        models: dict[str, Any] = dict(zip(names, results, strict=True))
+        for name, reason in self.unavailable.items():
+            models[name] = {"ready": False, "available": False, "reason": reason}
+        ready = all(status["ready"] for status in results)
+        body = {"status": "ready" if ready else "not_ready", "models": models}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def _model_status(self, name: str) -> dict[str, Any]:
+        try:
+            info = await asyncio.wait_for(self.models[name].handle.info.remote(), READY_TIMEOUT_S)
+        except Exception as exc:
+            return {"ready": False, "available": True, "reason": f"{type(exc).__name__}: {exc}"[:500]}
+        return {"ready": True, "available": True, **info}
+
+
+async def _relay(first: str, stream: DeploymentResponseGenerator) -> AsyncIterator[str]:
+    finished = False
+    try:
+        yield first
+        async for chunk in stream:
+            yield chunk
+        finished = True
+    except Exception as exc:  # the status line is gone; report in-band, as OpenAI does
+        logger.warning("stream failed after it began: %s", exc)
+        finished = True
+        yield sse_error(exc)
+    finally:
+        if not finished:  # client went away: cancel, which aborts the request in the engine
+            stream.cancel()

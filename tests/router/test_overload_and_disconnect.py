@@ -1,0 +1,101 @@
+"""Overload, client disconnects, missing chat templates and preflight-skipped models."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from safetensors.torch import load_file, save_file
+
+from tests.serve_fixtures import start_app_from_yaml, wait_ready, write_models_yaml
+
+LONG = {"max_tokens": 200, "ignore_eos": True, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def extra_app(serve_cluster, tmp_path_factory, qwen2_checkpoint):
+    import shutil
+
+    folder = tmp_path_factory.mktemp("extra")
+    no_template = folder / "no-template"
+    shutil.copytree(qwen2_checkpoint, no_template)
+    (no_template / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((no_template / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
+
+    broken = folder / "broken"
+    shutil.copytree(qwen2_checkpoint, broken)
+    tensors = load_file(broken / "model.safetensors")
+    del tensors["model.layers.0.self_attn.q_proj.input_scale"]
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+
+    models = [
+        {"name": "busy", "checkpoint": str(qwen2_checkpoint), "engine": "cpu", "max_model_len": 512,
+         "max_ongoing_requests": 1, "max_queued_requests": 1},
+        {"name": "plain", "checkpoint": str(no_template), "engine": "cpu", "max_model_len": 256},
+        {"name": "broken", "checkpoint": str(broken), "engine": "cpu", "on_preflight_failure": "skip"},
+    ]
+    path = write_models_yaml(folder, models, name="extra", prefix="/extra")
+    start_app_from_yaml(path)
+    base = f"{serve_cluster}/extra"
+    wait_ready(base)
+    return base
+
+
+def test_overload_is_503_with_retry_after(extra_app):
+    def request(_: int) -> httpx.Response:
+        body = {"model": "busy", "prompt": "Hello", **LONG}
+        return httpx.post(f"{extra_app}/v1/completions", json=body, timeout=120)
+
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(request, range(6)))
+    statuses = sorted(r.status_code for r in responses)
+    assert 200 in statuses
+    rejected = [r for r in responses if r.status_code == 503]
+    assert rejected, statuses
+    assert rejected[0].headers["Retry-After"] == "1"
+    assert rejected[0].json()["error"]["code"] == "overloaded"
+
+
+def test_client_disconnect_aborts_the_request_in_the_engine(extra_app):
+    def aborted() -> int:
+        ready = httpx.get(f"{extra_app}/readyz", timeout=30).json()
+        return ready["models"]["busy"]["stats"]["aborted_total"]
+
+    before = aborted()
+    body = {"model": "busy", "prompt": "Hello", "stream": True, "max_tokens": 400, "ignore_eos": True}
+    with httpx.stream("POST", f"{extra_app}/v1/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        next(line for line in lines if line.startswith("data: "))
+    deadline = time.monotonic() + 30
+    while aborted() == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert aborted() == before + 1
+    stats = httpx.get(f"{extra_app}/readyz", timeout=30).json()["models"]["busy"]["stats"]
+    assert stats["running"] == 0
+
+
+def test_chat_without_template_is_400_but_completions_work(extra_app):
+    body = {"model": "plain", "messages": [{"role": "user", "content": "hi"}]}
+    response = httpx.post(f"{extra_app}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 400
+    assert "has no chat template" in response.json()["error"]["message"]
+    ok = httpx.post(f"{extra_app}/v1/completions", json={"model": "plain", "prompt": "hi", "max_tokens": 2},
+                    timeout=60)
+    assert ok.status_code == 200
+
+
+def test_preflight_skipped_model_is_listed_unavailable_with_its_reason(extra_app):
+    ready = httpx.get(f"{extra_app}/readyz", timeout=30)
+    assert ready.status_code == 200
+    broken = ready.json()["models"]["broken"]
+    assert broken["available"] is False
+    assert "input_scale" in broken["reason"]
+    response = httpx.post(f"{extra_app}/v1/completions", json={"model": "broken", "prompt": "hi"}, timeout=30)
+    assert response.status_code == 404
+    assert "failed preflight" in response.json()["error"]["message"]
