@@ -89,7 +89,7 @@ def _broadcastable_scale(shape: torch.Size, scale: torch.Tensor) -> torch.Tensor
     out_features, in_features = shape
     if scale.dim() == 1 or (scale.dim() == 2 and scale.shape[1] == 1):
         if scale.shape[0] != out_features:
-            raise CheckpointLoadError(f"per-channel scale of shape {tuple(scale.shape)} for weight {tuple(shape)}")
+            raise CheckpointLoadError(f"per-channel scale {tuple(scale.shape)} for weight {tuple(shape)}")
         return scale.reshape(out_features, 1)
     if scale.dim() == 2:
         block_rows = -(-out_features // scale.shape[0])
@@ -146,7 +146,9 @@ def _build_empty_model(config: Any, dtype: torch.dtype | None, trust_remote_code
     if dtype is not None:
         kwargs["dtype"] = dtype
     with _no_init_weights():
-        return AutoModelForCausalLM.from_config(config, **kwargs)
+        model = AutoModelForCausalLM.from_config(config, **kwargs)
+    model.tie_weights()  # skipping init skips the tying too; _tied_groups needs it
+    return model
 
 
 def _no_init_weights() -> Any:
@@ -242,7 +244,7 @@ def _name_list(label: str, names: list[str]) -> str:
         return ""
     shown = ", ".join(names[:MAX_NAMES_IN_MESSAGE])
     more = len(names) - MAX_NAMES_IN_MESSAGE
-    return f"{len(names)} {label}: {shown}" + (f" and {more} more" if more > 0 else "")
+    return f"{label} ({len(names)}): {shown}" + (f" and {more} more" if more > 0 else "")
 
 
 def _retie(model: Any, tied: list[list[str]], loaded: Any) -> None:

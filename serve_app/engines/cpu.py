@@ -1,0 +1,445 @@
+"""The CPU reference engine: any ModelOpt FP8 checkpoint, dequantized, run by transformers.
+
+It implements the engine protocol for real (CI, development machines, and a reference to check
+the vLLM engine's output against), one token at a time:
+
+- One dedicated worker thread runs every forward pass, so the event loop never blocks. Each job
+  is one step of one request (the prefill, or one decode step with that request's own KV cache),
+  and each running request has at most one job queued, so requests interleave fairly.
+- At most ``config.max_num_seqs`` requests run at once (no cap when it is None); the others wait
+  in arrival order and count in ``stats().waiting``.
+- EOS ids are the union of config.json's, generation_config.json's and the tokenizer's
+  ``eos_token_id``. Text is decoded with ``skip_special_tokens=True``, as vLLM does by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from serve_app.engines.fp8_loading import load_dequantized_model
+from serve_app.engines.protocol import (
+    EngineConfig,
+    EngineStats,
+    FinishReason,
+    GenerationDelta,
+    GenerationRequest,
+    SamplingOptions,
+)
+from serve_app.errors import (
+    ContextLengthError,
+    EngineDeadError,
+    EngineGenerateError,
+    EngineNotStartedError,
+    InvalidRequestError,
+)
+
+logger = logging.getLogger(__name__)
+
+REPLACEMENT_CHAR = "\ufffd"  # what decoding an incomplete UTF-8 sequence ends with
+
+
+@dataclass(eq=False)
+class _Request:
+    """One request's state; its KV cache and token list are touched only by one job at a time."""
+
+    request: GenerationRequest
+    generator: torch.Generator
+    token_ids: list[int] = field(default_factory=list)
+    emitted_chars: int = 0
+    cache: Any = None
+    aborted: bool = False
+    finish_reason: FinishReason | None = None
+    admitted: asyncio.Future[None] | None = None  # set while waiting for a slot
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.request.prompt_token_ids)
+
+
+@dataclass
+class _Model:
+    """What the worker thread needs to run a step: the model, tokenizer and call convention."""
+
+    model: Any
+    tokenizer: Any
+    cache_kwarg: str  # "cache" (transformers >= 5.2x) or "past_key_values"
+    keep_last_logits: bool  # forward accepts logits_to_keep
+    vocab_size: int
+    eos_token_ids: frozenset[int]
+    max_position_embeddings: int | None
+
+
+class CPUReferenceEngine:
+    """The engine protocol on CPU with transformers; see the module docstring."""
+
+    def __init__(self, config: EngineConfig, dtype: torch.dtype | str | None = None) -> None:
+        """``dtype`` overrides the checkpoint's dtype (e.g. ``"float32"``); None keeps it."""
+        self.config = config
+        self._dtype = dtype
+        self._loaded: _Model | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._max_model_len = 0
+        self._max_num_seqs = config.max_num_seqs
+        self._dead_reason: str | None = None
+        self._running: dict[str, _Request] = {}
+        self._waiting: deque[_Request] = deque()
+        self._stats = EngineStats()
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Load the dequantized model and the tokenizer in the worker thread."""
+        if self._loaded is not None:
+            return
+        if self._max_num_seqs is not None and self._max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be at least 1, got {self._max_num_seqs}")
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpu-engine")
+        try:
+            loaded = await asyncio.get_running_loop().run_in_executor(executor, self._load)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        limit = self.config.max_model_len or loaded.max_position_embeddings
+        if not limit:
+            executor.shutdown(wait=False)
+            raise ValueError(f"{self.config.checkpoint}: no max_position_embeddings; set max_model_len")
+        self._executor, self._loaded, self._max_model_len = executor, loaded, int(limit)
+        self._dead_reason = None
+        logger.info(
+            "CPU engine %s started: max_model_len=%d, max_num_seqs=%s, eos=%s",
+            self.config.model_name,
+            self._max_model_len,
+            self._max_num_seqs,
+            sorted(loaded.eos_token_ids),
+        )
+
+    def _load(self) -> _Model:
+        from transformers import AutoTokenizer
+
+        checkpoint = Path(self.config.checkpoint)
+        trust = self.config.trust_remote_code
+        model = load_dequantized_model(checkpoint, dtype=self._dtype, trust_remote_code=trust)
+        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint), trust_remote_code=trust)
+        params = inspect.signature(model.forward).parameters
+        text_config = model.config.get_text_config()
+        return _Model(
+            model=model,
+            tokenizer=tokenizer,
+            cache_kwarg="cache" if "cache" in params else "past_key_values",
+            keep_last_logits="logits_to_keep" in params,
+            vocab_size=model.get_input_embeddings().num_embeddings,
+            eos_token_ids=_eos_token_ids(checkpoint, model.config, tokenizer),
+            max_position_embeddings=getattr(text_config, "max_position_embeddings", None),
+        )
+
+    async def shutdown(self) -> None:
+        """Abort every request, stop the worker and drop the model. Idempotent; a no-op before start."""
+        if self._executor is None:
+            return
+        executor, self._executor = self._executor, None
+        self._dead_reason = "the engine was shut down"
+        for state in [*self._running.values(), *self._waiting]:
+            self._flag_abort(state)
+        await asyncio.to_thread(executor.shutdown, wait=True)  # lets queued steps finish
+        self._loaded = None
+
+    async def check_health(self) -> None:
+        """Raise EngineDeadError if the worker thread can no longer run steps."""
+        self._require_started()
+        if self._dead_reason is None:
+            try:
+                self._executor.submit(_noop)
+            except RuntimeError as error:  # the executor, or the interpreter, is shutting down
+                self._dead_reason = f"the worker thread is gone: {error}"
+        if self._dead_reason is not None:
+            raise EngineDeadError(f"CPU engine {self.config.model_name} is dead: {self._dead_reason}")
+
+    @property
+    def max_model_len(self) -> int:
+        self._require_started()
+        return self._max_model_len
+
+    def stats(self) -> EngineStats:
+        """Counters; ``finished_total`` counts requests that ended with stop or length."""
+        self._require_started()
+        self._stats.running = len(self._running)
+        self._stats.waiting = len(self._waiting)
+        return EngineStats(**self._stats.as_dict())
+
+    def _require_started(self) -> None:
+        if self._loaded is None and self._dead_reason is None:
+            raise EngineNotStartedError(f"CPU engine {self.config.model_name} is not started; call start()")
+
+    # ----------------------------------------------------------------------------- requests
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        """Validate the request and return its stream; closing the stream aborts the request."""
+        self._require_started()
+        if self._dead_reason is not None:
+            raise EngineDeadError(f"CPU engine {self.config.model_name} is dead: {self._dead_reason}")
+        self._validate(request)
+        return self._stream(request)
+
+    async def abort(self, request_id: str) -> None:
+        """End the request's stream with finish_reason 'abort'; unknown ids are ignored."""
+        self._require_started()
+        state = self._running.get(request_id) or next(
+            (waiting for waiting in self._waiting if waiting.request_id == request_id), None
+        )
+        if state is not None:
+            self._flag_abort(state)
+
+    def _validate(self, request: GenerationRequest) -> None:
+        sampling, prompt = request.sampling, request.prompt_token_ids
+        if self._is_known(request.request_id):
+            raise InvalidRequestError(f"request id {request.request_id!r} is already running")
+        if not prompt:
+            raise InvalidRequestError("the prompt has no tokens", param="prompt")
+        vocab = self._loaded.vocab_size
+        bad = [token for token in prompt if not 0 <= token < vocab]
+        if bad:
+            raise InvalidRequestError(f"prompt token ids outside [0, {vocab}): {bad[:5]}", param="prompt")
+        if len(prompt) >= self._max_model_len:
+            raise ContextLengthError(
+                f"the prompt has {len(prompt)} tokens; this model's context is {self._max_model_len} tokens "
+                "including at least one generated token",
+                param="prompt",
+            )
+        _validate_sampling(sampling)
+
+    def _is_known(self, request_id: str) -> bool:
+        return request_id in self._running or any(state.request_id == request_id for state in self._waiting)
+
+    async def _stream(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        if self._is_known(request.request_id):
+            raise InvalidRequestError(f"request id {request.request_id!r} is already running")
+        state = _Request(request=request, generator=_make_generator(request.sampling.seed))
+        try:
+            await self._admit(state)
+            while not state.aborted:
+                token, text = await self._run_step(state)
+                if state.aborted:
+                    break
+                delta = self._advance(state, token, text)
+                if delta.finish_reason is not None:
+                    self._finish(state, delta.finish_reason)  # before the yield: the consumer may stop here
+                yield delta
+                if delta.finish_reason is not None:
+                    return
+            self._finish(state, "abort")
+            yield GenerationDelta("", [], len(state.token_ids), state.prompt_tokens, "abort")
+        except (GeneratorExit, asyncio.CancelledError):
+            if state.finish_reason is None:  # the consumer closed the stream or was cancelled
+                self._finish(state, "abort")
+            raise
+        finally:
+            self._release(state)  # after an error; a no-op when already released
+
+    async def _admit(self, state: _Request) -> None:
+        """Take a running slot, or wait for one (or for an abort) in arrival order."""
+        if not self._waiting and self._has_free_slot():
+            self._start_running(state)
+            return
+        state.admitted = asyncio.get_running_loop().create_future()
+        self._waiting.append(state)
+        try:
+            await state.admitted
+        finally:
+            if state in self._waiting:
+                self._waiting.remove(state)
+        if not state.aborted:
+            self._start_running(state)
+
+    def _has_free_slot(self) -> bool:
+        return self._max_num_seqs is None or len(self._running) < self._max_num_seqs
+
+    def _start_running(self, state: _Request) -> None:
+        self._running[state.request_id] = state
+        self._stats.prompt_tokens_total += state.prompt_tokens
+
+    def _release(self, state: _Request) -> None:
+        """Free the request's slot and KV cache and wake the next waiting request; idempotent."""
+        if state in self._waiting:
+            self._waiting.remove(state)
+        if self._running.get(state.request_id) is state:
+            del self._running[state.request_id]
+            state.cache = None
+            self._admit_next()
+
+    def _admit_next(self) -> None:
+        while self._waiting and self._has_free_slot():
+            waiting = self._waiting.popleft()
+            if waiting.admitted is not None and not waiting.admitted.done():
+                waiting.admitted.set_result(None)
+                self._running[waiting.request_id] = waiting  # its slot, reserved until it wakes
+
+    def _finish(self, state: _Request, reason: FinishReason) -> None:
+        state.finish_reason = reason
+        if reason == "abort":
+            self._stats.aborted_total += 1
+        else:
+            self._stats.finished_total += 1
+        self._release(state)
+
+    def _flag_abort(self, state: _Request) -> None:
+        state.aborted = True
+        if state.admitted is not None and not state.admitted.done():
+            state.admitted.set_result(None)
+
+    async def _run_step(self, state: _Request) -> tuple[int, str]:
+        """Run one step of the request in the worker thread; return (new token, full text)."""
+        loaded, executor = self._loaded, self._executor
+        if loaded is None or executor is None:
+            raise EngineDeadError(f"CPU engine {self.config.model_name} is dead: {self._dead_reason}")
+        try:
+            future = asyncio.get_running_loop().run_in_executor(executor, _step, loaded, state)
+        except RuntimeError as error:  # the executor, or the interpreter, is shutting down
+            self._dead_reason = f"the worker thread is gone: {error}"
+            name = self.config.model_name
+            raise EngineDeadError(f"CPU engine {name} is dead: {self._dead_reason}") from error
+        try:
+            return await future
+        except Exception as error:
+            raise EngineGenerateError(f"request {state.request_id} failed: {error!r}") from error
+
+    def _advance(self, state: _Request, token: int, text: str) -> GenerationDelta:
+        """Record the new token and turn it into a delta, deciding whether the request is done."""
+        state.token_ids.append(token)
+        self._stats.generated_tokens_total += 1
+        sampling = state.request.sampling
+        reason: FinishReason | None = None
+        if token in self._loaded.eos_token_ids and not sampling.ignore_eos:
+            reason = "stop"
+        elif len(state.token_ids) >= min(sampling.max_tokens, self._max_model_len - state.prompt_tokens):
+            reason = "length"
+        new_text, stopped = _new_text(text, state.emitted_chars, sampling.stop, final=reason is not None)
+        state.emitted_chars += len(new_text)
+        if stopped:
+            reason = "stop"
+        return GenerationDelta(new_text, [token], len(state.token_ids), state.prompt_tokens, reason)
+
+
+# --------------------------------------------------------------------------------- worker side
+
+
+def _noop() -> None:
+    return None
+
+
+@torch.inference_mode()
+def _step(loaded: _Model, state: _Request) -> tuple[int, str]:
+    """Run one forward pass of one request in the worker thread; return (new token, full text)."""
+    if state.cache is None:
+        input_ids = torch.tensor([state.request.prompt_token_ids], dtype=torch.long)
+    else:
+        input_ids = torch.tensor([[state.token_ids[-1]]], dtype=torch.long)
+    kwargs: dict[str, Any] = {loaded.cache_kwarg: state.cache, "use_cache": True}
+    if loaded.keep_last_logits:
+        kwargs["logits_to_keep"] = 1
+    output = loaded.model(input_ids=input_ids, **kwargs)
+    cache = output.get(loaded.cache_kwarg)
+    state.cache = cache if cache is not None else output.get("past_key_values")
+    token = _sample(output.logits[0, -1], state.request.sampling, state.generator)
+    text = loaded.tokenizer.decode(
+        [*state.token_ids, token], skip_special_tokens=True, clean_up_tokenization_spaces=False
+    )
+    return token, text
+
+
+def _sample(logits: torch.Tensor, sampling: SamplingOptions, generator: torch.Generator) -> int:
+    """Greedy at temperature 0, else temperature then nucleus (top_p) sampling."""
+    if sampling.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+        sorted_probs[before >= sampling.top_p] = 0.0  # keeps at least the most likely token
+        choice = torch.multinomial(sorted_probs, 1, generator=generator)
+        return int(order[choice])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+def _new_text(text: str, emitted: int, stop: tuple[str, ...], final: bool) -> tuple[str, bool]:
+    """The part of ``text`` (all decoded output) to emit now, and whether a stop string was hit.
+
+    Stop strings are searched in the not-yet-emitted part (plus enough before it to catch one that
+    straddles); the text from the stop string on is never emitted. Unless ``final``, text that
+    could still become a stop string, and an incomplete UTF-8 sequence, are held back.
+    """
+    if stop:
+        start = max(0, emitted - max(len(s) for s in stop) + 1)
+        hits = [index for index in (text.find(s, start) for s in stop if s) if index >= 0]
+        if hits:
+            return text[emitted : max(min(hits), emitted)], True
+    if final:
+        return text[emitted:], False
+    end = len(text.rstrip(REPLACEMENT_CHAR))
+    end -= _stop_prefix_length(text[:end], stop)
+    return text[emitted : max(end, emitted)], False
+
+
+def _stop_prefix_length(text: str, stop: tuple[str, ...]) -> int:
+    """The length of the longest end of ``text`` that is a proper prefix of a stop string."""
+    longest = 0
+    for s in stop:
+        for length in range(min(len(s) - 1, len(text)), longest, -1):
+            if text.endswith(s[:length]):
+                longest = length
+                break
+    return longest
+
+
+def _validate_sampling(sampling: SamplingOptions) -> None:
+    if sampling.max_tokens < 1:
+        raise InvalidRequestError(f"max_tokens must be >= 1, got {sampling.max_tokens}", param="max_tokens")
+    if sampling.temperature < 0:
+        raise InvalidRequestError(
+            f"temperature must be at least 0, got {sampling.temperature}", param="temperature"
+        )
+    if not 0 < sampling.top_p <= 1:
+        raise InvalidRequestError(f"top_p must be in (0, 1], got {sampling.top_p}", param="top_p")
+    if any(not s for s in sampling.stop):
+        raise InvalidRequestError("stop strings must not be empty", param="stop")
+
+
+def _make_generator(seed: int | None) -> torch.Generator:
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def _eos_token_ids(checkpoint: Path, config: Any, tokenizer: Any) -> frozenset[int]:
+    """config.json's, generation_config.json's and the tokenizer's eos_token_id, together."""
+    ids: set[int] = set()
+    sources: list[Any] = [getattr(config.get_text_config(), "eos_token_id", None), tokenizer.eos_token_id]
+    generation_config = checkpoint / "generation_config.json"
+    if generation_config.is_file():
+        sources.append(json.loads(generation_config.read_text()).get("eos_token_id"))
+    for value in sources:
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(item for item in value if isinstance(item, int))
+    return frozenset(ids)

@@ -1,0 +1,67 @@
+"""`serve run models.yaml` exactly as a user runs it: Ray's own CLI, a YAML in its own folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serve_fixtures import free_port, wait_ready, write_models_yaml
+
+
+@pytest.fixture(scope="module")
+def served_yaml(tmp_path_factory, qwen2_checkpoint, llama_checkpoint):
+    folder = tmp_path_factory.mktemp("deploy")
+    (folder / "models").mkdir()
+    (folder / "models" / "qwen").symlink_to(qwen2_checkpoint)
+    (folder / "models" / "llama").symlink_to(llama_checkpoint)
+    port = free_port()
+    models = [
+        {"name": "qwen", "checkpoint": "models/qwen", "engine": "cpu", "max_model_len": 512},
+        {"name": "llama", "checkpoint": "models/llama", "max_model_len": 512},  # engine: auto -> cpu here
+    ]
+    path = write_models_yaml(folder, models, port=port)
+    serve = Path(sys.executable).with_name("serve")
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    # Start from the YAML's folder, as `make serve` does from the repository root.
+    process = subprocess.Popen([str(serve), "run", str(path)], cwd=folder, env=env, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, timeout_s=300)
+    except TimeoutError:
+        os.killpg(process.pid, signal.SIGKILL)
+        output = process.communicate(timeout=30)[0]
+        raise AssertionError(f"serve run never became ready:\n{output[-6000:]}") from None
+    yield base, process
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_serve_run_serves_both_models_through_the_openai_client(served_yaml):
+    from openai import OpenAI
+
+    base, _ = served_yaml
+    client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    assert {m.id for m in client.models.list().data} == {"qwen", "llama"}
+    for model in ("qwen", "llama"):
+        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=4, extra_body={"ignore_eos": True})
+        assert reply.usage.completion_tokens == 4
+
+
+def test_ctrl_c_stops_serve_run_and_its_cluster(served_yaml):
+    base, process = served_yaml
+    os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(timeout=90) is not None
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{base}/healthz", timeout=5)
