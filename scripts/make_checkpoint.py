@@ -128,6 +128,9 @@ def make_checkpoint(
     geometry.update({k: v for k, v in (overrides or {}).items() if k in geometry})
     extra = {k: v for k, v in (overrides or {}).items() if k not in geometry}
     tokenizer = build_tokenizer(geometry["vocab_size"])
+    if size in ("tiny", "small") and "vocab_size" not in (overrides or {}):
+        # Every id the random model can emit then decodes to text, so demo answers are not empty.
+        geometry["vocab_size"] = len(tokenizer)
     extra.setdefault("eos_token_id", tokenizer.convert_tokens_to_ids("<|im_end|>"))
     extra.setdefault("pad_token_id", tokenizer.convert_tokens_to_ids("<|endoftext|>"))
     model = build_model(arch, geometry, seed, device, extra)

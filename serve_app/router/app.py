@@ -1,10 +1,11 @@
 """The OpenAI-compatible ingress: routes each request by its ``model`` field.
 
+(No ``from __future__ import annotations`` here: FastAPI reads the route signatures at runtime.)
+
 The hot path is thin on purpose: validate the body, pick the handle from a dict built once,
 and relay the model server's ready-made SSE text without parsing it.
 """
 
-from __future__ import annotations
 
 import asyncio
 import logging
@@ -110,7 +111,7 @@ class Router:
             return error_response(RuntimeError("the model server ended the stream without output"))
         except Exception as exc:
             return error_response(exc)
-        return StreamingResponse(_relay(first, stream), media_type="text/event-stream")
+        return StreamingResponse(self._relay(first, stream), media_type="text/event-stream")
 
     # --- health ---------------------------------------------------------------------------------
     @api.get("/healthz")
@@ -135,18 +136,20 @@ class Router:
             return {"ready": False, "available": True, "reason": f"{type(exc).__name__}: {exc}"[:500]}
         return {"ready": True, "available": True, **info}
 
-
-async def _relay(first: str, stream: DeploymentResponseGenerator) -> AsyncIterator[str]:
-    finished = False
-    try:
-        yield first
-        async for chunk in stream:
-            yield chunk
-        finished = True
-    except Exception as exc:  # the status line is gone; report in-band, as OpenAI does
-        logger.warning("stream failed after it began: %s", exc)
-        finished = True
-        yield sse_error(exc)
-    finally:
-        if not finished:  # client went away: cancel, which aborts the request in the engine
-            stream.cancel()
+    @staticmethod
+    async def _relay(first: str, stream: DeploymentResponseGenerator) -> AsyncIterator[str]:
+        # A static method, not a module function: serve.ingress rebuilds the class, and module
+        # globals defined after it are not visible from the rebuilt methods.
+        finished = False
+        try:
+            yield first
+            async for chunk in stream:
+                yield chunk
+            finished = True
+        except Exception as exc:  # the status line is gone; report in-band, as OpenAI does
+            logger.warning("stream failed after it began: %s", exc)
+            finished = True
+            yield sse_error(exc)
+        finally:
+            if not finished:  # client went away: cancel, which aborts the request in the engine
+                stream.cancel()
