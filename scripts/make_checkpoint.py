@@ -21,16 +21,44 @@ from typing import Any
 
 # geometry presets: (hidden, intermediate, layers, heads, kv_heads, vocab, max_position)
 SIZES: dict[str, dict[str, int]] = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=1024, max_position_embeddings=2048),
-    "small": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
-                  num_key_value_heads=4, vocab_size=2048, max_position_embeddings=4096),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1024,
+        max_position_embeddings=2048,
+    ),
+    "small": dict(
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        vocab_size=2048,
+        max_position_embeddings=4096,
+    ),
     # Qwen2.5-3B geometry (vocab cut to 16384 so random-weight checkpoints stay small to make).
-    "3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-               num_key_value_heads=2, vocab_size=16384, max_position_embeddings=32768),
+    "3b": dict(
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        vocab_size=16384,
+        max_position_embeddings=32768,
+    ),
     # Llama-3-8B geometry.
-    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=8, vocab_size=16384, max_position_embeddings=8192),
+    "8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=16384,
+        max_position_embeddings=8192,
+    ),
 }
 
 ARCHITECTURES: dict[str, tuple[str, str]] = {
@@ -84,7 +112,9 @@ def build_tokenizer(vocab_size: int) -> Any:
     return fast
 
 
-def build_model(arch: str, geometry: dict[str, int], seed: int, device: str, overrides: dict[str, Any]) -> Any:
+def build_model(
+    arch: str, geometry: dict[str, int], seed: int, device: str, overrides: dict[str, Any]
+) -> Any:
     import torch
     import transformers
 
@@ -151,14 +181,21 @@ def _write_generation_config(out: Path, eos: int, pad: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="qwen2")
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for realistic sizes")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                        help="override a config field, e.g. --set num_hidden_layers=4")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override a config field, e.g. --set num_hidden_layers=4",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
     args = parser.parse_args(argv)
     if (args.out / "config.json").exists() and not args.force:
@@ -170,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides[key] = json.loads(value)
     started = time.perf_counter()
     make_checkpoint(args.out, args.arch, args.size, args.seed, args.device, overrides)
-    print(f"{args.out}: {args.arch} {args.size} ModelOpt FP8 checkpoint in {time.perf_counter() - started:.1f} s")
+    seconds = time.perf_counter() - started
+    print(f"{args.out}: {args.arch} {args.size} ModelOpt FP8 checkpoint in {seconds:.1f} s")
     return 0
 
 

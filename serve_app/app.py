@@ -35,7 +35,9 @@ def build_app(args: dict[str, Any]) -> Application:
     return build_router(registry, served, unavailable)
 
 
-def build_router(registry: RegistrySpec, served: list[PlannedModel], unavailable: dict[str, str]) -> Application:
+def build_router(
+    registry: RegistrySpec, served: list[PlannedModel], unavailable: dict[str, str]
+) -> Application:
     models = {p.spec.name: bind_model(p) for p in served}
     aliases = {alias: p.spec.name for p in served for alias in p.spec.aliases}
     router = serve.deployment(Router).options(
@@ -76,4 +78,3 @@ def run_preflight_gate(registry: RegistrySpec, planned: list[PlannedModel]) -> d
 
 def _reasons(unavailable: dict[str, str]) -> str:
     return "\n".join(f"  {name}: {reason}" for name, reason in unavailable.items())
-

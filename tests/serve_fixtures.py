@@ -17,13 +17,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_models_yaml(folder: Path, models: list[dict[str, Any]], name: str = "llm", prefix: str = "/",
-                      port: int = 8000, **args: Any) -> Path:
+def write_models_yaml(
+    folder: Path,
+    models: list[dict[str, Any]],
+    name: str = "llm",
+    prefix: str = "/",
+    port: int = 8000,
+    **args: Any,
+) -> Path:
     document = {
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [
-            {"name": name, "route_prefix": prefix, "import_path": "serve_app.app:build_app",
-             "args": {"models": models, **args}}
+            {
+                "name": name,
+                "route_prefix": prefix,
+                "import_path": "serve_app.app:build_app",
+                "args": {"models": models, **args},
+            }
         ],
     }
     path = folder / "models.yaml"
@@ -42,8 +52,9 @@ def start_app_from_yaml(path: Path) -> str:
     app_config = document["applications"][0]
     args = dict(registry_args(document, path))
     args.setdefault("base_dir", str(path.parent))
-    serve.run(build_app(args), name=app_config["name"], route_prefix=app_config["route_prefix"],
-              blocking=False)
+    serve.run(
+        build_app(args), name=app_config["name"], route_prefix=app_config["route_prefix"], blocking=False
+    )
     return app_config["route_prefix"]
 
 

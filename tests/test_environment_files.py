@@ -35,7 +35,9 @@ def test_pixi_pins_agree_with_pyproject_extras():
 
 
 def test_vllm_and_torch_pins_are_the_pair_vllm_needs():
-    extras = pins(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"])
+    extras = pins(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    )
     assert extras["vllm"] == "==0.24.0"
     assert extras["torch"] == "==2.11.0"
 
@@ -46,10 +48,20 @@ def test_pixi_has_the_readme_tasks():
 
 
 def test_no_file_names_a_package_registry_host():
-    hosts = ["pypi" + ".org", "pythonhosted" + ".org", "download.pytorch" + ".org", "pypi.nvidia" + ".com",
-             "conda.anaconda" + ".org"]
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
+    hosts = [
+        "pypi" + ".org",
+        "pythonhosted" + ".org",
+        "download.pytorch" + ".org",
+        "pypi.nvidia" + ".com",
+        "conda.anaconda" + ".org",
+    ]
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     offenders = []
     for name in files:
         path = ROOT / name

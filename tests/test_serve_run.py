@@ -29,8 +29,15 @@ def served_yaml(tmp_path_factory, qwen2_checkpoint, llama_checkpoint):
     serve = Path(sys.executable).with_name("serve")
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     # Start from the YAML's folder, as `make serve` does from the repository root.
-    process = subprocess.Popen([str(serve), "run", str(path)], cwd=folder, env=env, start_new_session=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [str(serve), "run", str(path)],
+        cwd=folder,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, timeout_s=300)
@@ -54,8 +61,12 @@ def test_serve_run_serves_both_models_through_the_openai_client(served_yaml):
     client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
     assert {m.id for m in client.models.list().data} == {"qwen", "llama"}
     for model in ("qwen", "llama"):
-        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
-                                               max_tokens=4, extra_body={"ignore_eos": True})
+        reply = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=4,
+            extra_body={"ignore_eos": True},
+        )
         assert reply.usage.completion_tokens == 4
 
 

@@ -97,7 +97,9 @@ class ModelServer:
         try:
             await self.engine.check_health()
         except EngineDeadError:
-            logger.error("engine of %s is dead; asking Ray Serve to replace this replica", self.config.model_name)
+            logger.error(
+                "engine of %s is dead; asking Ray Serve to replace this replica", self.config.model_name
+            )
             raise
 
     async def info(self) -> dict[str, Any]:

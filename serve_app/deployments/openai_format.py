@@ -27,8 +27,14 @@ class ResponseFormatter:
         self.prompt_tokens = prompt_tokens
         self.chat = request.kind == "chat"
         chunk_object = "chat.completion.chunk" if self.chat else "text_completion"
-        head = _dumps({"id": self.response_id, "object": chunk_object, "created": request.created,
-                       "model": request.model})
+        head = _dumps(
+            {
+                "id": self.response_id,
+                "object": chunk_object,
+                "created": request.created,
+                "model": request.model,
+            }
+        )
         self._chunk_head = head[:-1] + ',"choices":[{"index":0,'
         self._sent_role = False
 

@@ -54,7 +54,9 @@ def registry_args(document: Any, path: Path, app_name: str | None = None) -> dic
         raise RegistryError(f"{path}: several applications use {IMPORT_PATH} ({names}); pick one by name")
     args = ours[0].get("args")
     if not isinstance(args, dict):
-        raise RegistryError(f"{path}: application {ours[0].get('name')!r}: 'args' must be a mapping with 'models:'")
+        raise RegistryError(
+            f"{path}: application {ours[0].get('name')!r}: 'args' must be a mapping with 'models:'"
+        )
     return args
 
 
@@ -103,9 +105,7 @@ def describe_error(error: dict[str, Any], args: Any, source: str) -> str:
     if error["type"] == "extra_forbidden":
         allowed = ", ".join(sorted(_fields_at(loc[:-1], top=not in_model)))
         message = f"unknown field; allowed fields here: {allowed}"
-    elif error["type"] == "literal_error":
-        message = f"{message} (got {error.get('input')!r})"
-    elif error["type"].startswith(("greater_than", "less_than")):
+    elif error["type"] == "literal_error" or error["type"].startswith(("greater_than", "less_than")):
         message = f"{message} (got {error.get('input')!r})"
     return f"{where}: field {field!r}: {message}" if field else f"{where}: {message}"
 

@@ -6,7 +6,6 @@ The hot path is thin on purpose: validate the body, pick the handle from a dict 
 and relay the model server's ready-made SSE text without parsing it.
 """
 
-
 import asyncio
 import logging
 import time
@@ -85,8 +84,13 @@ class Router:
     @api.get("/v1/models")
     async def list_models(self) -> dict[str, Any]:
         data = [
-            {"id": model_id, "object": "model", "created": self.created, "owned_by": "modelopt-serve",
-             "root": served.name}
+            {
+                "id": model_id,
+                "object": "model",
+                "created": self.created,
+                "owned_by": "modelopt-serve",
+                "root": served.name,
+            }
             for model_id, served in self.routes.items()
         ]
         return {"object": "list", "data": data}

@@ -66,7 +66,9 @@ def error_response(error: BaseException) -> JSONResponse:
         headers["Retry-After"] = str(max(1, round(retry)))
         if isinstance(error, BackPressureError):
             message = "the model is overloaded: every replica is busy and its queue is full; retry later"
-    return JSONResponse(error_body(message, kind, getattr(error, "param", None)), kind.status, headers=headers)
+    return JSONResponse(
+        error_body(message, kind, getattr(error, "param", None)), kind.status, headers=headers
+    )
 
 
 def validation_error_response(exc: RequestValidationError) -> JSONResponse:

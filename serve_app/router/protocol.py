@@ -137,7 +137,9 @@ class CompletionRequest(_SamplingFields):
         prompt = self.prompt
         if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
             if len(prompt) != 1:
-                raise InvalidRequestError("batched prompts are not supported; send one prompt", param="prompt")
+                raise InvalidRequestError(
+                    "batched prompts are not supported; send one prompt", param="prompt"
+                )
             prompt = prompt[0]
         if isinstance(prompt, list) and not prompt:
             raise InvalidRequestError("prompt is empty", param="prompt")

@@ -10,13 +10,21 @@ from serve_app.engines.protocol import SamplingOptions
 
 
 def request(kind: str) -> InferenceRequest:
-    return InferenceRequest(kind=kind, request_id="abc", model="m", created=1, sampling=SamplingOptions(max_tokens=4),
-                            max_tokens_given=True, messages=[], prompt="p")
+    return InferenceRequest(
+        kind=kind,
+        request_id="abc",
+        model="m",
+        created=1,
+        sampling=SamplingOptions(max_tokens=4),
+        max_tokens_given=True,
+        messages=[],
+        prompt="p",
+    )
 
 
 def parse(event: str) -> dict:
     assert event.startswith("data: ") and event.endswith("\n\n")
-    return json.loads(event[len("data: "):])
+    return json.loads(event[len("data: ") :])
 
 
 def test_chat_chunks_carry_role_first_then_content_and_finish():

@@ -16,8 +16,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, models: list[dict], **args) -> Path:
-    document = {"applications": [{"name": "llm", "route_prefix": "/", "import_path": "serve_app.app:build_app",
-                                  "args": {"models": models, **args}}]}
+    document = {
+        "applications": [
+            {
+                "name": "llm",
+                "route_prefix": "/",
+                "import_path": "serve_app.app:build_app",
+                "args": {"models": models, **args},
+            }
+        ]
+    }
     path = tmp_path / "models.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
@@ -45,7 +53,9 @@ def test_defaults_suit_llm_engines(tmp_path, ckpt_dir):
 
 
 def test_duplicate_name_is_rejected(tmp_path, ckpt_dir):
-    path = write(tmp_path, [{"name": "a", "checkpoint": "ck"}, {"name": "b", "aliases": ["a"], "checkpoint": "ck"}])
+    path = write(
+        tmp_path, [{"name": "a", "checkpoint": "ck"}, {"name": "b", "aliases": ["a"], "checkpoint": "ck"}]
+    )
     with pytest.raises(RegistryError, match=re.escape("model name 'a' is used twice (by 'a' and 'b')")):
         load_registry(path)
 
@@ -61,35 +71,49 @@ def test_unknown_field_names_file_model_field_and_allowed_fields(tmp_path, ckpt_
 
 def test_unknown_nested_field_lists_that_sections_fields(tmp_path, ckpt_dir):
     path = write(tmp_path, [{"name": "qwen", "checkpoint": "ck", "autoscaling": {"min_replica": 1}}])
-    with pytest.raises(RegistryError, match=r"field 'autoscaling.min_replica': unknown field; allowed fields "
-                                            r"here: downscale_delay_s, initial_replicas, max_replicas"):
+    with pytest.raises(
+        RegistryError,
+        match=r"field 'autoscaling.min_replica': unknown field; allowed fields "
+        r"here: downscale_delay_s, initial_replicas, max_replicas",
+    ):
         load_registry(path)
 
 
 def test_missing_checkpoint_directory(tmp_path):
     path = write(tmp_path, [{"name": "qwen", "checkpoint": "nowhere"}])
-    with pytest.raises(RegistryError, match=r"models\[0\] \(name 'qwen'\): field 'checkpoint': directory .*nowhere "
-                                            r"does not exist"):
+    with pytest.raises(
+        RegistryError,
+        match=r"models\[0\] \(name 'qwen'\): field 'checkpoint': directory .*nowhere "
+        r"does not exist",
+    ):
         load_registry(path)
 
 
 def test_negative_replica_count(tmp_path, ckpt_dir):
     path = write(tmp_path, [{"name": "qwen", "checkpoint": "ck", "autoscaling": {"min_replicas": -1}}])
-    with pytest.raises(RegistryError, match=r"field 'autoscaling.min_replicas': Input should be greater than or "
-                                            r"equal to 0 \(got -1\)"):
+    with pytest.raises(
+        RegistryError,
+        match=r"field 'autoscaling.min_replicas': Input should be greater than or "
+        r"equal to 0 \(got -1\)",
+    ):
         load_registry(path)
 
 
 def test_min_above_max_replicas(tmp_path, ckpt_dir):
-    path = write(tmp_path, [{"name": "q", "checkpoint": "ck", "autoscaling": {"min_replicas": 3, "max_replicas": 2}}])
+    path = write(
+        tmp_path, [{"name": "q", "checkpoint": "ck", "autoscaling": {"min_replicas": 3, "max_replicas": 2}}]
+    )
     with pytest.raises(RegistryError, match=r"min_replicas \(3\) is larger than max_replicas \(2\)"):
         load_registry(path)
 
 
 def test_bad_engine_value_says_what_is_allowed(tmp_path, ckpt_dir):
     path = write(tmp_path, [{"name": "q", "checkpoint": "ck", "engine": "tensorrt"}])
-    with pytest.raises(RegistryError, match=r"field 'engine': Input should be 'auto', 'vllm' or 'cpu' "
-                                            r"\(got 'tensorrt'\)"):
+    with pytest.raises(
+        RegistryError,
+        match=r"field 'engine': Input should be 'auto', 'vllm' or 'cpu' "
+        r"\(got 'tensorrt'\)",
+    ):
         load_registry(path)
 
 

@@ -28,8 +28,13 @@ def two_model_app(serve_cluster, tmp_path_factory, qwen2_checkpoint, llama_check
     (folder / "ckpt" / "qwen").symlink_to(qwen2_checkpoint)
     models = [
         # relative to the YAML's folder, as users write it
-        {"name": "qwen-tiny", "aliases": ["qwen"], "checkpoint": "ckpt/qwen", "engine": "cpu",
-         "max_model_len": 256},
+        {
+            "name": "qwen-tiny",
+            "aliases": ["qwen"],
+            "checkpoint": "ckpt/qwen",
+            "engine": "cpu",
+            "max_model_len": 256,
+        },
         {"name": "llama-tiny", "checkpoint": str(llama_checkpoint), "engine": "cpu", "max_model_len": 256},
     ]
     path = write_models_yaml(folder, models)

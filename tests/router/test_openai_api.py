@@ -30,7 +30,10 @@ def test_chat_completion_reports_text_usage_and_finish_reason(client):
 
 def test_completion_runs_to_max_tokens_with_ignore_eos(client):
     response = client.completions.create(
-        model="llama-tiny", prompt="The quick brown fox", max_tokens=12, temperature=0,
+        model="llama-tiny",
+        prompt="The quick brown fox",
+        max_tokens=12,
+        temperature=0,
         extra_body={"ignore_eos": True},
     )
     assert response.object == "text_completion"
@@ -43,7 +46,9 @@ def test_completion_runs_to_max_tokens_with_ignore_eos(client):
 def test_streamed_chat_equals_non_streamed_at_temperature_0(client, model):
     kwargs = dict(model=model, messages=CHAT, max_tokens=24, temperature=0, extra_body={"ignore_eos": True})
     whole = client.chat.completions.create(**kwargs).choices[0].message.content
-    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    chunks = list(
+        client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs)
+    )
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == whole
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -53,8 +58,13 @@ def test_streamed_chat_equals_non_streamed_at_temperature_0(client, model):
 
 
 def test_streamed_completion_equals_non_streamed(client):
-    kwargs = dict(model="llama-tiny", prompt="Ray Serve scales", max_tokens=20, temperature=0,
-                  extra_body={"ignore_eos": True})
+    kwargs = dict(
+        model="llama-tiny",
+        prompt="Ray Serve scales",
+        max_tokens=20,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
     whole = client.completions.create(**kwargs).choices[0].text
     streamed = "".join(c.choices[0].text for c in client.completions.create(stream=True, **kwargs))
     assert streamed == whole
@@ -72,8 +82,17 @@ def test_raw_stream_is_server_sent_events_ending_in_done(two_model_app):
 
 def test_models_answer_differently_and_aliases_route_to_the_same_model(client):
     def greedy(model: str) -> str:
-        return client.completions.create(model=model, prompt="Hello world", max_tokens=10, temperature=0,
-                                         extra_body={"ignore_eos": True}).choices[0].text
+        return (
+            client.completions.create(
+                model=model,
+                prompt="Hello world",
+                max_tokens=10,
+                temperature=0,
+                extra_body={"ignore_eos": True},
+            )
+            .choices[0]
+            .text
+        )
 
     assert greedy("qwen") == greedy("qwen-tiny")
     assert greedy("qwen-tiny") != greedy("llama-tiny")
@@ -83,7 +102,9 @@ def test_concurrent_requests_to_both_models(client):
     def ask(index: int) -> tuple[str, str]:
         model = ["qwen-tiny", "llama-tiny"][index % 2]
         response = client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": f"request {index}"}], max_tokens=6,
+            model=model,
+            messages=[{"role": "user", "content": f"request {index}"}],
+            max_tokens=6,
             extra_body={"ignore_eos": True},
         )
         return model, response.model
@@ -95,19 +116,39 @@ def test_concurrent_requests_to_both_models(client):
 
 
 def test_seed_makes_sampling_reproducible(client):
-    kwargs = dict(model="qwen-tiny", prompt="Once upon a time", max_tokens=12, temperature=1.0, seed=7,
-                  extra_body={"ignore_eos": True})
-    assert client.completions.create(**kwargs).choices[0].text == client.completions.create(**kwargs).choices[0].text
+    kwargs = dict(
+        model="qwen-tiny",
+        prompt="Once upon a time",
+        max_tokens=12,
+        temperature=1.0,
+        seed=7,
+        extra_body={"ignore_eos": True},
+    )
+    assert (
+        client.completions.create(**kwargs).choices[0].text
+        == client.completions.create(**kwargs).choices[0].text
+    )
 
 
 def test_stop_string_ends_generation_without_the_stop_text(client):
-    free = client.completions.create(model="llama-tiny", prompt="Hello", max_tokens=20, temperature=0,
-                                     extra_body={"ignore_eos": True}).choices[0].text
+    free = (
+        client.completions.create(
+            model="llama-tiny", prompt="Hello", max_tokens=20, temperature=0, extra_body={"ignore_eos": True}
+        )
+        .choices[0]
+        .text
+    )
     stop = free[3:6]
     if not stop.strip():
         pytest.skip("random model produced whitespace; nothing distinctive to stop on")
-    response = client.completions.create(model="llama-tiny", prompt="Hello", max_tokens=20, temperature=0,
-                                         stop=[stop], extra_body={"ignore_eos": True})
+    response = client.completions.create(
+        model="llama-tiny",
+        prompt="Hello",
+        max_tokens=20,
+        temperature=0,
+        stop=[stop],
+        extra_body={"ignore_eos": True},
+    )
     assert response.choices[0].finish_reason == "stop"
     assert response.choices[0].text == free[: free.index(stop)]
 
@@ -144,8 +185,12 @@ def test_bad_fields_are_400_naming_the_field(two_model_app, body, param, fragmen
 
 
 def test_malformed_json_is_400(two_model_app):
-    response = httpx.post(f"{two_model_app}/v1/completions", content=b'{"model": "qwen", "prompt": ',
-                          headers={"content-type": "application/json"}, timeout=30)
+    response = httpx.post(
+        f"{two_model_app}/v1/completions",
+        content=b'{"model": "qwen", "prompt": ',
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert response.status_code == 400
     assert response.json()["error"]["message"] == "request body is not valid JSON"
 
@@ -162,7 +207,9 @@ def test_prompt_longer_than_context_is_400_with_both_numbers(client, stream):
 
 
 def test_max_tokens_beyond_context_is_400(client):
-    with pytest.raises(openai.BadRequestError, match=r"you requested \d+ tokens \(\d+ in the input, 250 in the"):
+    with pytest.raises(
+        openai.BadRequestError, match=r"you requested \d+ tokens \(\d+ in the input, 250 in the"
+    ):
         client.chat.completions.create(model="qwen-tiny", messages=CHAT, max_tokens=250)
 
 

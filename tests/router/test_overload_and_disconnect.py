@@ -34,8 +34,14 @@ def extra_app(serve_cluster, tmp_path_factory, qwen2_checkpoint):
     save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
 
     models = [
-        {"name": "busy", "checkpoint": str(qwen2_checkpoint), "engine": "cpu", "max_model_len": 512,
-         "max_ongoing_requests": 1, "max_queued_requests": 1},
+        {
+            "name": "busy",
+            "checkpoint": str(qwen2_checkpoint),
+            "engine": "cpu",
+            "max_model_len": 512,
+            "max_ongoing_requests": 1,
+            "max_queued_requests": 1,
+        },
         {"name": "plain", "checkpoint": str(no_template), "engine": "cpu", "max_model_len": 256},
         {"name": "broken", "checkpoint": str(broken), "engine": "cpu", "on_preflight_failure": "skip"},
     ]
@@ -85,8 +91,9 @@ def test_chat_without_template_is_400_but_completions_work(extra_app):
     response = httpx.post(f"{extra_app}/v1/chat/completions", json=body, timeout=60)
     assert response.status_code == 400
     assert "has no chat template" in response.json()["error"]["message"]
-    ok = httpx.post(f"{extra_app}/v1/completions", json={"model": "plain", "prompt": "hi", "max_tokens": 2},
-                    timeout=60)
+    ok = httpx.post(
+        f"{extra_app}/v1/completions", json={"model": "plain", "prompt": "hi", "max_tokens": 2}, timeout=60
+    )
     assert ok.status_code == 200
 
 
