@@ -27,8 +27,8 @@ def build_app(args: dict[str, Any]) -> Application:
     config_path = config_path_from_argv()
     source = str(config_path) if config_path else "build_app args"
     registry = parse_registry(args, source=source, base_dir=config_path.parent if config_path else None)
+    unavailable = run_preflight_gate(registry)
     planned = plan_models(registry.models)
-    unavailable = run_preflight_gate(registry, planned)
     served = [p for p in planned if p.spec.name not in unavailable]
     if not served:
         raise PreflightFailed("no model passed preflight; nothing to serve:\n" + _reasons(unavailable))
@@ -49,31 +49,23 @@ def build_router(
     return router.bind(models, aliases, unavailable)
 
 
-def run_preflight_gate(registry: RegistrySpec, planned: list[PlannedModel]) -> dict[str, str]:
+def run_preflight_gate(registry: RegistrySpec) -> dict[str, str]:
     """Run preflight; stop on failures of 'fail' models, return {name: reason} of skipped ones."""
     from serve_app.preflight.runner import run_preflight
 
-    report = run_preflight(registry, engines={p.spec.name: p.engine for p in planned})
-    unavailable: dict[str, str] = {}
-    fatal = []
-    for model_report in report.models:
-        if model_report.ok:
-            continue
-        spec = registry.model(model_report.name)
-        reason = model_report.summary()
-        if spec.on_preflight_failure == "skip":
-            logger.warning("model %s left out (on_preflight_failure: skip): %s", spec.name, reason)
-            unavailable[spec.name] = f"failed preflight: {reason}"
-        else:
-            fatal.append(model_report)
-    if fatal:
-        from serve_app.preflight.render import render_text
+    report = run_preflight(registry, cluster_gpus=_cluster_gpus())
+    report.raise_for_failures()
+    unavailable = report.unavailable()
+    for name, reason in unavailable.items():
+        logger.warning("model %s left out (on_preflight_failure: skip): %s", name, reason)
+    return {name: f"failed preflight: {reason}" for name, reason in unavailable.items()}
 
-        raise PreflightFailed(
-            "preflight failed; no deployment was started. Fix the checkpoint or set "
-            "on_preflight_failure: skip for the model.\n" + render_text(report)
-        )
-    return unavailable
+
+def _cluster_gpus() -> float | None:
+    """GPUs in the Ray cluster, when build_app runs inside one (serve run / serve deploy)."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else None
 
 
 def _reasons(unavailable: dict[str, str]) -> str:

@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Combine one run of scripts/bench_serve.sh into docs/bench/<date>-<device>.json and a table.
+
+Reads RESULTS/meta.json and RESULTS/{bare,router}-c<N>.json (``vllm bench serve --save-result``
+files) and writes
+
+    {"device", "date", "versions", "workload", "checkpoint", "model",
+     "main_concurrency": 128,
+     "bare":   {<the c=128 metrics>, "by_concurrency": {"1": {...}, "128": {...}, "256": {...}}},
+     "router": {...same...},
+     "ratios": {"128": {"output_throughput": router/bare, ...}, ...}}
+
+with the metric names ``vllm bench serve`` saves (output_throughput, request_throughput,
+median_ttft_ms, p99_ttft_ms, median_tpot_ms, p99_tpot_ms, ...). Prints a markdown table.
+
+    python3 scripts/bench_results.py /tmp/bench-results            # -> docs/bench/<date>-<device>.json
+    python3 scripts/bench_results.py /tmp/bench-results --out $OUT/bench.json --device h100
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = ("bare", "router")
+METRICS = [
+    "completed",
+    "failed",
+    "duration",
+    "request_throughput",
+    "output_throughput",
+    "total_token_throughput",
+    "mean_ttft_ms",
+    "median_ttft_ms",
+    "p99_ttft_ms",
+    "mean_tpot_ms",
+    "median_tpot_ms",
+    "p99_tpot_ms",
+    "median_itl_ms",
+    "p99_itl_ms",
+    "median_e2el_ms",
+    "p99_e2el_ms",
+]
+# (metric, label) for the table and the ratios
+TABLE = [
+    ("output_throughput", "output tok/s"),
+    ("request_throughput", "requests/s"),
+    ("median_ttft_ms", "median TTFT ms"),
+    ("p99_ttft_ms", "p99 TTFT ms"),
+    ("median_tpot_ms", "median TPOT ms"),
+    ("p99_tpot_ms", "p99 TPOT ms"),
+]
+RESULT_NAME = re.compile(r"^(bare|router)-c(\d+)\.json$")
+
+
+def load_runs(results: Path) -> dict[str, dict[int, dict[str, Any]]]:
+    runs: dict[str, dict[int, dict[str, Any]]] = {target: {} for target in TARGETS}
+    for path in sorted(results.glob("*.json")):
+        match = RESULT_NAME.match(path.name)
+        if not match:
+            continue
+        data = json.loads(path.read_text())
+        runs[match.group(1)][int(match.group(2))] = {m: data[m] for m in METRICS if m in data}
+    return runs
+
+
+def combine(results: Path, device: str | None, main_concurrency: int) -> dict[str, Any]:
+    meta_path = results / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    runs = load_runs(results)
+    if not any(runs.values()):
+        raise SystemExit(f"{results}: no bare-c<N>.json or router-c<N>.json result files")
+    doc: dict[str, Any] = {
+        "device": device or meta.get("device", "unknown"),
+        "date": datetime.date.today().isoformat(),
+        "versions": meta.get("versions", {}),
+        "workload": meta.get("workload", {}),
+        "checkpoint": meta.get("checkpoint"),
+        "model": meta.get("model"),
+        "main_concurrency": main_concurrency,
+    }
+    for target in TARGETS:
+        by_c = runs[target]
+        entry: dict[str, Any] = dict(by_c.get(main_concurrency, {}))
+        entry["by_concurrency"] = {str(c): by_c[c] for c in sorted(by_c)}
+        ready = results / f"{target}-ready-seconds"
+        if ready.exists():
+            entry["ready_seconds"] = int(ready.read_text().strip())
+        doc[target] = entry
+    doc["ratios"] = {
+        str(c): {
+            metric: round(runs["router"][c][metric] / runs["bare"][c][metric], 4)
+            for metric, _ in TABLE
+            if runs["bare"][c].get(metric) and runs["router"][c].get(metric) is not None
+        }
+        for c in sorted(set(runs["bare"]) & set(runs["router"]))
+    }
+    return doc
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    lines = [
+        f"{doc['device']}, vLLM {doc['versions'].get('vllm', '?')}, Ray {doc['versions'].get('ray', '?')}: "
+        f"{doc.get('model')} ({doc.get('checkpoint')})",
+        "",
+        "| concurrency | metric | bare vllm serve | router | router/bare |",
+        "| ---: | --- | ---: | ---: | ---: |",
+    ]
+    concurrencies = sorted(
+        {int(c) for target in TARGETS for c in doc[target]["by_concurrency"]},
+        key=lambda c: (c != doc["main_concurrency"], c),
+    )
+    for c in concurrencies:
+        bare = doc["bare"]["by_concurrency"].get(str(c), {})
+        router = doc["router"]["by_concurrency"].get(str(c), {})
+        for metric, label in TABLE:
+            ratio = doc["ratios"].get(str(c), {}).get(metric)
+            lines.append(
+                f"| {c} | {label} | {_fmt(bare.get(metric))} | {_fmt(router.get(metric))} | "
+                f"{'-' if ratio is None else f'{ratio:.2f}x'} |"
+            )
+        failed = [f"{t} {d['by_concurrency'][str(c)].get('failed')}" for t, d in _targets(doc, c)]
+        if any(not entry.endswith(" 0") for entry in failed):
+            lines.append(f"| {c} | failed requests | {' / '.join(failed)} | | |")
+    return "\n".join(lines)
+
+
+def _targets(doc: dict[str, Any], c: int) -> list[tuple[str, dict[str, Any]]]:
+    return [(t, doc[t]) for t in TARGETS if str(c) in doc[t]["by_concurrency"]]
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+
+
+def _slug(text: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'h100-80gb-hbm3'."""
+    text = re.sub(r"^nvidia\s+", "", text.strip(), flags=re.IGNORECASE)
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("results", type=Path, help="the RESULTS folder of scripts/bench_serve.sh")
+    parser.add_argument("--device", help="device name (default: meta.json's, from torch)")
+    parser.add_argument("--out", type=Path, help="output JSON (default: docs/bench/<date>-<device>.json)")
+    parser.add_argument("--main-concurrency", type=int, default=128)
+    args = parser.parse_args(argv)
+    doc = combine(args.results, args.device, args.main_concurrency)
+    out = args.out or ROOT / "docs" / "bench" / f"{doc['date']}-{_slug(doc['device'])}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(markdown(doc))
+    print(f"\nwritten: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Benchmark this project's router against bare `vllm serve` on one GPU: the same ModelOpt FP8
+# checkpoint, the same engine arguments (vLLM's defaults for the OpenAI-server usage context, no
+# enforce_eager) and the same `vllm bench serve` workload for both.
+#
+#   bash scripts/bench_serve.sh                 # both phases: bare, then router
+#   PHASES=bare bash scripts/bench_serve.sh     # one phase per call (each takes ~4-5 min on an H100)
+#   PHASES=router bash scripts/bench_serve.sh
+#
+# Workload: random dataset, 512 input / 256 output tokens, ignore_eos, /v1/completions, at
+# concurrency 128 (512 prompts), 1 (32 prompts) and 256 (512 prompts), after a warm-up.
+# Results: $RESULTS/<target>-c<concurrency>.json (`vllm bench serve --save-result`), logs beside
+# them. A run whose result file exists is skipped, so after a timeout the same command resumes.
+# Then: python3 scripts/bench_results.py $RESULTS   (writes docs/bench/<date>-<device>.json)
+#
+# Environment (defaults):
+#   CKPT=/tmp/ck/qwen2.5-3b  MODEL=qwen2.5-3b-fp8  RESULTS=/tmp/bench-results  PHASES="bare router"
+#   CONCURRENCY="128 1 256"  PROMPTS_128=512 PROMPTS_1=32 PROMPTS_256=512  (PROMPTS_<c> for others)
+#   INPUT_LEN=512 OUTPUT_LEN=256  BARE_PORT=8001  ROUTER_PORT=8000  READY_TIMEOUT=480
+#   ROUTER_REPLICAS (router.num_replicas in the generated registry; default: the registry's default)
+#   BENCH_EXTRA (more `vllm bench serve` flags for every run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/gpu/lib.sh
+
+CKPT=${CKPT:-/tmp/ck/qwen2.5-3b}
+MODEL=${MODEL:-qwen2.5-3b-fp8}
+RESULTS=${RESULTS:-/tmp/bench-results}
+PHASES=${PHASES:-bare router}
+PHASES=${PHASES//,/ }
+CONCURRENCY=${CONCURRENCY:-128 1 256}
+INPUT_LEN=${INPUT_LEN:-512}
+OUTPUT_LEN=${OUTPUT_LEN:-256}
+BARE_PORT=${BARE_PORT:-8001}
+ROUTER_PORT=${ROUTER_PORT:-8000}
+READY_TIMEOUT=${READY_TIMEOUT:-480}
+# vLLM's own compile cache root, shared by both targets: the router's engine, started with the
+# same arguments and usage context, finds the graphs bare `vllm serve` compiled (a warm start).
+COMPILE_CACHE=${COMPILE_CACHE:-${VLLM_CACHE_ROOT:-$HOME/.cache/vllm}}
+
+[ -f "$CKPT/config.json" ] || { log "no checkpoint at $CKPT (run scripts/gpu/make_checkpoints.sh)"; exit 2; }
+mkdir -p "$RESULTS"
+
+prompts_for() { local var="PROMPTS_$1"; echo "${!var:-$([ "$1" = 1 ] && echo 32 || echo 512)}"; }
+
+write_meta() {
+  "$PY" - "$RESULTS/meta.json" "$CKPT" "$MODEL" "$INPUT_LEN" "$OUTPUT_LEN" "$CONCURRENCY" <<'PY'
+import json, platform, sys
+from importlib import metadata
+path, ckpt, model, inp, out, conc = sys.argv[1:]
+try:
+    meta = json.load(open(path))
+except FileNotFoundError:
+    meta = {}
+versions = {"python": platform.python_version()}
+for name in ("vllm", "ray", "torch", "transformers", "nvidia-modelopt", "flashinfer-python"):
+    try:
+        versions[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        pass
+try:
+    import torch
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+except Exception:
+    device = "unknown"
+meta.update(device=device, versions=versions, checkpoint=ckpt, model=model, workload={
+    "dataset": "random", "random_input_len": int(inp), "random_output_len": int(out),
+    "ignore_eos": True, "endpoint": "/v1/completions", "backend": "openai",
+    "concurrency": [int(c) for c in conc.split()],
+})
+json.dump(meta, open(path, "w"), indent=1)
+PY
+}
+
+bench() { # bench TARGET PORT CONCURRENCY
+  local target=$1 port=$2 c=$3
+  local n file
+  n=$(prompts_for "$c")
+  file="$target-c$c.json"
+  if [ -f "$RESULTS/$file" ]; then
+    log "$target c=$c: $RESULTS/$file exists; skipped"
+    return 0
+  fi
+  log "$target c=$c: $n prompts"
+  # shellcheck disable=SC2086
+  vllm_cli bench serve --backend openai --base-url "http://127.0.0.1:$port" --endpoint /v1/completions \
+    --model "$MODEL" --tokenizer "$CKPT" --dataset-name random \
+    --random-input-len "$INPUT_LEN" --random-output-len "$OUTPUT_LEN" --ignore-eos --seed 0 \
+    --num-prompts "$n" --max-concurrency "$c" --percentile-metrics ttft,tpot,itl,e2el \
+    --metric-percentiles 50,90,99 --label "$target" --metadata "target=$target" "concurrency=$c" \
+    --save-result --result-dir "$RESULTS" --result-filename "$file" ${BENCH_EXTRA:-} \
+    2>&1 | tee "$RESULTS/$target-c$c.log" | grep -E "^(Successful|Failed|Benchmark duration|Request throughput|Output token throughput|Median TTFT|P99 TTFT|Median TPOT|P99 TPOT)" || true
+  [ -f "$RESULTS/$file" ] || { log "$target c=$c: no result file; see $RESULTS/$target-c$c.log"; tail -n 30 "$RESULTS/$target-c$c.log"; return 1; }
+}
+
+warm_up() { # warm_up TARGET PORT: 64 short requests at c=64, not saved
+  log "$1: warm-up"
+  vllm_cli bench serve --backend openai --base-url "http://127.0.0.1:$2" --endpoint /v1/completions \
+    --model "$MODEL" --tokenizer "$CKPT" --dataset-name random --random-input-len "$INPUT_LEN" \
+    --random-output-len 32 --ignore-eos --seed 1 --num-prompts 64 --max-concurrency 64 \
+    >"$RESULTS/$1-warmup.log" 2>&1 || { log "$1: warm-up failed"; tail -n 30 "$RESULTS/$1-warmup.log"; return 1; }
+}
+
+phase_done() { # phase_done TARGET: every result file is there
+  local c
+  for c in $CONCURRENCY; do [ -f "$RESULTS/$1-c$c.json" ] || return 1; done
+}
+
+run_bare() {
+  phase_done bare && { log "bare: all results exist; skipped"; return 0; }
+  start_bg "vllm serve" "$RESULTS/bare-server.log" env VLLM_CACHE_ROOT="$COMPILE_CACHE" \
+    "$PY" -m vllm.entrypoints.cli.main serve "$CKPT" --quantization modelopt \
+    --served-model-name "$MODEL" --host 127.0.0.1 --port "$BARE_PORT"
+  local pid=$BG_PID start=$SECONDS
+  trap 'stop_bg "vllm serve" '"$pid"' 30' EXIT
+  wait_http "vllm serve" "http://127.0.0.1:$BARE_PORT/health" "$pid" "$RESULTS/bare-server.log" "$READY_TIMEOUT"
+  echo "$((SECONDS - start))" >"$RESULTS/bare-ready-seconds"
+  grep -E "max_num_seqs|max_num_batched_tokens|torch.compile takes|Graph capturing finished" \
+    "$RESULTS/bare-server.log" | tail -n 5 || true
+  warm_up bare "$BARE_PORT"
+  local c
+  for c in $CONCURRENCY; do bench bare "$BARE_PORT" "$c"; done
+  stop_bg "vllm serve" "$pid" 60
+  trap - EXIT
+}
+
+write_registry() { # the project's registry for the same checkpoint, one replica on the whole GPU
+  "$PY" - "$RESULTS/router-models.yaml" "$CKPT" "$MODEL" "$ROUTER_PORT" "$COMPILE_CACHE" "${ROUTER_REPLICAS:-}" <<'PY'
+import sys
+import yaml
+path, ckpt, model, port, cache, replicas = sys.argv[1:]
+args = {"models": [{
+    "name": model, "checkpoint": ckpt, "engine": "vllm",
+    # vllm serve's defaults: no max_model_len, max_num_seqs or enforce_eager of our own.
+    "gpu_memory_utilization": 0.9, "resources": {"num_gpus": 1}, "compile_cache_dir": cache,
+}]}
+if replicas:
+    args["router"] = {"num_replicas": int(replicas)}
+doc = {"proxy_location": "EveryNode", "http_options": {"host": "127.0.0.1", "port": int(port)},
+       "applications": [{"name": "llm", "route_prefix": "/", "import_path": "serve_app.app:build_app",
+                         "args": args}]}
+yaml.safe_dump(doc, open(path, "w"), sort_keys=False)
+print(open(path).read())
+PY
+}
+
+run_router() {
+  phase_done router && { log "router: all results exist; skipped"; return 0; }
+  write_registry
+  stop_ray
+  start_bg "serve run" "$RESULTS/router-server.log" env -u RAY_ADDRESS "$PY" -m ray.serve.scripts run \
+    "$RESULTS/router-models.yaml"
+  local pid=$BG_PID start=$SECONDS
+  trap 'stop_bg "serve run" '"$pid"' 30; stop_ray' EXIT
+  wait_http "serve run" "http://127.0.0.1:$ROUTER_PORT/readyz" "$pid" "$RESULTS/router-server.log" "$READY_TIMEOUT"
+  echo "$((SECONDS - start))" >"$RESULTS/router-ready-seconds"
+  curl -s "http://127.0.0.1:$ROUTER_PORT/readyz" >"$RESULTS/router-readyz.json" || true
+  warm_up router "$ROUTER_PORT"
+  local c
+  for c in $CONCURRENCY; do bench router "$ROUTER_PORT" "$c"; done
+  stop_bg "serve run" "$pid" 90
+  stop_ray
+  trap - EXIT
+}
+
+cleanup_leftovers
+write_meta
+log "phases [$PHASES] on $CKPT as $MODEL; results in $RESULTS; GPU memory used/total: $(gpu_free_mib)"
+for phase in $PHASES; do
+  case $phase in
+    bare) run_bare ;;
+    router) run_router ;;
+    *) log "unknown phase '$phase' (expected bare, router)"; exit 2 ;;
+  esac
+done
+log "done; results:"
+ls -1 "$RESULTS"/*.json 2>/dev/null || true

@@ -1,0 +1,253 @@
+"""The vLLM engine: the engine protocol over vLLM 0.24's public async API.
+
+Uses only what ``vllm`` exports at its top level (``AsyncEngineArgs``, ``AsyncLLMEngine`` - an alias
+of ``vllm.v1.engine.async_llm.AsyncLLM`` -, ``SamplingParams``, ``TokensPrompt``) plus
+``RequestOutputKind``, ``UsageContext`` and vLLM's two engine exceptions. vLLM is imported inside
+the methods, so this module imports anywhere.
+
+The engine starts with ``UsageContext.OPENAI_API_SERVER``, the context ``vllm serve`` uses, so
+defaults that vLLM picks by usage context match the bare server's (on an H100: max_num_seqs 1024,
+max_num_batched_tokens 8192). Requests stream in ``RequestOutputKind.DELTA`` mode, in which vLLM
+merges outputs a slow consumer has not read yet instead of queueing one per token.
+
+torch.compile's cache goes to one persistent folder per model (``compile_cache_dir``, by default
+``~/.cache/modelopt-serve/compile/<model>``), given to vLLM as ``VLLM_CACHE_ROOT`` before the
+engine starts. vLLM keys its compiled graphs under ``<root>/torch_compile_cache/<hash>`` and points
+Inductor's and Triton's caches inside it, so a restarted replica with the same settings skips
+compilation. ``start_info`` records how long the start took and whether that cache was warm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from serve_app.engines.protocol import EngineConfig, EngineStats, GenerationDelta, GenerationRequest
+from serve_app.engines.vllm_mapping import (
+    StreamCounters,
+    engine_arg_fields,
+    engine_kwargs,
+    sampling_kwargs,
+    to_delta,
+)
+from serve_app.errors import (
+    ContextLengthError,
+    EngineDeadError,
+    EngineError,
+    EngineGenerateError,
+    EngineNotStartedError,
+    InvalidRequestError,
+    RegistryError,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COMPILE_CACHE_ROOT = Path("~/.cache/modelopt-serve/compile")
+
+
+@dataclass(frozen=True)
+class StartInfo:
+    """How one ``start()`` went: seconds to ready and whether the compile cache was already filled."""
+
+    seconds: float
+    compile_cache_dir: str
+    compile_cache_warm: bool
+    enforce_eager: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compile_cache_root(config: EngineConfig) -> Path:
+    """The per-model folder given to vLLM as VLLM_CACHE_ROOT."""
+    root = config.compile_cache_dir or DEFAULT_COMPILE_CACHE_ROOT / config.model_name
+    return Path(root).expanduser()
+
+
+def compile_cache_is_warm(root: Path) -> bool:
+    """True when an earlier start left compiled graphs under ``root``."""
+    graphs = root / "torch_compile_cache"
+    return graphs.is_dir() and any(graphs.iterdir())
+
+
+class VLLMEngine:
+    """One vLLM ``AsyncLLM`` serving one ModelOpt FP8 checkpoint.
+
+    ``start()`` raises RegistryError for engine_args vLLM does not accept and EngineError when vLLM
+    fails to load the model. ``generate`` raises InvalidRequestError for a request vLLM rejects,
+    EngineGenerateError when one request fails and EngineDeadError when the engine is gone.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.start_info: StartInfo | None = None
+        self._llm: Any = None
+        self._closed = False
+        self._max_model_len: int | None = None
+        self._stats = EngineStats()
+        self._in_flight: set[str] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._llm is not None:
+            return
+        if self._closed:
+            raise EngineDeadError(f"the vLLM engine of {self.config.model_name!r} was shut down")
+        started = time.monotonic()
+        from vllm import AsyncEngineArgs, AsyncLLMEngine
+        from vllm.usage.usage_lib import UsageContext
+
+        kwargs = engine_kwargs(self.config, engine_arg_fields(AsyncEngineArgs))
+        cache_root = compile_cache_root(self.config)
+        warm = compile_cache_is_warm(cache_root)
+        cache_root.mkdir(parents=True, exist_ok=True)
+        # Read lazily by vLLM and inherited by the engine-core process it spawns below.
+        os.environ["VLLM_CACHE_ROOT"] = str(cache_root)
+        try:
+            args = AsyncEngineArgs(**kwargs)
+            # Blocks this event loop until the engine core has loaded, compiled and profiled, as
+            # in `vllm serve`; AsyncLLM starts its output handler on the running loop.
+            llm = AsyncLLMEngine.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
+        except (TypeError, ValueError) as error:
+            raise RegistryError(
+                f"model {self.config.model_name!r}: vLLM rejected the engine arguments: {error}",
+                param="engine_args",
+            ) from error
+        except Exception as error:
+            raise EngineError(
+                f"vLLM failed to start model {self.config.model_name!r} from {self.config.checkpoint}: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        self._llm = llm
+        self._max_model_len = int(llm.model_config.max_model_len)
+        self.start_info = StartInfo(
+            seconds=round(time.monotonic() - started, 3),
+            compile_cache_dir=str(cache_root),
+            compile_cache_warm=warm,
+            enforce_eager=self.config.enforce_eager,
+        )
+        logger.info(
+            "vLLM engine for %s ready in %.1f s (max_model_len %d, compile cache %s, %s)",
+            self.config.model_name,
+            self.start_info.seconds,
+            self._max_model_len,
+            cache_root,
+            "warm" if warm else "cold",
+        )
+
+    async def shutdown(self) -> None:
+        """Stop the engine-core process and free the GPU; safe to call twice."""
+        self._closed = True
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        """Check the request and return its stream; closing the stream aborts the request in vLLM."""
+        llm = self._require_started()
+        from vllm import SamplingParams, TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        prompt_ids = list(request.prompt_token_ids)
+        if request.request_id in self._in_flight:
+            raise InvalidRequestError(f"request id {request.request_id!r} is already running")
+        if not prompt_ids:
+            raise InvalidRequestError("the prompt has no tokens", param="prompt")
+        if len(prompt_ids) >= self._max_model_len:
+            raise ContextLengthError(
+                f"the prompt has {len(prompt_ids)} tokens; this model's context is {self._max_model_len} "
+                "tokens including at least one generated token",
+                param="prompt",
+            )
+        try:
+            params = SamplingParams(**sampling_kwargs(request.sampling), output_kind=RequestOutputKind.DELTA)
+        except ValueError as error:  # vLLM's own checks of max_tokens, temperature, top_p, stop
+            raise InvalidRequestError(str(error)) from error
+        return self._stream(llm, request.request_id, TokensPrompt(prompt_token_ids=prompt_ids), params)
+
+    async def _stream(
+        self, llm: Any, request_id: str, prompt: Any, params: Any
+    ) -> AsyncIterator[GenerationDelta]:
+        if request_id in self._in_flight:  # two streams made for one id before either started
+            raise InvalidRequestError(f"request id {request_id!r} is already running")
+        counters = StreamCounters(prompt_tokens=len(prompt["prompt_token_ids"]))
+        self._in_flight.add(request_id)
+        self._stats.prompt_tokens_total += counters.prompt_tokens
+        finished: str | None = None
+        try:
+            # aclosing: when our consumer stops early (client gone, stream cancelled), vLLM's
+            # generator is closed at once, and its GeneratorExit handler aborts the request.
+            async with contextlib.aclosing(llm.generate(prompt, params, request_id)) as stream:
+                with self._vllm_errors():
+                    async for output in stream:
+                        delta = to_delta(output, counters)
+                        self._stats.generated_tokens_total += len(delta.token_ids)
+                        finished = delta.finish_reason
+                        yield delta
+        finally:
+            self._in_flight.discard(request_id)
+            if finished in ("stop", "length"):
+                self._stats.finished_total += 1
+            else:  # aborted by abort(), by the consumer going away, or failed
+                self._stats.aborted_total += 1
+
+    @contextlib.contextmanager
+    def _vllm_errors(self) -> Iterator[None]:
+        """Turn vLLM's exceptions into ours (our consumer's GeneratorExit passes through)."""
+        from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDeadError
+        from vllm.v1.engine.exceptions import EngineGenerateError as VLLMEngineGenerateError
+
+        try:
+            yield
+        except VLLMEngineDeadError as error:
+            raise EngineDeadError(f"the vLLM engine of {self.config.model_name!r} died: {error}") from error
+        except VLLMEngineGenerateError as error:
+            cause = error.__cause__
+            detail = f"{type(cause).__name__}: {cause}" if cause else str(error)
+            raise EngineGenerateError(f"vLLM failed the request: {detail}") from error
+        except ValueError as error:  # vLLM's request validation (e.g. prompt longer than the context)
+            raise InvalidRequestError(str(error)) from error
+
+    async def abort(self, request_id: str) -> None:
+        llm = self._require_started()
+        await llm.abort(request_id)
+
+    async def check_health(self) -> None:
+        llm = self._require_started()
+        from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDeadError
+
+        try:
+            await llm.check_health()
+        except VLLMEngineDeadError as error:
+            raise EngineDeadError(f"the vLLM engine of {self.config.model_name!r} died: {error}") from error
+
+    # -- introspection -----------------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        """Counters as the CPU engine keeps them; ``running`` counts open streams (vLLM's scheduler
+        queue is not exposed, so ``waiting`` stays 0)."""
+        if self._llm is None and not self._closed:
+            self._require_started()
+        self._stats.running = len(self._in_flight)
+        return EngineStats(**self._stats.as_dict())
+
+    @property
+    def max_model_len(self) -> int:
+        self._require_started()
+        return self._max_model_len
+
+    def _require_started(self) -> Any:
+        if self._llm is not None:
+            return self._llm
+        if self._closed:
+            raise EngineDeadError(f"the vLLM engine of {self.config.model_name!r} was shut down")
+        raise EngineNotStartedError(f"the vLLM engine of {self.config.model_name!r} has not started")

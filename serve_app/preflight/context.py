@@ -1,0 +1,73 @@
+"""Everything one model's checks look at, computed once: spec, checkpoint, probes, derived facts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from serve_app.preflight import rules
+from serve_app.preflight.checkpoint import Checkpoint, Geometry, is_embedding
+from serve_app.preflight.environment import EnvInfo
+from serve_app.preflight.exclusions import Analysis, Resolver, analyse
+from serve_app.preflight.gpu import GpuInfo
+from serve_app.registry.models import ModelSpec
+
+FP8_KV_DTYPES = ("fp8", "fp8_e4m3")
+
+
+@dataclass
+class ModelContext:
+    spec: ModelSpec
+    ckpt: Checkpoint
+    gpu: GpuInfo | None
+    env: EnvInfo | None
+    read_data: bool = True
+    gpu_memory_gib: float | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def geometry(self) -> Geometry:
+        return self.ckpt.geometry()
+
+    @property
+    def architecture(self) -> str:
+        return self.ckpt.architecture or ""
+
+    @cached_property
+    def analysis(self) -> Analysis:
+        quant = self.ckpt.quant
+        resolver = Resolver(quant.exclude if quant else (), rules.fused_groups(self.architecture))
+        required = rules.must_exclude(self.architecture, self.ckpt.is_tied(self.geometry))
+        return analyse(resolver, self.ckpt.linear_modules(), sorted(self.ckpt.modules()), required)
+
+    def quantized_modules(self) -> list[str]:
+        return [m for m in self.ckpt.linear_modules() if not self.analysis.excluded(m)]
+
+    def unquantized_modules(self) -> list[str]:
+        """Excluded linears plus embeddings, which vLLM's ModelOpt FP8 never quantizes."""
+        embeddings = [m for m, p in self.ckpt.modules().items() if is_embedding(m) and "weight" in p]
+        return sorted({*(m for m in self.ckpt.linear_modules() if self.analysis.excluded(m)), *embeddings})
+
+    @property
+    def kv_cache_dtype(self) -> str:
+        """The KV-cache dtype vLLM resolves: an explicit setting, else the checkpoint's declaration."""
+        if self.spec.kv_cache_dtype != "auto":
+            return self.spec.kv_cache_dtype
+        quant = self.ckpt.quant
+        return "fp8" if quant is not None and quant.kv_algo == "FP8" else "auto"
+
+    @property
+    def kv_is_fp8(self) -> bool:
+        return self.kv_cache_dtype in FP8_KV_DTYPES
+
+    def engine(self) -> tuple[str, str]:
+        """('vllm' | 'cpu', why) as serve_app.engines.selection resolves ``engine: auto``."""
+        if self.spec.engine == "cpu":
+            return "cpu", "CPU engine"
+        if self.spec.engine == "vllm":
+            return "vllm", ""
+        if self.gpu is None:
+            return "cpu", "CPU engine (engine auto, no CUDA GPU visible)"
+        if self.env is not None and self.env.vllm_version is None:
+            return "cpu", "CPU engine (engine auto, vLLM not installed)"
+        return "vllm", ""

@@ -1,0 +1,240 @@
+"""Checks 13-15: GPU capability, memory fit, tensor-parallel divisibility and cluster fit.
+
+The memory estimate is what vLLM needs per GPU to start: the weight bytes from the safetensors
+headers (split over tensor_parallel_size), the KV cache for at least one ``max_model_len``
+sequence (vLLM refuses to start otherwise) and a fixed headroom; against GPU memory x
+``gpu_memory_utilization`` (capped at the replica's share of a GPU when it asks for a fraction).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from serve_app.preflight import rules
+from serve_app.preflight.gpu import GIB, GpuInfo
+from serve_app.preflight.report import CheckResult, failed, passed, skipped, warned
+from serve_app.preflight.safetensors_index import DTYPE_BYTES
+from serve_app.registry.models import ModelSpec
+
+if TYPE_CHECKING:
+    from serve_app.preflight.context import ModelContext
+
+# What vLLM's profile run finds besides weights and KV cache: the CUDA context, CUDA graphs, the
+# activations of one prefill chunk, NCCL buffers. 2 GiB covers 8B-class models at vLLM's default
+# max_num_batched_tokens; the estimate is a floor, not a promise.
+HEADROOM_BYTES = 2 * GIB
+NO_GPU = "no CUDA GPU visible"
+
+
+def gib(n: float) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int
+    tp: int
+    kv_per_token: int  # bytes per token on one GPU
+    max_model_len: int
+    max_num_seqs: int | None
+    headroom: int = HEADROOM_BYTES
+
+    @property
+    def weights_per_gpu(self) -> int:
+        return self.weights // self.tp
+
+    def kv(self, sequences: int) -> int:
+        return self.kv_per_token * self.max_model_len * sequences
+
+    def need(self, sequences: int = 1) -> int:
+        return self.weights_per_gpu + self.kv(sequences) + self.headroom
+
+    def describe(self) -> str:
+        return (
+            f"weights {gib(self.weights_per_gpu)}/GPU + KV for one {self.max_model_len}-token sequence "
+            f"{gib(self.kv(1))} + headroom {gib(self.headroom)} = {gib(self.need(1))} per GPU"
+        )
+
+    def as_data(self) -> dict[str, int | None]:
+        return {
+            "weights_bytes": self.weights,
+            "tensor_parallel_size": self.tp,
+            "kv_bytes_per_token_per_gpu": self.kv_per_token,
+            "max_model_len": self.max_model_len,
+            "max_num_seqs": self.max_num_seqs,
+            "headroom_bytes": self.headroom,
+            "need_bytes_per_gpu": self.need(1),
+        }
+
+
+def estimate(ctx: ModelContext) -> MemoryEstimate:
+    g, spec = ctx.geometry, ctx.spec
+    tp = spec.tensor_parallel_size
+    kv_heads_per_gpu = max(1, g.kv_heads // tp)  # vLLM replicates KV heads when tp > kv_heads
+    kv_bytes = 1 if ctx.kv_is_fp8 else int(DTYPE_BYTES.get(g.dtype, 2))
+    return MemoryEstimate(
+        weights=ctx.ckpt.index.total_bytes,
+        tp=tp,
+        kv_per_token=2 * g.layers * kv_heads_per_gpu * g.head_dim * kv_bytes,
+        max_model_len=spec.max_model_len or g.max_position or 2048,
+        max_num_seqs=spec.max_num_seqs,
+    )
+
+
+def check_gpu_capability(ctx: ModelContext) -> CheckResult:
+    name = "gpu_capability"
+    engine, why = ctx.engine()
+    if engine == "cpu":
+        return skipped(name, why)
+    if ctx.gpu is None:
+        return skipped(name, NO_GPU)
+    if ctx.gpu.capability is None:
+        return skipped(name, f"{ctx.gpu.name}: compute capability unknown (nvidia-smi reports none)")
+    vllm = ctx.env.vllm_version if ctx.env and ctx.env.vllm_version else rules.PINNED_VLLM
+    need, rule = rules.min_capability(ctx.architecture, vllm)
+    have = ctx.gpu.capability
+    if have < need:
+        return failed(
+            name,
+            f"{ctx.gpu.name} has compute capability {have[0]}.{have[1]}; FP8 W8A8 in vLLM {vllm} needs "
+            f"{need[0]}.{need[1]} or newer ({rule.reason}; source: {rule.source})",
+            "run this model on Ada, Hopper or Blackwell GPUs (L4, L40S, H100, H200, B200), e.g. with "
+            "resources.accelerator_type, or serve a BF16 checkpoint on this GPU",
+        )
+    return passed(name, f"{ctx.gpu.name}: compute capability {have[0]}.{have[1]} >= {need[0]}.{need[1]}")
+
+
+def _target(ctx: ModelContext) -> tuple[int | None, str]:
+    if ctx.gpu_memory_gib is not None:
+        return int(ctx.gpu_memory_gib * GIB), f"{ctx.gpu_memory_gib:g} GiB GPU (--gpu-memory-gib)"
+    if ctx.gpu is not None:
+        return ctx.gpu.total_memory, f"{ctx.gpu.name} ({gib(ctx.gpu.total_memory)})"
+    return None, ""
+
+
+def check_memory_fit(ctx: ModelContext) -> CheckResult:
+    name = "memory_fit"
+    est = estimate(ctx)
+    engine, why = ctx.engine()
+    total, label = _target(ctx)
+    if ctx.spec.engine == "cpu" or (engine == "cpu" and ctx.gpu_memory_gib is None):
+        return skipped(name, f"{why}; vLLM would need {est.describe()}", **est.as_data())
+    if total is None:
+        return skipped(name, f"no GPU to compare against; vLLM needs {est.describe()}", **est.as_data())
+    spec = ctx.spec
+    share = min(1.0, spec.resources.num_gpus / spec.tensor_parallel_size) if spec.resources.num_gpus else 1.0
+    if spec.gpu_memory_utilization > share + 1e-9:
+        return failed(
+            name,
+            f"gpu_memory_utilization {spec.gpu_memory_utilization:g} but a replica gets {share:g} of a GPU "
+            f"(resources.num_gpus {spec.resources.num_gpus:g}); a second replica on that GPU cannot allocate",
+            f"set gpu_memory_utilization to at most {share:g}",
+            **est.as_data(),
+        )
+    budget = int(total * spec.gpu_memory_utilization)
+    data = {**est.as_data(), "budget_bytes_per_gpu": budget}
+    where = f"{label} x gpu_memory_utilization {spec.gpu_memory_utilization:g} = {gib(budget)}"
+    if est.need(1) > budget:
+        return failed(
+            name,
+            f"does not fit: {est.describe()}; available {where}",
+            "raise tensor_parallel_size, lower max_model_len, use kv_cache_dtype: fp8, raise "
+            "gpu_memory_utilization, or place the model on a larger GPU",
+            **data,
+        )
+    room = budget - est.weights_per_gpu - est.headroom
+    sequences = room // max(1, est.kv(1))
+    fits = (
+        f"{est.describe()}; available {where}; "
+        f"KV room {gib(room)} = {sequences} sequences of {est.max_model_len} tokens"
+    )
+    if est.max_num_seqs is not None and sequences < est.max_num_seqs:
+        return warned(
+            name,
+            f"{fits}, fewer than max_num_seqs {est.max_num_seqs}",
+            "lower max_num_seqs or max_model_len to what fits, or accept that vLLM preempts long sequences",
+            **data,
+        )
+    return passed(name, fits, **data)
+
+
+def check_parallelism(ctx: ModelContext) -> CheckResult:
+    name = "parallelism"
+    engine, why = ctx.engine()
+    if engine == "cpu":
+        return skipped(name, why)
+    g, tp = ctx.geometry, ctx.spec.tensor_parallel_size
+    problems = []
+    if g.heads % tp:
+        problems.append(f"{g.heads} attention heads are not divisible by tensor_parallel_size {tp}")
+    if (g.kv_heads % tp) if g.kv_heads >= tp else (tp % g.kv_heads):
+        problems.append(
+            f"{g.kv_heads} KV heads: tensor_parallel_size {tp} must divide them, or be a multiple of them "
+            "(vLLM then replicates KV heads)"
+        )
+    if g.intermediate is not None and g.intermediate % tp:
+        problems.append(f"intermediate_size {g.intermediate} is not divisible by tensor_parallel_size {tp}")
+    if ctx.gpu is not None and tp > ctx.gpu.count:
+        problems.append(f"a replica needs {tp} GPUs on one node; this node has {ctx.gpu.count}")
+    if problems:
+        most = ctx.gpu.count if ctx.gpu is not None else g.heads
+        sizes = [d for d in range(1, most + 1) if _fits(g.heads, g.kv_heads, g.intermediate, d)]
+        where = " that fits this node" if ctx.gpu is not None else ""
+        return failed(
+            name, "; ".join(problems), f"use a tensor_parallel_size{where}: {', '.join(map(str, sizes[:6]))}"
+        )
+    return passed(
+        name, f"tensor_parallel_size {tp} divides {g.heads} attention heads and {g.kv_heads} KV heads"
+    )
+
+
+def _fits(heads: int, kv: int, intermediate: int | None, tp: int) -> bool:
+    kv_ok = kv % tp == 0 if kv >= tp else tp % kv == 0
+    return heads % tp == 0 and kv_ok and (intermediate is None or intermediate % tp == 0)
+
+
+def gpus_per_replica(spec: ModelSpec, engine: str) -> float:
+    if spec.resources.num_gpus is not None:
+        return spec.resources.num_gpus
+    return float(spec.tensor_parallel_size) if engine == "vllm" else 0.0
+
+
+def ray_cluster_gpus() -> float | None:
+    """GPUs of the Ray cluster this process is connected to; None when not connected (Ray not imported)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not getattr(ray, "is_initialized", lambda: False)():
+        return None
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def check_cluster_fit(
+    demands: list[tuple[ModelSpec, str]], gpu: GpuInfo | None, cluster_gpus: float | None
+) -> CheckResult:
+    """demands: (spec, resolved engine) of every model that will be deployed."""
+    name = "cluster_fit"
+    parts = [
+        (spec.name, spec.autoscaling.min_replicas, gpus_per_replica(spec, engine)) for spec, engine in demands
+    ]
+    need = sum(replicas * per for _, replicas, per in parts)
+    breakdown = ", ".join(f"{n}: {r} x {p:g}" for n, r, p in parts if r * p)
+    if need == 0:
+        return passed(name, "no model needs a GPU at min_replicas")
+    available = cluster_gpus if cluster_gpus is not None else ray_cluster_gpus()
+    source = "Ray cluster"
+    if available is None and gpu is not None:
+        available, source = float(gpu.count), "this node"
+    if available is None:
+        return skipped(name, f"{NO_GPU}; min_replicas need {need:g} GPUs ({breakdown})", need_gpus=need)
+    data = {"need_gpus": need, "available_gpus": available}
+    if need > available:
+        return failed(
+            name,
+            f"min_replicas need {need:g} GPUs ({breakdown}) but {source} has {available:g}; "
+            "replicas beyond that wait for resources forever",
+            "lower autoscaling.min_replicas or tensor_parallel_size, use fractional resources.num_gpus, "
+            "or add GPUs",
+            **data,
+        )
+    return passed(name, f"min_replicas need {need:g} of {available:g} GPUs ({source}; {breakdown})", **data)

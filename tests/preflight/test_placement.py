@@ -1,0 +1,152 @@
+"""Checks 13-15 with fake GPUs: capability, memory fit, tensor parallelism, cluster fit."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from serve_app.preflight import GpuInfo, preflight_model, run_preflight, spec_for_checkpoint
+from serve_app.preflight.gpu import parse_nvidia_smi, probe_gpu
+from serve_app.preflight.placement import HEADROOM_BYTES, ray_cluster_gpus
+from tests.preflight.conftest import A100, GIB, GOOD_ENV, H100, NO_VLLM, check, edit_tensors, failures
+
+GPU_CHECKS = ("gpu_capability", "memory_fit", "parallelism", "vllm_environment", "arch_extras")
+
+
+def test_a100_fails_capability_naming_the_gpu(qwen2_checkpoint):
+    report = check(qwen2_checkpoint, gpu=A100)
+    assert failures(report) == {"gpu_capability"}
+    assert report.result("gpu_capability").detail.startswith(
+        "NVIDIA A100-SXM4-80GB has compute capability 8.0; FP8 W8A8 in vLLM 0.24.0 needs 8.9 or newer"
+    )
+    assert check(qwen2_checkpoint).result("gpu_capability").detail == (
+        "NVIDIA H100 80GB HBM3: compute capability 9.0 >= 8.9"
+    )
+
+
+def test_cpu_engine_skips_gpu_checks(qwen2_checkpoint):
+    report = check(qwen2_checkpoint, engine="cpu")
+    assert {report.result(n).status for n in GPU_CHECKS} == {"skipped"}
+    assert report.result("parallelism").detail == "CPU engine"
+    assert "vLLM would need weights" in report.result("memory_fit").detail
+
+
+def test_vllm_engine_without_a_gpu(qwen2_checkpoint):
+    report = check(qwen2_checkpoint, gpu=None, env=NO_VLLM, engine="vllm")
+    assert report.result("gpu_capability").detail == "no CUDA GPU visible"
+    assert report.result("memory_fit").detail.startswith("no GPU to compare against; vLLM needs weights ")
+    assert report.result("parallelism").status == "pass"  # needs no GPU
+    override = preflight_model(
+        spec_for_checkpoint(qwen2_checkpoint), gpu=None, env=NO_VLLM, gpu_memory_gib=24
+    )
+    assert override.result("memory_fit").status == "pass"
+    assert (
+        "24 GiB GPU (--gpu-memory-gib) x gpu_memory_utilization 0.9 = 21.60 GiB"
+        in override.result("memory_fit").detail
+    )
+
+
+def test_memory_numbers(qwen2_checkpoint):
+    result = check(qwen2_checkpoint, max_model_len=1024).result("memory_fit")
+    data = result.data
+    # 2 (K and V) x 2 layers x 2 KV heads x head_dim 16 x 2 bytes (BF16)
+    assert data["kv_bytes_per_token_per_gpu"] == 256
+    assert data["need_bytes_per_gpu"] == data["weights_bytes"] + 256 * 1024 + HEADROOM_BYTES
+    assert data["budget_bytes_per_gpu"] == int(80 * GIB * 0.9)
+    fp8 = check(qwen2_checkpoint, kv_cache_dtype="fp8").result("memory_fit").data
+    assert fp8["kv_bytes_per_token_per_gpu"] == 128
+
+
+def test_fractional_gpu_share_needs_matching_memory_utilization(qwen2_checkpoint):
+    report = check(qwen2_checkpoint, resources={"num_gpus": 0.5})
+    assert failures(report) == {"memory_fit"}
+    assert report.result("memory_fit").fix == "set gpu_memory_utilization to at most 0.5"
+    assert check(qwen2_checkpoint, resources={"num_gpus": 0.5}, gpu_memory_utilization=0.45).ok
+
+
+def test_max_num_seqs_beyond_the_kv_room_warns(qwen2_checkpoint):
+    spec = spec_for_checkpoint(qwen2_checkpoint, max_num_seqs=1024, max_model_len=2048)
+    report = preflight_model(spec, gpu=H100, env=GOOD_ENV, gpu_memory_gib=2.5)
+    result = report.result("memory_fit")
+    assert result.status == "warn" and report.ok
+    assert "sequences of 2048 tokens, fewer than max_num_seqs 1024" in result.detail
+
+
+def test_tensor_parallel_size_larger_than_the_node(qwen2_checkpoint):
+    report = check(
+        qwen2_checkpoint, gpu=GpuInfo("NVIDIA H100", (9, 0), 80 * GIB, count=1), tensor_parallel_size=2
+    )
+    assert failures(report) == {"parallelism"}
+    assert report.result("parallelism").detail == "a replica needs 2 GPUs on one node; this node has 1"
+    assert report.result("parallelism").fix == "use a tensor_parallel_size that fits this node: 1"
+
+
+def test_tp_that_does_not_divide_the_heads_says_which_would(qwen2_checkpoint):
+    result = check(qwen2_checkpoint, tensor_parallel_size=3).result("parallelism")
+    assert result.detail.startswith("4 attention heads are not divisible by tensor_parallel_size 3")
+    assert result.fix == "use a tensor_parallel_size that fits this node: 1, 2, 4"
+
+
+def specs(ckpt, count: int, **fields):
+    return [spec_for_checkpoint(ckpt, **fields).model_copy(update={"name": f"m{i}"}) for i in range(count)]
+
+
+def test_cluster_fit_counts_every_models_min_replicas(qwen2_checkpoint):
+    models = specs(qwen2_checkpoint, 3, autoscaling={"min_replicas": 3, "max_replicas": 3})
+    report = run_preflight(models, gpu=H100, env=GOOD_ENV, read_data=False)
+    assert all(m.ok for m in report.models) and not report.ok and report.exit_code == 1
+    (cluster,) = report.cluster
+    assert cluster.detail.startswith(
+        "min_replicas need 9 GPUs (m0: 3 x 1, m1: 3 x 1, m2: 3 x 1) but this node has 8"
+    )
+    assert run_preflight(models, gpu=H100, env=GOOD_ENV, read_data=False, cluster_gpus=16).ok
+
+
+def test_cluster_fit_leaves_out_skipped_models(qwen2_checkpoint, copy_checkpoint):
+    broken = copy_checkpoint(qwen2_checkpoint)
+    edit_tensors(broken, lambda t: t.pop("model.layers.0.mlp.up_proj.input_scale"))
+    good = specs(qwen2_checkpoint, 2, autoscaling={"min_replicas": 4, "max_replicas": 4})
+    bad = spec_for_checkpoint(
+        broken, on_preflight_failure="skip", autoscaling={"min_replicas": 4, "max_replicas": 4}
+    )
+    report = run_preflight([*good, bad], gpu=H100, env=GOOD_ENV)
+    assert report.cluster[0].status == "pass" and report.cluster[0].data["need_gpus"] == 8
+    assert list(report.unavailable()) == ["ckpt"] and report.blocking() == []
+
+
+def test_cluster_fit_without_gpus(qwen2_checkpoint):
+    cpu_only = run_preflight(specs(qwen2_checkpoint, 2), gpu=None, env=NO_VLLM, read_data=False)
+    assert cpu_only.cluster[0].detail == "no model needs a GPU at min_replicas"
+    vllm = run_preflight(specs(qwen2_checkpoint, 2, engine="vllm"), gpu=None, env=NO_VLLM, read_data=False)
+    assert vllm.cluster[0].detail == "no CUDA GPU visible; min_replicas need 2 GPUs (m0: 1 x 1, m1: 1 x 1)"
+
+
+def test_ray_cluster_is_only_asked_when_connected(monkeypatch):
+    monkeypatch.delitem(sys.modules, "ray", raising=False)
+    assert ray_cluster_gpus() is None
+
+
+# --- the GPU probe ----------------------------------------------------------------------------
+
+SMI = """0, GPU-aaaa1111, NVIDIA H100 80GB HBM3, 9.0, 81559
+1, GPU-bbbb2222, NVIDIA H100 80GB HBM3, 9.0, 81559
+"""
+
+
+def test_parse_nvidia_smi():
+    assert parse_nvidia_smi(SMI) == GpuInfo("NVIDIA H100 80GB HBM3", (9, 0), 81559 * 1024**2, count=2)
+    assert parse_nvidia_smi(SMI, "1").count == 1
+    assert parse_nvidia_smi(SMI, "GPU-bbbb").count == 1
+    assert parse_nvidia_smi(SMI, "7") is None
+    assert parse_nvidia_smi("0, GPU-x, Old GPU, [N/A], 16000\n").capability is None
+
+
+@pytest.mark.parametrize("visible", ["", "-1"])
+def test_no_visible_devices_means_no_gpu(monkeypatch, visible):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert probe_gpu() is None
+
+
+def test_describe():
+    assert A100.describe() == "8x NVIDIA A100-SXM4-80GB (compute capability 8.0, 80 GiB)"
