@@ -58,7 +58,7 @@ def run_preflight_gate(registry: RegistrySpec) -> dict[str, str]:
     unavailable = report.unavailable()
     for name, reason in unavailable.items():
         logger.warning("model %s left out (on_preflight_failure: skip): %s", name, reason)
-    return {name: f"failed preflight: {reason}" for name, reason in unavailable.items()}
+    return unavailable
 
 
 def _cluster_gpus() -> float | None:

@@ -2,6 +2,7 @@
 
     ServeAppError
     ├── RegistryError            models.yaml is invalid; fix the file and start again
+    ├── CheckpointLoadError      a checkpoint's tensors don't fit its config; fix or re-export it
     ├── PreflightFailed          a model failed preflight; the report says what to fix
     ├── RequestError             the client's request is wrong; it can retry with a fixed one (4xx)
     │   ├── InvalidRequestError      a field is missing or out of range            -> 400
@@ -35,6 +36,10 @@ class ServeAppError(Exception):
 
 class RegistryError(ServeAppError):
     """models.yaml (or the args given to build_app) failed validation."""
+
+
+class CheckpointLoadError(ServeAppError):
+    """A checkpoint's tensors do not fit the model its config.json describes, or are unreadable."""
 
 
 class PreflightFailed(ServeAppError):

@@ -27,7 +27,9 @@ def served_yaml(tmp_path_factory, qwen2_checkpoint, llama_checkpoint):
     ]
     path = write_models_yaml(folder, models, port=port)
     serve = Path(sys.executable).with_name("serve")
-    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    # A cluster of its own: no RAY_ADDRESS (Ray 2.60 rejects an empty one).
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     # Start from the YAML's folder, as `make serve` does from the repository root.
     process = subprocess.Popen(
         [str(serve), "run", str(path)],

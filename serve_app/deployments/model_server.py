@@ -110,10 +110,17 @@ class ModelServer:
             "chat_template": self.prompts.has_chat_template,
             "start_seconds": round(self.start_seconds, 2),
             "stats": self.engine.stats().as_dict(),
+            "engine_start": _start_info(self.engine),
         }
 
     async def __del__(self) -> None:
         await self.engine.shutdown()
+
+
+def _start_info(engine: Engine) -> dict[str, Any] | None:
+    """Cold/warm start facts an engine reports (the vLLM engine's compile cache), if any."""
+    info = getattr(engine, "start_info", None)
+    return info.as_dict() if info is not None else None
 
 
 def _load_tokenizer(config: EngineConfig) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from serve_app.errors import ServeAppError
+from serve_app.errors import CheckpointLoadError
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
@@ -40,10 +40,6 @@ SCALE_SUFFIXES = (
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 MAX_NAMES_IN_MESSAGE = 10
-
-
-class CheckpointLoadError(ServeAppError):
-    """The checkpoint's tensors do not fit the model its config.json describes (or are unreadable)."""
 
 
 def load_dequantized_model(

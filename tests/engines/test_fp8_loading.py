@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from serve_app.engines.fp8_loading import CheckpointLoadError, dequantize_fp8, load_dequantized_model
+from serve_app.engines.fp8_loading import dequantize_fp8, load_dequantized_model
+from serve_app.errors import CheckpointLoadError
 
 LAYER = "model.layers.0.mlp.down_proj"
 

@@ -102,7 +102,9 @@ def test_preflight_skipped_model_is_listed_unavailable_with_its_reason(extra_app
     assert ready.status_code == 200
     broken = ready.json()["models"]["broken"]
     assert broken["available"] is False
-    assert "input_scale" in broken["reason"]
+    assert "quantized_tensors" in broken["reason"] and "input_scale" in broken["reason"]
     response = httpx.post(f"{extra_app}/v1/completions", json={"model": "broken", "prompt": "hi"}, timeout=30)
     assert response.status_code == 404
-    assert "failed preflight" in response.json()["error"]["message"]
+    message = response.json()["error"]["message"]
+    expected = "model 'broken' is not being served: preflight check 'quantized_tensors' failed"
+    assert message.startswith(expected)
