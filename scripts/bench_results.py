@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ("bare", "router")
+TARGETS = ("bare", "router", "router_fast")
 METRICS = [
     "completed",
     "failed",
@@ -56,7 +56,7 @@ TABLE = [
     ("median_tpot_ms", "median TPOT ms"),
     ("p99_tpot_ms", "p99 TPOT ms"),
 ]
-RESULT_NAME = re.compile(r"^(bare|router)-c(\d+)\.json$")
+RESULT_NAME = re.compile(r"^(bare|router|router_fast)-c(\d+)\.json$")
 
 
 def load_runs(results: Path) -> dict[str, dict[int, dict[str, Any]]]:
@@ -93,15 +93,22 @@ def combine(results: Path, device: str | None, main_concurrency: int) -> dict[st
         if ready.exists():
             entry["ready_seconds"] = int(ready.read_text().strip())
         doc[target] = entry
-    doc["ratios"] = {
-        str(c): {
-            metric: round(runs["router"][c][metric] / runs["bare"][c][metric], 4)
-            for metric, _ in TABLE
-            if runs["bare"][c].get(metric) and runs["router"][c].get(metric) is not None
-        }
-        for c in sorted(set(runs["bare"]) & set(runs["router"]))
-    }
+    for target in TARGETS[1:]:
+        key = "ratios" if target == "router" else f"ratios_{target}"
+        doc[key] = ratios(runs, target)
     return doc
+
+
+def ratios(runs: dict[str, dict[int, dict[str, Any]]], target: str) -> dict[str, dict[str, float]]:
+    """target/bare for each table metric, at each concurrency both ran."""
+    return {
+        str(c): {
+            metric: round(runs[target][c][metric] / runs["bare"][c][metric], 4)
+            for metric, _ in TABLE
+            if runs["bare"][c].get(metric) and runs[target][c].get(metric) is not None
+        }
+        for c in sorted(set(runs["bare"]) & set(runs[target]))
+    }
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -109,8 +116,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{doc['device']}, vLLM {doc['versions'].get('vllm', '?')}, Ray {doc['versions'].get('ray', '?')}: "
         f"{doc.get('model')} ({doc.get('checkpoint')})",
         "",
-        "| concurrency | metric | bare vllm serve | router | router/bare |",
-        "| ---: | --- | ---: | ---: | ---: |",
+        "| concurrency | metric | bare vllm serve | router | router/bare | router, throughput mode | ratio |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     concurrencies = sorted(
         {int(c) for target in TARGETS for c in doc[target]["by_concurrency"]},
@@ -119,11 +126,13 @@ def markdown(doc: dict[str, Any]) -> str:
     for c in concurrencies:
         bare = doc["bare"]["by_concurrency"].get(str(c), {})
         router = doc["router"]["by_concurrency"].get(str(c), {})
+        fast = doc["router_fast"]["by_concurrency"].get(str(c), {})
         for metric, label in TABLE:
             ratio = doc["ratios"].get(str(c), {}).get(metric)
+            fast_ratio = doc["ratios_router_fast"].get(str(c), {}).get(metric)
             lines.append(
                 f"| {c} | {label} | {_fmt(bare.get(metric))} | {_fmt(router.get(metric))} | "
-                f"{'-' if ratio is None else f'{ratio:.2f}x'} |"
+                f"{_ratio(ratio)} | {_fmt(fast.get(metric))} | {_ratio(fast_ratio)} |"
             )
         failed = [f"{t} {d['by_concurrency'][str(c)].get('failed')}" for t, d in _targets(doc, c)]
         if any(not entry.endswith(" 0") for entry in failed):
@@ -133,6 +142,10 @@ def markdown(doc: dict[str, Any]) -> str:
 
 def _targets(doc: dict[str, Any], c: int) -> list[tuple[str, dict[str, Any]]]:
     return [(t, doc[t]) for t in TARGETS if str(c) in doc[t]["by_concurrency"]]
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def _fmt(value: float | None) -> str:

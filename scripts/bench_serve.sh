@@ -144,20 +144,22 @@ print(open(path).read())
 PY
 }
 
-run_router() {
-  phase_done router && { log "router: all results exist; skipped"; return 0; }
+run_router() { # run_router [TARGET=router] [ENV=...]: TARGET names the results; ENV goes to serve run
+  local target=${1:-router} extra_env=${2:-}
+  phase_done "$target" && { log "$target: all results exist; skipped"; return 0; }
   write_registry
   stop_ray
-  start_bg "serve run" "$RESULTS/router-server.log" env -u RAY_ADDRESS "$PY" -m ray.serve.scripts run \
+  # shellcheck disable=SC2086
+  start_bg "serve run" "$RESULTS/$target-server.log" env -u RAY_ADDRESS $extra_env "$PY" -m ray.serve.scripts run \
     "$RESULTS/router-models.yaml"
   local pid=$BG_PID start=$SECONDS
   trap 'stop_bg "serve run" '"$pid"' 30; stop_ray' EXIT
-  wait_http "serve run" "http://127.0.0.1:$ROUTER_PORT/readyz" "$pid" "$RESULTS/router-server.log" "$READY_TIMEOUT"
-  echo "$((SECONDS - start))" >"$RESULTS/router-ready-seconds"
-  curl -s "http://127.0.0.1:$ROUTER_PORT/readyz" >"$RESULTS/router-readyz.json" || true
-  warm_up router "$ROUTER_PORT"
+  wait_http "serve run" "http://127.0.0.1:$ROUTER_PORT/readyz" "$pid" "$RESULTS/$target-server.log" "$READY_TIMEOUT"
+  echo "$((SECONDS - start))" >"$RESULTS/$target-ready-seconds"
+  curl -s "http://127.0.0.1:$ROUTER_PORT/readyz" >"$RESULTS/$target-readyz.json" || true
+  warm_up "$target" "$ROUTER_PORT"
   local c
-  for c in $CONCURRENCY; do bench router "$ROUTER_PORT" "$c"; done
+  for c in $CONCURRENCY; do bench "$target" "$ROUTER_PORT" "$c"; done
   stop_bg "serve run" "$pid" 90
   stop_ray
   trap - EXIT
@@ -169,8 +171,11 @@ log "phases [$PHASES] on $CKPT as $MODEL; results in $RESULTS; GPU memory used/t
 for phase in $PHASES; do
   case $phase in
     bare) run_bare ;;
-    router) run_router ;;
-    *) log "unknown phase '$phase' (expected bare, router)"; exit 2 ;;
+    router) run_router router ;;
+    # Ray Serve's throughput mode: the router replica takes HTTP itself (no proxy hop), gRPC
+    # between deployments, user code on the replica's event loop (ray _private/constants.py).
+    router_fast) run_router router_fast RAY_SERVE_THROUGHPUT_OPTIMIZED=1 ;;
+    *) log "unknown phase '$phase' (expected bare, router, router_fast)"; exit 2 ;;
   esac
 done
 log "done; results:"
