@@ -122,8 +122,10 @@ def build_model(
     config_cls = getattr(transformers, config_cls_name)
     config = config_cls(**geometry, tie_word_embeddings=False, architectures=[arch_name], **overrides)
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    return model.to(device).eval()
+    # Initialise on the target device: random init of an 8B model on the CPU takes minutes.
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    return model.eval()
 
 
 def quantize_fp8(model: Any, vocab_limit: int, seed: int) -> Any:
