@@ -74,4 +74,5 @@ def plan_models(specs: list[ModelSpec], platform: Platform | None = None) -> lis
 
 def bind_model(planned: PlannedModel) -> Application:
     deployment = serve.deployment(ModelServer).options(**planned.options)
-    return deployment.bind(engine_class(planned.engine), engine_config(planned.spec))
+    interval_s = planned.spec.stream_interval_ms / 1000
+    return deployment.bind(engine_class(planned.engine), engine_config(planned.spec), interval_s)

@@ -22,7 +22,7 @@ from serve_app.errors import EngineDeadError
 
 logger = logging.getLogger("ray.serve")
 
-DEFAULT_STREAM_INTERVAL_S = 0.02
+DEFAULT_STREAM_INTERVAL_S = 0.05
 
 
 class ModelServer:

@@ -112,6 +112,15 @@ class ModelSpec(StrictModel):
         description="Further vLLM AsyncEngineArgs, checked against vLLM's own fields at load.",
     )
 
+    stream_interval_ms: float = Field(
+        default=50.0,
+        ge=0,
+        le=1000,
+        description="After a stream's first chunk (sent at once), gather tokens for this long before "
+        "sending the next: each chunk crosses two Ray hops, and per-chunk cost is what limits "
+        "throughput under load (docs/benchmarks.md). 0 sends every engine output on its own.",
+    )
+
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     max_ongoing_requests: int = Field(
