@@ -29,13 +29,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+THROUGHPUT_MODE = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 VARIANTS = {
-    # name: (stream interval s, extra environment)
-    "per-token": (0.0, {}),
-    "coalesce-20ms": (0.02, {}),
-    "coalesce-50ms": (0.05, {}),
-    "throughput-mode+20ms": (0.02, {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}),
-    "throughput-mode+50ms": (0.05, {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}),
+    # name: (stream interval s, extra environment, client talks to the router replica's own port)
+    "per-token": (0.0, {}, False),
+    "coalesce-20ms": (0.02, {}, False),
+    "coalesce-50ms": (0.05, {}, False),
+    # Throughput mode keeps the proxy on the configured port and also opens a port on the ingress
+    # replica itself (direct ingress, from RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT): measure both.
+    "throughput-mode+50ms": (0.05, THROUGHPUT_MODE, False),
+    "direct-ingress+50ms": (0.05, THROUGHPUT_MODE, True),
 }
 
 
@@ -183,9 +186,11 @@ def cpu_seconds_by_component() -> dict[str, float]:
 def run_variant(name: str, args: argparse.Namespace, checkpoint: str) -> dict[str, float]:
     import httpx
 
-    interval, extra_env = VARIANTS[name]
+    interval, extra_env, direct = VARIANTS[name]
     port = 8300 + list(VARIANTS).index(name)
+    direct_port = 31000 + list(VARIANTS).index(name)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | extra_env
+    env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(direct_port)
     # Ray workers import PacedEngine by module name.
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "scripts"), env.get("PYTHONPATH", "")])
     code = (
@@ -202,7 +207,7 @@ def run_variant(name: str, args: argparse.Namespace, checkpoint: str) -> dict[st
                 break
         else:
             raise RuntimeError(f"variant {name}: the server exited before it was ready")
-        base = f"http://127.0.0.1:{port}"
+        base = f"http://127.0.0.1:{direct_port if direct else port}"
         for _ in range(100):
             try:
                 if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:

@@ -25,28 +25,21 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Qwen2.5-VL-3B-Instruct's text geometry (vocab cut to 16384 as in make_checkpoint.py's 3b preset)
-# and its real vision tower geometry (config.json of Qwen/Qwen2.5-VL-3B-Instruct).
+
+def _make_checkpoint_module() -> Any:
+    spec = importlib.util.spec_from_file_location("make_checkpoint", ROOT / "scripts" / "make_checkpoint.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+MAKE_CHECKPOINT = _make_checkpoint_module()
+# The text geometries are make_checkpoint.py's presets (3b: Qwen2.5-3B, vocab cut to 16384).
 TEXT_SIZES: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=1024,
-        max_position_embeddings=4096,
-    ),
-    "3b": dict(
-        hidden_size=2048,
-        intermediate_size=11008,
-        num_hidden_layers=36,
-        num_attention_heads=16,
-        num_key_value_heads=2,
-        vocab_size=16384,
-        max_position_embeddings=32768,
-    ),
+    "tiny": {**MAKE_CHECKPOINT.SIZES["tiny"], "max_position_embeddings": 4096},
+    "3b": dict(MAKE_CHECKPOINT.SIZES["3b"]),
 }
+# The vision tower's real geometry (config.json of Qwen/Qwen2.5-VL-3B-Instruct).
 VISION_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, fullatt_block_indexes=[1]),
     "3b": dict(
@@ -98,15 +91,8 @@ CHAT_TEMPLATE = (
 )
 
 
-def _make_checkpoint_module() -> Any:
-    spec = importlib.util.spec_from_file_location("make_checkpoint", ROOT / "scripts" / "make_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def build_tokenizer(vocab_size: int) -> Any:
-    tokenizer = _make_checkpoint_module().build_tokenizer(vocab_size - len(VISION_TOKENS))
+    tokenizer = MAKE_CHECKPOINT.build_tokenizer(vocab_size - len(VISION_TOKENS))
     tokenizer.add_special_tokens({"additional_special_tokens": VISION_TOKENS})
     tokenizer.chat_template = CHAT_TEMPLATE
     if len(tokenizer) > vocab_size:
