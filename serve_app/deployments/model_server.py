@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from serve_app.deployments.coalesce import coalesce
@@ -87,7 +88,7 @@ class ModelServer:
         prompt_ids = self.prompts.token_ids(request)
         sampling = request.sampling
         if not request.max_tokens_given:
-            sampling = _replace_max_tokens(sampling, self.prompts.room_for_completion(len(prompt_ids)))
+            sampling = replace(sampling, max_tokens=self.prompts.room_for_completion(len(prompt_ids)))
         formatter = ResponseFormatter(request, len(prompt_ids))
         return formatter, GenerationRequest(request.request_id, prompt_ids, sampling)
 
@@ -127,9 +128,3 @@ def _load_tokenizer(config: EngineConfig) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(config.checkpoint), trust_remote_code=config.trust_remote_code)
-
-
-def _replace_max_tokens(sampling: Any, max_tokens: int) -> Any:
-    from dataclasses import replace
-
-    return replace(sampling, max_tokens=max_tokens)

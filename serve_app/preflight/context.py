@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from serve_app.engines.selection import Platform, resolve_engine
 from serve_app.preflight import rules
 from serve_app.preflight.checkpoint import Checkpoint, Geometry, is_embedding
 from serve_app.preflight.environment import EnvInfo
@@ -61,13 +62,14 @@ class ModelContext:
         return self.kv_cache_dtype in FP8_KV_DTYPES
 
     def engine(self) -> tuple[str, str]:
-        """('vllm' | 'cpu', why) as serve_app.engines.selection resolves ``engine: auto``."""
+        """('vllm' | 'cpu', why): the deployment builder's own rule, applied to what was probed."""
+        # An environment that was not probed (None) counts as having vLLM, so GPU checks run.
+        has_vllm = self.env is None or self.env.vllm_version is not None
+        platform = Platform(has_vllm=has_vllm, gpus=float(self.gpu.count) if self.gpu else 0.0)
+        if resolve_engine(self.spec, platform) == "vllm":
+            return "vllm", ""
         if self.spec.engine == "cpu":
             return "cpu", "CPU engine"
-        if self.spec.engine == "vllm":
-            return "vllm", ""
         if self.gpu is None:
             return "cpu", "CPU engine (engine auto, no CUDA GPU visible)"
-        if self.env is not None and self.env.vllm_version is None:
-            return "cpu", "CPU engine (engine auto, vLLM not installed)"
-        return "vllm", ""
+        return "cpu", "CPU engine (engine auto, vLLM not installed)"

@@ -20,6 +20,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve_app.deployments.requests import InferenceRequest
 from serve_app.errors import ModelNotFoundError, ServeAppError
 from serve_app.router.errors import error_response, http_error_response, sse_error, validation_error_response
 from serve_app.router.protocol import ChatCompletionRequest, CompletionRequest
@@ -103,7 +104,7 @@ class Router:
     async def completions(self, body: CompletionRequest) -> Any:
         return await self._serve(body.model, body.to_inference())
 
-    async def _serve(self, model: str, request: Any) -> Any:
+    async def _serve(self, model: str, request: InferenceRequest) -> Any:
         served = self._route(model)
         try:
             if not request.stream:
