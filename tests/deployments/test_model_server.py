@@ -1,0 +1,73 @@
+"""The model server outside Ray: health, validation before the first chunk, default max_tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from serve_app.deployments.model_server import ModelServer
+from serve_app.deployments.requests import InferenceRequest
+from serve_app.engines.cpu import CPUReferenceEngine
+from serve_app.engines.protocol import EngineConfig, SamplingOptions
+from serve_app.errors import ContextLengthError, EngineDeadError
+
+
+async def started(checkpoint, max_model_len: int = 64) -> ModelServer:
+    server = ModelServer.__new__(ModelServer)
+    config = EngineConfig(model_name="m", checkpoint=checkpoint, max_model_len=max_model_len)
+    await server.__init__(CPUReferenceEngine, config, 0.0)
+    return server
+
+
+def completion(prompt: str, max_tokens: int | None, stream: bool = False) -> InferenceRequest:
+    return InferenceRequest(
+        kind="completion",
+        request_id="r1",
+        model="m",
+        created=0,
+        prompt=prompt,
+        stream=stream,
+        sampling=SamplingOptions(max_tokens=max_tokens or 16, temperature=0, ignore_eos=True),
+        max_tokens_given=max_tokens is not None,
+    )
+
+
+def test_a_dead_engine_fails_the_health_check_so_serve_replaces_the_replica(qwen2_checkpoint):
+    async def run():
+        server = await started(qwen2_checkpoint)
+        await server.check_health()
+        await server.engine.shutdown()
+        with pytest.raises(EngineDeadError):
+            await server.check_health()
+
+    asyncio.run(run())
+
+
+def test_a_stream_fails_before_its_first_chunk_when_the_prompt_is_too_long(qwen2_checkpoint):
+    async def run():
+        server = await started(qwen2_checkpoint)
+        stream = server.stream(completion("hello world " * 100, 4, stream=True))
+        with pytest.raises(ContextLengthError, match="maximum context length is 64 tokens"):
+            await anext(stream)
+        await server.engine.shutdown()
+
+    asyncio.run(run())
+
+
+def test_without_max_tokens_the_completion_fills_the_context(qwen2_checkpoint):
+    async def run():
+        server = await started(qwen2_checkpoint)
+        body = await server.complete(completion("Hello", None))
+        chunks = [chunk async for chunk in server.stream(completion("Hello", None, stream=True))]
+        await server.engine.shutdown()
+        return body, chunks
+
+    body, chunks = asyncio.run(run())
+    assert body["usage"]["total_tokens"] == 64
+    assert body["choices"][0]["finish_reason"] == "length"
+    events = "".join(chunks).split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    streamed = "".join(json.loads(e[6:])["choices"][0]["text"] for e in events[:-2])
+    assert streamed == body["choices"][0]["text"]
