@@ -94,9 +94,13 @@ def combine(results: Path, device: str | None, main_concurrency: int) -> dict[st
             entry["ready_seconds"] = int(ready.read_text().strip())
         doc[target] = entry
     for target in TARGETS[1:]:
-        key = "ratios" if target == "router" else f"ratios_{target}"
-        doc[key] = ratios(runs, target)
+        doc[ratio_key(target)] = ratios(runs, target)
     return doc
+
+
+def ratio_key(target: str) -> str:
+    """'ratios' for the router (the issue's name), 'ratios_<target>' for the other variants."""
+    return "ratios" if target == "router" else f"ratios_{target}"
 
 
 def ratios(runs: dict[str, dict[int, dict[str, Any]]], target: str) -> dict[str, dict[str, float]]:
@@ -132,8 +136,8 @@ def markdown(doc: dict[str, Any]) -> str:
             cells = [f"| {c} | {label} | {_fmt(bare.get(metric))} |"]
             for target in ran:
                 value = doc[target]["by_concurrency"].get(str(c), {}).get(metric)
-                key = "ratios" if target == "router" else f"ratios_{target}"
-                cells.append(f" {_fmt(value)} | {_ratio(doc[key].get(str(c), {}).get(metric))} |")
+                ratio = doc[ratio_key(target)].get(str(c), {}).get(metric)
+                cells.append(f" {_fmt(value)} | {_ratio(ratio)} |")
             lines.append("".join(cells))
         failed = [f"{t} {d['by_concurrency'][str(c)].get('failed')}" for t, d in _targets(doc, c)]
         if any(not entry.endswith(" 0") for entry in failed):

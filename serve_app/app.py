@@ -12,6 +12,7 @@ from ray import serve
 from ray.serve import Application
 
 from serve_app.deployments.builder import PlannedModel, bind_model, plan_models
+from serve_app.engines.selection import cluster_gpus
 from serve_app.errors import PreflightFailed, RegistryError
 from serve_app.registry.loader import config_path_from_argv, parse_registry
 from serve_app.registry.models import RegistrySpec
@@ -53,19 +54,12 @@ def run_preflight_gate(registry: RegistrySpec) -> dict[str, str]:
     """Run preflight; stop on failures of 'fail' models, return {name: reason} of skipped ones."""
     from serve_app.preflight.runner import run_preflight
 
-    report = run_preflight(registry, cluster_gpus=_cluster_gpus())
+    report = run_preflight(registry, cluster_gpus=cluster_gpus())
     report.raise_for_failures()
     unavailable = report.unavailable()
     for name, reason in unavailable.items():
         logger.warning("model %s left out (on_preflight_failure: skip): %s", name, reason)
     return unavailable
-
-
-def _cluster_gpus() -> float | None:
-    """GPUs in the Ray cluster, when build_app runs inside one (serve run / serve deploy)."""
-    import ray
-
-    return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else None
 
 
 def _reasons(unavailable: dict[str, str]) -> str:

@@ -29,14 +29,19 @@ class Platform:
         return cls(has_vllm=importlib.util.find_spec("vllm") is not None, gpus=_visible_gpus())
 
 
-def _visible_gpus() -> float:
+def cluster_gpus() -> float | None:
+    """GPUs in the Ray cluster this process is connected to; None outside one."""
     try:
         import ray
-
-        if ray.is_initialized():
-            return float(ray.cluster_resources().get("GPU", 0))
     except ImportError:
-        pass
+        return None
+    return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else None
+
+
+def _visible_gpus() -> float:
+    in_cluster = cluster_gpus()
+    if in_cluster is not None:
+        return in_cluster
     if shutil.which("nvidia-smi") is None:
         return 0.0
     try:

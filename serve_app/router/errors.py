@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 
@@ -100,5 +99,4 @@ def http_error_response(exc: StarletteHTTPException) -> JSONResponse:
 
 def sse_error(error: BaseException) -> str:
     """An error after the stream began: one SSE event with the error body, then [DONE]."""
-    response = error_response(error)
-    return f"data: {json.dumps(json.loads(response.body))}\n\ndata: [DONE]\n\n"
+    return f"data: {error_response(error).body.decode()}\n\ndata: [DONE]\n\n"
