@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ("bare", "router", "router_fast", "router_haproxy")
+TARGETS = ("bare", "router", "router_fast", "router_haproxy", "router_haproxy2")
 METRICS = [
     "completed",
     "failed",
@@ -56,7 +56,7 @@ TABLE = [
     ("median_tpot_ms", "median TPOT ms"),
     ("p99_tpot_ms", "p99 TPOT ms"),
 ]
-RESULT_NAME = re.compile(r"^(bare|router|router_fast|router_haproxy)-c(\d+)\.json$")
+RESULT_NAME = re.compile(rf"^({'|'.join(TARGETS)})-c(\d+)\.json$")
 
 
 def load_runs(results: Path) -> dict[str, dict[int, dict[str, Any]]]:

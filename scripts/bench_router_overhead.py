@@ -5,7 +5,7 @@ The engine emits one token per request every ``--step-ms`` for every running req
 continuously batching engine does), so the ideal is known exactly: a request of N tokens takes
 N x step. Everything between the engine and the client is the real thing: the Serve HTTP proxy
 (or direct ingress in throughput mode), the Router replica, the ModelServer replica with its
-coalescing and SSE formatting, real HTTP streaming. Each variant runs in a fresh Ray cluster.
+pacing and SSE formatting, real HTTP streaming. Each variant runs in a fresh Ray cluster.
 
     python scripts/bench_router_overhead.py --concurrency 64 --tokens 128 --step-ms 10
 
@@ -33,8 +33,8 @@ THROUGHPUT_MODE = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 VARIANTS = {
     # name: (stream interval s, extra environment, client talks to the router replica's own port)
     "per-token": (0.0, {}, False),
-    "coalesce-20ms": (0.02, {}, False),
-    "coalesce-50ms": (0.05, {}, False),
+    "paced-20ms": (0.02, {}, False),
+    "paced-50ms": (0.05, {}, False),
     # Throughput mode keeps the proxy on the configured port and also opens a port on the ingress
     # replica itself (direct ingress, from RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT): measure both.
     "throughput-mode+50ms": (0.05, THROUGHPUT_MODE, False),
@@ -45,13 +45,17 @@ VARIANTS = {
 
 
 class PacedEngine:
-    """A stand-in engine: one token per request per step, for every running request."""
+    """A stand-in engine that behaves like vLLM's front end: one step loop appends a token to every
+    running request each ``step_s`` and hands it to the request's collector, which merges what
+    the reader has not taken yet (vLLM's DELTA mode; serve_app/engines/delta_merge.py)."""
 
     step_s = 0.01
 
     def __init__(self, config) -> None:
         self.config = config
         self._stats = None
+        self._running: dict = {}
+        self._steps = None
 
     async def start(self) -> None:
         from serve_app.engines.protocol import EngineStats
@@ -62,16 +66,34 @@ class PacedEngine:
         return self._run(request)
 
     async def _run(self, request):
+        from serve_app.engines.delta_merge import DeltaCollector
+
+        collector = DeltaCollector()
+        sampling, prompt = request.sampling, request.prompt_token_ids
+        self._running[request.request_id] = [collector, 0, sampling.max_tokens, len(prompt)]
+        if self._steps is None:
+            self._steps = asyncio.create_task(self._step_loop())
+        try:
+            while (delta := await collector.get()) is not None:
+                yield delta
+        finally:
+            self._running.pop(request.request_id, None)
+
+    async def _step_loop(self) -> None:
         from serve_app.engines.protocol import GenerationDelta
 
-        n = request.sampling.max_tokens
-        prompt = len(request.prompt_token_ids)
-        for i in range(1, n + 1):
+        while True:
             await asyncio.sleep(self.step_s)
-            yield GenerationDelta(" tok", [7], i, prompt, "length" if i == n else None)
+            for request_id, state in list(self._running.items()):
+                collector, done, total, prompt = state
+                state[1] = done = done + 1
+                collector.put(GenerationDelta(" tok", [7], done, prompt, "length" if done == total else None))
+                if done == total:
+                    collector.end()
+                    del self._running[request_id]
 
     async def abort(self, request_id: str) -> None:
-        return None
+        self._running.pop(request_id, None)
 
     async def check_health(self) -> None:
         return None

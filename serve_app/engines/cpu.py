@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from serve_app.engines.delta_merge import merging
 from serve_app.engines.fp8_loading import load_dequantized_model
 from serve_app.engines.protocol import (
     EngineConfig,
@@ -193,7 +194,9 @@ class CPUReferenceEngine:
         if self._dead_reason is not None:
             raise EngineDeadError(f"CPU engine {self.config.model_name} is dead: {self._dead_reason}")
         self._validate(request)
-        return self._stream(request)
+        # Steps run in a worker thread whatever the reader does; a reader slower than the steps
+        # gets the new tokens merged into one delta, as from vLLM (engines/delta_merge.py).
+        return merging(self._stream(request))
 
     async def abort(self, request_id: str) -> None:
         """End the request's stream with finish_reason 'abort'; unknown ids are ignored."""

@@ -89,7 +89,10 @@ class Engine(Protocol):
         """Load the checkpoint; return when the engine can generate."""
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
-        """Stream the request's output. Cancelling the iterator aborts the request."""
+        """Stream the request's output. Cancelling the iterator aborts the request.
+
+        Generation does not wait for the reader: deltas the reader has not taken yet are merged
+        into one (engines/delta_merge.py), so a reader may poll as slowly as it likes."""
 
     async def abort(self, request_id: str) -> None:
         """Stop a request; its stream ends with finish_reason 'abort'. Unknown ids are ignored."""

@@ -1,6 +1,8 @@
 """VLLMEngine on a real GPU with a tiny ModelOpt FP8 checkpoint (skipped without CUDA and vLLM).
 
-One engine (enforce_eager, 30% of the GPU, 512-token context) serves every test in this module.
+One engine (enforce_eager, 8% of the GPU, a fixed 1 GiB KV cache, 512-token context) serves every
+test in this module. Small and fixed so that it can run beside another GPU job (serve_check.sh):
+vLLM sizes its KV cache by profiling free memory, which another process's start would skew.
 The offline reference runs ``vllm.LLM.generate`` in a subprocess (scripts/gpu/offline_generate.py),
 so no process ever holds two engines.
 """
@@ -51,9 +53,10 @@ def config(checkpoint, tmp_path_factory) -> EngineConfig:
         model_name="qwen2-tiny",
         checkpoint=checkpoint,
         max_model_len=512,
-        gpu_memory_utilization=0.3,
+        gpu_memory_utilization=0.08,
         enforce_eager=True,
         compile_cache_dir=tmp_path_factory.mktemp("compile-cache"),
+        engine_args={"kv_cache_memory_bytes": 1 << 30},
     )
 
 
@@ -145,7 +148,7 @@ def test_greedy_output_equals_offline_llm_generate(engine, loop, config, prompt_
         )
 
     kwargs = engine_kwargs(config, _vllm_arg_fields())
-    kwargs["gpu_memory_utilization"] = 0.25  # beside the module's engine, which holds 0.3
+    kwargs["gpu_memory_utilization"] = 0.08  # beside the module's engine, which holds as much
     request = {"engine": kwargs, "prompts": prompt_ids, "max_tokens": 32, "ignore_eos": True}
     (tmp_path / "request.json").write_text(json.dumps(request))
     subprocess.run(
