@@ -70,7 +70,8 @@ class ModelServer:
         Validation happens before the first yield, so the router can still answer 4xx.
         """
         formatter, generation = await self._prepare(request)
-        deltas = paced(self.engine.generate(generation), self.stream_interval_s)
+        max_tokens = generation.sampling.max_tokens
+        deltas = paced(self.engine.generate(generation), self.stream_interval_s, max_tokens)
         async with contextlib.aclosing(deltas):
             async for delta in deltas:
                 out = formatter.chunk(delta.text, delta.finish_reason)

@@ -21,17 +21,28 @@ from collections.abc import AsyncIterator
 from serve_app.engines.protocol import GenerationDelta
 
 
-async def paced(deltas: AsyncIterator[GenerationDelta], interval_s: float) -> AsyncIterator[GenerationDelta]:
+async def paced(
+    deltas: AsyncIterator[GenerationDelta], interval_s: float, max_tokens: int | None = None
+) -> AsyncIterator[GenerationDelta]:
     """``deltas``, read no more often than every ``interval_s`` after the first.
 
-    Closing the returned stream closes ``deltas`` (so the engine aborts the request).
+    With ``max_tokens``, the read after which the request will have run out of tokens happens
+    when the last one is due (from the pace of the previous interval) rather than a whole
+    interval later: the response ends, and the client's slot frees, without waiting out the
+    interval. Closing the returned stream closes ``deltas`` (so the engine aborts the request).
     """
+    previous: float | None = None
     async with contextlib.aclosing(deltas):  # type: ignore[type-var]
         async for delta in deltas:
-            sent = time.monotonic()
+            read = time.monotonic()
             yield delta
             if delta.finish_reason is not None:
                 return
-            wait = sent + interval_s - time.monotonic()
+            wait = interval_s
+            if max_tokens is not None and previous is not None and delta.token_ids:
+                seconds_per_token = (read - previous) / len(delta.token_ids)
+                wait = min(wait, (max_tokens - delta.completion_tokens) * seconds_per_token)
+            previous = read
+            wait -= time.monotonic() - read
             if wait > 0:
                 await asyncio.sleep(wait)

@@ -124,10 +124,12 @@ class ModelSpec(StrictModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     max_ongoing_requests: int = Field(
-        default=256,
+        default=1024,
         ge=1,
         description="Requests one replica takes at once. Serve's default of 5 would starve the "
-        "engine's continuous batching; the rest wait in the handle's queue.",
+        "engine's continuous batching; 1024 is vLLM's own max_num_seqs for the OpenAI server on "
+        "an H100 or H200, so Serve does not cap what the engine would batch. The rest wait in "
+        "the handle's queue.",
     )
     max_queued_requests: int = Field(
         default=1024,

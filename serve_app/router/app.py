@@ -20,6 +20,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve_app.deployments.openai_format import DONE
 from serve_app.deployments.requests import InferenceRequest
 from serve_app.errors import ModelNotFoundError, ServeAppError
 from serve_app.router.errors import error_response, http_error_response, sse_error, validation_error_response
@@ -148,8 +149,13 @@ class Router:
         finished = False
         try:
             yield first
-            async for chunk in stream:
-                yield chunk
+            if not first.endswith(DONE):
+                async for chunk in stream:
+                    yield chunk
+                    if chunk.endswith(DONE):
+                        # End the HTTP response now: the Ray stream's own end travels back
+                        # separately and, under load, late; a client waits for the response to end.
+                        break
             finished = True
         except Exception as exc:  # the status line is gone; report in-band, as OpenAI does
             logger.warning("stream failed after it began: %s", exc)

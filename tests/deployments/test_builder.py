@@ -17,7 +17,7 @@ def test_gpu_model_takes_tensor_parallel_gpus_and_llm_queue_limits():
     options = deployment_options(spec(tensor_parallel_size=2), "vllm")
     assert options["name"] == "qwen_2.5"
     assert options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 2.0}
-    assert options["max_ongoing_requests"] == 256
+    assert options["max_ongoing_requests"] == 1024
     assert options["max_queued_requests"] == 1024
     assert options["autoscaling_config"]["target_ongoing_requests"] == 64
 

@@ -49,6 +49,16 @@ def test_a_delta_after_a_quiet_interval_goes_out_at_once():
     assert got[1][0] == pytest.approx(0.1, abs=0.03) and got[2][0] == pytest.approx(0.2, abs=0.04)
 
 
+def test_the_last_read_comes_when_the_last_token_is_due_not_an_interval_later():
+    # 12 tokens 10 ms apart, read every 80 ms: reads at 0 and ~80 ms, and the last three tokens
+    # are due ~30 ms after that; a whole interval would end the response at ~160 ms.
+    got = asyncio.run(timed(paced(merging(engine_stream(12, 0.01, [])), interval_s=0.08, max_tokens=12)))
+    assert got[-1][1].finish_reason == "length"
+    assert [t for _, d in got for t in d.token_ids] == list(range(1, 13))
+    assert got[-1][0] < 0.14
+    assert len(got) <= 5
+
+
 def test_zero_interval_relays_deltas_as_they_come():
     got = asyncio.run(timed(paced(merging(engine_stream(5, 0.01, [])), interval_s=0)))
     assert [d.token_ids for _, d in got] == [[1], [2], [3], [4], [5]]

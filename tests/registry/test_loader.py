@@ -47,7 +47,7 @@ def test_defaults_suit_llm_engines(tmp_path, ckpt_dir):
     model = load_registry(write(tmp_path, [{"name": "a", "checkpoint": "ck"}])).models[0]
     assert model.engine == "auto"
     assert model.trust_remote_code is False
-    assert model.max_ongoing_requests == 256
+    assert model.max_ongoing_requests == 1024
     assert model.autoscaling.target_ongoing_requests == 64
     assert model.autoscaling.min_replicas == 1
 
