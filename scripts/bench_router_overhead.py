@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -99,6 +100,7 @@ class PacedEngine:
         return None
 
     def stats(self):
+        self._stats.running = len(self._running)
         return self._stats
 
     @property
@@ -207,6 +209,31 @@ def cpu_seconds_by_component() -> dict[str, float]:
     return totals
 
 
+class PeakRunning(threading.Thread):
+    """Polls /readyz while a variant runs: the most streams the engine ever had at once. Fewer
+    than the client's concurrency means requests waited somewhere before the engine."""
+
+    def __init__(self, base: str) -> None:
+        super().__init__(daemon=True)
+        self.base, self.value, self._done = base, 0, threading.Event()
+
+    def run(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=5) as client:
+            while not self._done.wait(0.1):
+                try:
+                    models = client.get(f"{self.base}/readyz").json()["models"]
+                except (httpx.HTTPError, ValueError, KeyError):
+                    continue
+                running = sum(m.get("stats", {}).get("running", 0) for m in models.values())
+                self.value = max(self.value, running)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
 def run_variant(name: str, args: argparse.Namespace, checkpoint: str) -> dict[str, float]:
     import httpx
 
@@ -241,8 +268,12 @@ def run_variant(name: str, args: argparse.Namespace, checkpoint: str) -> dict[st
                 time.sleep(0.2)
         asyncio.run(drive(base, args.concurrency, args.concurrency, 8))  # warm-up
         before = cpu_seconds_by_component()
+        peak = PeakRunning(base)
+        peak.start()
         result = asyncio.run(drive(base, args.concurrency, args.requests, args.tokens))
+        peak.stop()
         after = cpu_seconds_by_component()
+        result["peak_running_in_engine"] = peak.value
         kilotokens = args.requests * args.tokens / 1000
         for component in after:
             spent = after[component] - before.get(component, 0.0)
@@ -284,7 +315,8 @@ def main() -> int:
                 f"{name:24s} {r['tokens_per_s']:8,.0f} tok/s ({r['tokens_per_s'] / ideal:5.2f} of ideal)  "
                 f"TTFT p50 {r['median_ttft_ms']:6.1f} p99 {r['p99_ttft_ms']:7.1f} ms  "
                 f"gap p50 {r['median_gap_ms']:5.1f} p99 {r['p99_gap_ms']:6.1f} ms  "
-                f"{r['chunks_per_request']:5.1f} chunks/request",
+                f"{r['chunks_per_request']:5.1f} chunks/request, "
+                f"peak {r['peak_running_in_engine']} in the engine",
                 flush=True,
             )
             cpu = {k.split(":", 1)[1]: v for k, v in r.items() if k.startswith("cpu_ms_per_1k_tokens:")}

@@ -93,6 +93,11 @@ bench() { # bench TARGET PORT CONCURRENCY
     --save-result --result-dir "$RESULTS" --result-filename "$file" ${BENCH_EXTRA:-} \
     2>&1 | tee "$RESULTS/$target-c$c.log" | grep -E "^(Successful|Failed|Benchmark duration|Request throughput|Output token throughput|Median TTFT|P99 TTFT|Median TPOT|P99 TPOT)" || true
   [ -f "$RESULTS/$file" ] || { log "$target c=$c: no result file; see $RESULTS/$target-c$c.log"; tail -n 30 "$RESULTS/$target-c$c.log"; return 1; }
+  # The router's per-stage latencies (router -> replica, tokenize, engine first output) over the
+  # replica's last 1024 requests: where this run's time to first token went.
+  if [ "$target" != bare ]; then
+    curl -s "http://127.0.0.1:$port/readyz" >"$RESULTS/$target-c$c-readyz.json" || true
+  fi
 }
 
 warm_up() { # warm_up TARGET PORT: 64 short requests at c=64, not saved

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Serve examples/gpu.yaml (two FP8 models sharing one GPU), ask both through the OpenAI client,
 # then stop serving and check greedy answers against offline vllm.LLM.generate token for token.
-#   bash scripts/gpu/serve_check.sh [CONFIG=examples/gpu.yaml] [OUT=tmp]
+#   [INGRESS=haproxy|proxy] bash scripts/gpu/serve_check.sh [CONFIG=examples/gpu.yaml] [OUT=tmp]
 # Writes OUT/<model>/ (chat_prompts.py), OUT/compare/ (compare_offline.py) and OUT/serve.log.
 # Exit status: 0 all good; 1 a step failed (the log's tail is printed).
 set -euo pipefail
@@ -15,7 +15,12 @@ PORT=${PORT:-8000}
 mkdir -p "$out"
 
 cleanup_leftovers
-start_bg "serve run" "$out/serve.log" env -u RAY_ADDRESS "$PY" -m ray.serve.scripts run "$config"
+# INGRESS=haproxy (default, as `make serve`) or proxy (Ray Serve's HTTP proxy actor).
+INGRESS=${INGRESS:-haproxy}
+ingress_env=""
+[ "$INGRESS" = haproxy ] && ingress_env="RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1"
+# shellcheck disable=SC2086
+start_bg "serve run" "$out/serve.log" env -u RAY_ADDRESS $ingress_env "$PY" -m ray.serve.scripts run "$config"
 pid=$BG_PID
 trap 'stop_bg "serve run" '"$pid"' 30; stop_ray' EXIT
 start=$SECONDS

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
+from serve_app.deployments.latency import StageLatencies
 from serve_app.deployments.openai_format import DONE, ResponseFormatter
 from serve_app.deployments.pacing import paced
 from serve_app.deployments.prompts import PromptRenderer
@@ -41,6 +42,7 @@ class ModelServer:
         self.config = config
         self.stream_interval_s = stream_interval_s
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        self.latencies = StageLatencies()
         self.engine: Engine = engine_cls(config)
         await self.engine.start()
         tokenizer = await asyncio.to_thread(_load_tokenizer, config)
@@ -54,7 +56,10 @@ class ModelServer:
         formatter, generation = await self._prepare(request)
         parts: list[str] = []
         last: GenerationDelta | None = None
+        submitted = time.perf_counter()
         async for delta in self.engine.generate(generation):
+            if last is None:
+                self.latencies.add("engine_first_output", time.perf_counter() - submitted)
             parts.append(delta.text)
             last = delta
         text = "".join(parts)
@@ -71,9 +76,14 @@ class ModelServer:
         """
         formatter, generation = await self._prepare(request)
         max_tokens = generation.sampling.max_tokens
+        submitted = time.perf_counter()
         deltas = paced(self.engine.generate(generation), self.stream_interval_s, max_tokens)
+        first = True
         async with contextlib.aclosing(deltas):
             async for delta in deltas:
+                if first:
+                    self.latencies.add("engine_first_output", time.perf_counter() - submitted)
+                    first = False
                 out = formatter.chunk(delta.text, delta.finish_reason)
                 if delta.finish_reason is not None:
                     if request.include_usage:
@@ -85,8 +95,12 @@ class ModelServer:
         # Tokenizing a long prompt takes milliseconds; on this event loop it would hold up every
         # other stream's output (vLLM's output handler runs here). One thread: a Hugging Face fast
         # tokenizer is not safe to call from several threads at once ("Already borrowed").
+        if request.received_at:
+            self.latencies.add("router_to_replica", time.time() - request.received_at)
+        started = time.perf_counter()
         loop = asyncio.get_running_loop()
         prompt_ids = await loop.run_in_executor(self._tokenizer_thread, self.prompts.token_ids, request)
+        self.latencies.add("tokenize", time.perf_counter() - started)
         sampling = request.sampling
         if not request.max_tokens_given:
             sampling = replace(sampling, max_tokens=self.prompts.room_for_completion(len(prompt_ids)))
@@ -112,6 +126,7 @@ class ModelServer:
             "chat_template": self.prompts.has_chat_template,
             "start_seconds": round(self.start_seconds, 2),
             "stats": self.engine.stats().as_dict(),
+            "latency": self.latencies.summary(),
             "engine_start": _start_info(self.engine),
         }
 

@@ -22,3 +22,4 @@ class InferenceRequest:
     include_usage: bool = False
     echo: bool = False
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    received_at: float = 0.0  # time.time() when the router took the request; 0: unknown

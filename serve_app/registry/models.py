@@ -116,9 +116,10 @@ class ModelSpec(StrictModel):
         default=50.0,
         ge=0,
         le=1000,
-        description="After a stream's first chunk (sent at once), gather tokens for this long before "
-        "sending the next: each chunk crosses two Ray hops, and per-chunk cost is what limits "
-        "throughput under load (docs/benchmarks.md). 0 sends every engine output on its own.",
+        description="After a stream's first chunk (sent at once), read the engine's stream at most "
+        "this often; the engine merges the tokens in between into one chunk. Each chunk crosses "
+        "the Ray hops with its own cost, which is what limits throughput under load "
+        "(docs/benchmarks.md). 0 sends every engine output on its own.",
     )
 
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)

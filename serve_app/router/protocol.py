@@ -105,6 +105,7 @@ class _SamplingFields(BaseModel):
             "request_id": uuid.uuid4().hex,
             "model": self.model,
             "created": int(time.time()),
+            "received_at": time.time(),
             "sampling": self.sampling(max_tokens_default=16 if self.max_tokens is None else self.max_tokens),
             "max_tokens_given": self.max_tokens is not None,
             "stream": self.stream,

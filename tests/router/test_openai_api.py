@@ -225,3 +225,15 @@ def test_health_and_readiness(two_model_app):
     assert ready["status"] == "ready"
     assert set(ready["models"]) == {"qwen-tiny", "llama-tiny"}
     assert ready["models"]["qwen-tiny"]["max_model_len"] == 256
+
+
+def test_readyz_reports_where_time_to_first_token_went(client, two_model_app):
+    for stream in (False, True):
+        reply = client.completions.create(model="qwen-tiny", prompt="Hi", max_tokens=2, stream=stream)
+        if stream:
+            list(reply)
+    latency = httpx.get(f"{two_model_app}/readyz", timeout=30).json()["models"]["qwen-tiny"]["latency"]
+    assert set(latency) == {"router_to_replica", "tokenize", "engine_first_output"}
+    for stage in latency.values():
+        assert stage["count"] >= 2
+        assert 0 <= stage["p50_ms"] <= stage["p99_ms"] <= stage["max_ms"] < 60_000
