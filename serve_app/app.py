@@ -16,6 +16,7 @@ from ray.serve import Application
 from serve_app.deployments.builder import PlannedModel, bind_model, plan_models
 from serve_app.engines.selection import cluster_gpus
 from serve_app.errors import PreflightFailed, RegistryError
+from serve_app.preflight.report import Report
 from serve_app.registry.loader import config_path_from_argv, parse_registry
 from serve_app.registry.models import RegistrySpec
 from serve_app.router.app import Router
@@ -31,8 +32,9 @@ def build_app(args: dict[str, Any]) -> Application:
     source = str(config_path) if config_path else "build_app args"
     registry = parse_registry(args, source=source, base_dir=config_path.parent if config_path else None)
     warn_if_slow_ingress(os.environ)
-    unavailable = run_preflight_gate(registry)
-    planned = plan_models(registry.models)
+    report = run_preflight_gate(registry)
+    unavailable = report.unavailable()
+    planned = plan_models(registry.models, report.platform)
     served = [p for p in planned if p.spec.name not in unavailable]
     if not served:
         raise PreflightFailed("no model passed preflight; nothing to serve:\n" + _reasons(unavailable))
@@ -74,16 +76,15 @@ def warn_if_slow_ingress(environ: Mapping[str, str]) -> bool:
     return True
 
 
-def run_preflight_gate(registry: RegistrySpec) -> dict[str, str]:
-    """Run preflight; stop on failures of 'fail' models, return {name: reason} of skipped ones."""
+def run_preflight_gate(registry: RegistrySpec) -> Report:
+    """Run preflight; stop on failures of 'fail' models, log the skipped ones."""
     from serve_app.preflight.runner import run_preflight
 
     report = run_preflight(registry, cluster_gpus=cluster_gpus())
     report.raise_for_failures()
-    unavailable = report.unavailable()
-    for name, reason in unavailable.items():
+    for name, reason in report.unavailable().items():
         logger.warning("model %s left out (on_preflight_failure: skip): %s", name, reason)
-    return unavailable
+    return report
 
 
 def _reasons(unavailable: dict[str, str]) -> str:

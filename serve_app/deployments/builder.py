@@ -62,8 +62,8 @@ def deployment_options(spec: ModelSpec, engine: ResolvedEngine) -> dict[str, Any
     }
 
 
-def plan_models(specs: list[ModelSpec], platform: Platform | None = None) -> list[PlannedModel]:
-    platform = platform or Platform.detect()
+def plan_models(specs: list[ModelSpec], platform: Platform) -> list[PlannedModel]:
+    """Engine and deployment options per model; ``platform`` is what preflight probed."""
     planned = []
     for spec in specs:
         engine = resolve_engine(spec, platform)

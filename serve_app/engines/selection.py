@@ -1,13 +1,12 @@
 """Which engine runs a model, and the EngineConfig it gets from the registry.
 
 ``engine: auto`` picks vLLM where a CUDA GPU and vLLM are present, else the CPU reference engine.
+What is present is probed once, by preflight (``preflight.context.probed_platform``).
 Engine modules are imported only when chosen, so vLLM stays an optional extra.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,10 +23,6 @@ class Platform:
     has_vllm: bool
     gpus: float
 
-    @classmethod
-    def detect(cls) -> Platform:
-        return cls(has_vllm=importlib.util.find_spec("vllm") is not None, gpus=_visible_gpus())
-
 
 def cluster_gpus() -> float | None:
     """GPUs in the Ray cluster this process is connected to; None outside one."""
@@ -36,20 +31,6 @@ def cluster_gpus() -> float | None:
     except ImportError:
         return None
     return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else None
-
-
-def _visible_gpus() -> float:
-    in_cluster = cluster_gpus()
-    if in_cluster is not None:
-        return in_cluster
-    if shutil.which("nvidia-smi") is None:
-        return 0.0
-    try:
-        import torch
-
-        return float(torch.cuda.device_count()) if torch.cuda.is_available() else 0.0
-    except ImportError:
-        return 0.0
 
 
 def resolve_engine(spec: ModelSpec, platform: Platform) -> ResolvedEngine:

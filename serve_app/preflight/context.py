@@ -25,6 +25,7 @@ class ModelContext:
     read_data: bool = True
     gpu_memory_gib: float | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    platform: Platform | None = None  # run_preflight's, shared by every model; else from gpu/env
 
     @cached_property
     def geometry(self) -> Geometry:
@@ -63,13 +64,24 @@ class ModelContext:
 
     def engine(self) -> tuple[str, str]:
         """('vllm' | 'cpu', why): the deployment builder's own rule, applied to what was probed."""
-        # An environment that was not probed (None) counts as having vLLM, so GPU checks run.
-        has_vllm = self.env is None or self.env.vllm_version is not None
-        platform = Platform(has_vllm=has_vllm, gpus=float(self.gpu.count) if self.gpu else 0.0)
+        platform = self.platform or probed_platform(self.gpu, self.env, cluster_gpus=None)
         if resolve_engine(self.spec, platform) == "vllm":
             return "vllm", ""
         if self.spec.engine == "cpu":
             return "cpu", "CPU engine"
-        if self.gpu is None:
+        if platform.gpus == 0:
             return "cpu", "CPU engine (engine auto, no CUDA GPU visible)"
         return "cpu", "CPU engine (engine auto, vLLM not installed)"
+
+
+def probed_platform(gpu: GpuInfo | None, env: EnvInfo | None, cluster_gpus: float | None) -> Platform:
+    """What ``engine: auto`` is decided on, for preflight and for the deployment builder alike.
+
+    GPUs: the Ray cluster's when this runs inside one (a head node without a GPU still serves
+    models on its workers' GPUs), else this machine's, as nvidia-smi reported them. An
+    environment that was not probed (None) counts as having vLLM, so the GPU checks run.
+    """
+    has_vllm = env is None or env.vllm_version is not None
+    if cluster_gpus is not None:
+        return Platform(has_vllm=has_vllm, gpus=cluster_gpus)
+    return Platform(has_vllm=has_vllm, gpus=float(gpu.count) if gpu else 0.0)

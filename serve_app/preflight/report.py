@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from serve_app.engines.selection import Platform
 from serve_app.errors import PreflightFailed
 
 Status = Literal["pass", "warn", "fail", "skipped"]
@@ -100,6 +101,9 @@ class Report:
     models: list[ModelReport] = field(default_factory=list)
     cluster: list[CheckResult] = field(default_factory=list)
     elapsed_s: float = 0.0
+    # What engine choice was decided on; build_app hands it to the deployment builder, so the
+    # engine preflight checked is the engine that gets deployed.
+    platform: Platform | None = None
 
     @property
     def ok(self) -> bool:

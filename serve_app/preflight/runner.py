@@ -19,7 +19,7 @@ from pathlib import Path
 from serve_app.preflight import checkpoint_checks as cc
 from serve_app.preflight import environment, placement, tensor_checks, tokenizer_check
 from serve_app.preflight.checkpoint import load_checkpoint
-from serve_app.preflight.context import ModelContext
+from serve_app.preflight.context import ModelContext, probed_platform
 from serve_app.preflight.environment import EnvInfo, probe_environment
 from serve_app.preflight.gpu import GpuInfo, probe_gpu
 from serve_app.preflight.report import CheckResult, ModelReport, Report, failed, skipped
@@ -71,10 +71,17 @@ def run_preflight(
     specs = _specs(models)
     gpu_info = probe_gpu() if gpu is PROBE else gpu
     env_info = probe_environment() if env is PROBE else env
+    platform = probed_platform(gpu_info, env_info, cluster_gpus)
 
     def one(spec: ModelSpec) -> tuple[ModelContext, ModelReport]:
         ctx = ModelContext(
-            spec, load_checkpoint(spec.checkpoint), gpu_info, env_info, read_data, gpu_memory_gib
+            spec,
+            load_checkpoint(spec.checkpoint),
+            gpu_info,
+            env_info,
+            read_data,
+            gpu_memory_gib,
+            platform=platform,
         )
         return ctx, _run_checks(ctx)
 
@@ -88,7 +95,8 @@ def run_preflight(
         if report.ok or ctx.spec.on_preflight_failure == "fail"
     ]
     cluster = [placement.check_cluster_fit(deployed, gpu_info, cluster_gpus)]
-    return Report(models=[r for _, r in done], cluster=cluster, elapsed_s=time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    return Report(models=[r for _, r in done], cluster=cluster, elapsed_s=elapsed, platform=platform)
 
 
 def preflight_model(

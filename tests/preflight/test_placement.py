@@ -150,3 +150,19 @@ def test_no_visible_devices_means_no_gpu(monkeypatch, visible):
 
 def test_describe():
     assert A100.describe() == "8x NVIDIA A100-SXM4-80GB (compute capability 8.0, 80 GiB)"
+
+
+def test_engine_auto_on_a_head_node_without_a_gpu_follows_the_clusters_gpus(qwen2_checkpoint):
+    from serve_app.deployments.builder import plan_models
+
+    spec = spec_for_checkpoint(qwen2_checkpoint)  # engine: auto
+    report = run_preflight([spec], gpu=None, env=GOOD_ENV, cluster_gpus=4.0)
+    # Workers have GPUs: vLLM is what gets deployed, and preflight checks that engine.
+    assert report.platform.gpus == 4.0 and report.platform.has_vllm
+    assert [p.engine for p in plan_models([spec], report.platform)] == ["vllm"]
+    assert report.cluster[0].status == "pass"
+    assert report.cluster[0].detail.startswith("min_replicas need 1 of 4 GPUs (Ray cluster")
+    # Outside a cluster, the same machine has no GPU: the CPU engine, for both.
+    local = run_preflight([spec], gpu=None, env=GOOD_ENV)
+    assert [p.engine for p in plan_models([spec], local.platform)] == ["cpu"]
+    assert local.models[0].result("parallelism").detail == "CPU engine (engine auto, no CUDA GPU visible)"
