@@ -70,3 +70,13 @@ def test_no_file_names_a_package_registry_host():
         text = path.read_text(errors="ignore")
         offenders += [f"{name}: {host}" for host in hosts if host in text]
     assert offenders == []
+
+
+def test_pixi_and_make_serve_start_the_fast_ingress():
+    from serve_app.app import FAST_INGRESS_ENV
+
+    pixi = tomllib.loads((ROOT / "pixi.toml").read_text())
+    assert pixi["tasks"]["serve"]["env"] == FAST_INGRESS_ENV
+    makefile = (ROOT / "Makefile").read_text()
+    assert "INGRESS ?= haproxy" in makefile
+    assert "SERVE_ENV_haproxy := " + " ".join(f"{k}={v}" for k, v in FAST_INGRESS_ENV.items()) in makefile
