@@ -60,11 +60,11 @@ def build_router(
 FAST_INGRESS_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
-def warn_if_slow_ingress(environ: Mapping[str, str]) -> bool:
-    """Log a warning and return True when requests will go through Ray Serve's HTTP proxy actor."""
+def warn_if_slow_ingress(environ: Mapping[str, str]) -> None:
+    """Log a warning when requests will go through Ray Serve's HTTP proxy actor."""
     missing = [name for name, value in FAST_INGRESS_ENV.items() if environ.get(name) != value]
     if not missing:
-        return False
+        return
     logger.warning(
         "%s not set to 1 where the Ray cluster started: requests go through Ray Serve's HTTP "
         "proxy actor, which reached 0.69x of bare vLLM's throughput at concurrency 128 where the "
@@ -73,7 +73,6 @@ def warn_if_slow_ingress(environ: Mapping[str, str]) -> bool:
         " and ".join(missing),
         " ".join(f"{name}=1" for name in FAST_INGRESS_ENV),
     )
-    return True
 
 
 def run_preflight_gate(registry: RegistrySpec) -> Report:

@@ -72,11 +72,14 @@ def test_no_file_names_a_package_registry_host():
     assert offenders == []
 
 
-def test_pixi_and_make_serve_start_the_fast_ingress():
+def test_pixi_make_and_the_gpu_scripts_start_the_fast_ingress():
     from serve_app.app import FAST_INGRESS_ENV
 
     pixi = tomllib.loads((ROOT / "pixi.toml").read_text())
     assert pixi["tasks"]["serve"]["env"] == FAST_INGRESS_ENV
     makefile = (ROOT / "Makefile").read_text()
     assert "INGRESS ?= haproxy" in makefile
-    assert "SERVE_ENV_haproxy := " + " ".join(f"{k}={v}" for k, v in FAST_INGRESS_ENV.items()) in makefile
+    as_shell = " ".join(f"{k}={v}" for k, v in FAST_INGRESS_ENV.items())
+    assert f"SERVE_ENV_haproxy := {as_shell}" in makefile
+    # The GPU scripts (bench_serve.sh, serve_check.sh) take it from lib.sh.
+    assert f'FAST_INGRESS_ENV="{as_shell}"' in (ROOT / "scripts" / "gpu" / "lib.sh").read_text()

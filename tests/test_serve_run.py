@@ -11,13 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from serve_app.app import FAST_INGRESS_ENV
 from tests.serve_fixtures import free_port, wait_ready, write_models_yaml
 
 # The Makefile's INGRESS modes: Ray Serve's proxy, and HAProxy forwarding to the router replica.
-INGRESS_ENV = {
-    "proxy": {},
-    "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
-}
+INGRESS_ENV = {"proxy": {}, "haproxy": FAST_INGRESS_ENV}
 
 
 @pytest.fixture(scope="module", params=list(INGRESS_ENV))

@@ -18,7 +18,7 @@ cleanup_leftovers
 # INGRESS=haproxy (default, as `make serve`) or proxy (Ray Serve's HTTP proxy actor).
 INGRESS=${INGRESS:-haproxy}
 ingress_env=""
-[ "$INGRESS" = haproxy ] && ingress_env="RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1"
+[ "$INGRESS" = haproxy ] && ingress_env=$FAST_INGRESS_ENV
 # shellcheck disable=SC2086
 start_bg "serve run" "$out/serve.log" env -u RAY_ADDRESS $ingress_env "$PY" -m ray.serve.scripts run "$config"
 pid=$BG_PID

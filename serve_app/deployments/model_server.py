@@ -56,10 +56,7 @@ class ModelServer:
         formatter, generation = await self._prepare(request)
         parts: list[str] = []
         last: GenerationDelta | None = None
-        submitted = time.perf_counter()
-        async for delta in self.engine.generate(generation):
-            if last is None:
-                self.latencies.add("engine_first_output", time.perf_counter() - submitted)
+        async for delta in self._generate(generation):
             parts.append(delta.text)
             last = delta
         text = "".join(parts)
@@ -76,20 +73,28 @@ class ModelServer:
         """
         formatter, generation = await self._prepare(request)
         max_tokens = generation.sampling.max_tokens
-        submitted = time.perf_counter()
-        deltas = paced(self.engine.generate(generation), self.stream_interval_s, max_tokens)
-        first = True
+        deltas = paced(self._generate(generation), self.stream_interval_s, max_tokens)
         async with contextlib.aclosing(deltas):
             async for delta in deltas:
-                if first:
-                    self.latencies.add("engine_first_output", time.perf_counter() - submitted)
-                    first = False
                 out = formatter.chunk(delta.text, delta.finish_reason)
                 if delta.finish_reason is not None:
                     if request.include_usage:
                         out += formatter.usage_chunk(delta.completion_tokens)
                     out += DONE
                 yield out
+
+    async def _generate(self, generation: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        """The engine's stream, timing its first output (``engine_first_output`` in /readyz).
+
+        Closing this stream closes the engine's (which aborts the request)."""
+        submitted: float | None = time.perf_counter()
+        deltas = self.engine.generate(generation)
+        async with contextlib.aclosing(deltas):  # type: ignore[type-var]
+            async for delta in deltas:
+                if submitted is not None:
+                    self.latencies.add("engine_first_output", time.perf_counter() - submitted)
+                    submitted = None
+                yield delta
 
     async def _prepare(self, request: InferenceRequest) -> tuple[ResponseFormatter, GenerationRequest]:
         # Tokenizing a long prompt takes milliseconds; on this event loop it would hold up every

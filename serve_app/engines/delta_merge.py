@@ -58,8 +58,6 @@ class DeltaCollector:
         while True:
             if self._pending is not None:
                 delta, self._pending = self._pending, None
-                if self._error is None and not self._ended:
-                    self._ready.clear()
                 return delta
             if self._error is not None:
                 raise self._error

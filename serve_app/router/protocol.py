@@ -101,11 +101,12 @@ class _SamplingFields(BaseModel):
     def _common(self) -> dict[str, Any]:
         if self.ignored_fields():
             logger.info("ignoring unsupported request fields: %s", ", ".join(self.ignored_fields()))
+        now = time.time()
         return {
             "request_id": uuid.uuid4().hex,
             "model": self.model,
-            "created": int(time.time()),
-            "received_at": time.time(),
+            "created": int(now),
+            "received_at": now,
             "sampling": self.sampling(max_tokens_default=16 if self.max_tokens is None else self.max_tokens),
             "max_tokens_given": self.max_tokens is not None,
             "stream": self.stream,
