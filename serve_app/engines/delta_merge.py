@@ -27,6 +27,10 @@ def merge(older: GenerationDelta, newer: GenerationDelta) -> GenerationDelta:
         completion_tokens=newer.completion_tokens,
         prompt_tokens=newer.prompt_tokens,
         finish_reason=newer.finish_reason,
+        logprobs=None
+        if older.logprobs is None and newer.logprobs is None
+        else [*(older.logprobs or ()), *(newer.logprobs or ())],
+        prompt_logprobs=older.prompt_logprobs if older.prompt_logprobs is not None else newer.prompt_logprobs,
     )
 
 

@@ -34,14 +34,68 @@ class EngineConfig:
     engine_args: dict[str, Any] = field(default_factory=dict)
 
 
+StructuredKind = Literal["json", "json_object", "regex", "choice", "grammar"]
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """A constraint on the output's text, as vLLM's ``StructuredOutputsParams`` takes it.
+
+    ``kind`` -> ``value``: ``json`` -> a JSON schema serialised as a JSON string; ``json_object``
+    -> None (any JSON object); ``regex`` -> a regular expression; ``choice`` -> a tuple of the
+    allowed strings; ``grammar`` -> an EBNF grammar (xgrammar / GBNF syntax). ``strict`` is
+    OpenAI's ``json_schema.strict`` (no properties beyond the schema's).
+    """
+
+    kind: StructuredKind
+    value: str | tuple[str, ...] | None = None
+    strict: bool = False
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
+    """One sequence's sampling settings, with vLLM's ``SamplingParams`` names and meanings.
+
+    Ranges are checked at the HTTP edge (router/protocol.py); engines check them again.
+    Order of application, as vLLM's v1 sampler: logprobs are taken from the raw logits; then
+    allowed_token_ids, min_tokens, logit_bias, the structured-output mask, and the penalties
+    (repetition over prompt + output, presence and frequency over the output); then temperature
+    (below 1e-5: greedy), min_p, top_k and top_p.
+    """
+
     max_tokens: int
-    temperature: float = 1.0  # 0 means greedy
+    temperature: float = 1.0  # below 1e-5 means greedy (vLLM's _SAMPLING_EPS)
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    top_k: int = 0  # 0 (or -1): all tokens
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to the logit)
+    stop_token_ids: tuple[int, ...] = ()
+    allowed_token_ids: tuple[int, ...] | None = None
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    logprobs: int | None = None  # None: no logprobs; k >= 0: the sampled token's and the k most likely
+    prompt_logprobs: int | None = None  # the same for every prompt token (the first has none)
+    structured: StructuredOutput | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """Log-probabilities at one position, from the model's raw (unprocessed) distribution.
+
+    ``logprob`` is the chosen token's; ``top`` the ``k`` most likely (id, logprob) pairs in rank
+    order, as vLLM's ``Logprob`` dicts (``logprobs_mode="raw_logprobs"``) give them.
+    """
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,7 +110,9 @@ class GenerationDelta:
     """New output since the previous delta of the same request.
 
     ``text`` is the newly decoded text (stop strings already cut off); ``completion_tokens`` is
-    cumulative. ``finish_reason`` is set on the last delta only.
+    cumulative. ``finish_reason`` is set on the last delta only. ``logprobs`` (when the request
+    asked for them) has one entry per id in ``token_ids``. ``prompt_logprobs`` (when asked for)
+    comes on the first delta only: one entry per prompt token, None for the first.
     """
 
     text: str
@@ -64,6 +120,8 @@ class GenerationDelta:
     completion_tokens: int
     prompt_tokens: int
     finish_reason: FinishReason | None = None
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass
