@@ -13,11 +13,14 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
+from serve_app.deployments.choices import Choice, plan_choices
+from serve_app.deployments.fan_in import fan_in
 from serve_app.deployments.latency import StageLatencies
-from serve_app.deployments.openai_format import DONE, ResponseFormatter
+from serve_app.deployments.logprobs import Position, TokenStrings, output_positions
+from serve_app.deployments.openai_format import DONE, ChoiceResult, ResponseFormatter
 from serve_app.deployments.pacing import paced
 from serve_app.deployments.prompts import PromptRenderer
 from serve_app.deployments.requests import InferenceRequest
@@ -52,35 +55,67 @@ class ModelServer:
 
     # --- requests -------------------------------------------------------------------------
     async def complete(self, request: InferenceRequest) -> dict[str, Any]:
-        """A whole (non-streamed) chat.completion or text_completion body."""
-        formatter, generation = await self._prepare(request)
+        """A whole (non-streamed) chat.completion or text_completion body, with every choice."""
+        formatter, choices = await self._prepare(request)
+        tasks = [asyncio.ensure_future(self._collect(choice, request)) for choice in choices]
+        try:
+            results = await asyncio.gather(*tasks)
+        finally:  # one choice failed, or the caller went away: stop the others
+            for task in tasks:
+                task.cancel()
+        completion_tokens = sum(tokens for _, tokens in results)
+        return formatter.full_response([result for result, _ in results], completion_tokens)
+
+    async def _collect(self, choice: Choice, request: InferenceRequest) -> tuple[ChoiceResult, int]:
+        """Run one choice to its end: (its result, its completion tokens)."""
         parts: list[str] = []
-        last: GenerationDelta | None = None
-        async for delta in self._generate(generation):
+        positions: list[Position] | None = [] if choice.wants_logprobs else None
+        finish_reason, tokens = "stop", 0
+        async for delta in self._generate(choice.generation):
+            choice.observe(delta)
             parts.append(delta.text)
-            last = delta
+            if positions is not None:
+                positions.extend(output_positions(delta.token_ids, delta.logprobs))
+            finish_reason, tokens = delta.finish_reason or finish_reason, delta.completion_tokens
         text = "".join(parts)
-        if request.echo and request.kind == "completion" and isinstance(request.prompt, str):
-            text = request.prompt + text
-        return formatter.full_response(
-            text, last.finish_reason if last else "stop", last.completion_tokens if last else 0
-        )
+        if request.echo_only:  # the engine ran one token to score the prompt; it is not output
+            text, tokens, finish_reason = "", 0, "length"
+            positions = [] if positions is not None else None
+        if request.echo:
+            text = choice.echo_text + text
+            if positions is not None:
+                positions = choice.echo_positions() + positions
+        return ChoiceResult(choice.index, text, finish_reason, positions), tokens
 
     async def stream(self, request: InferenceRequest) -> AsyncIterator[str]:
         """SSE text for the whole response, ending in ``data: [DONE]``.
 
         Validation happens before the first yield, so the router can still answer 4xx.
         """
-        formatter, generation = await self._prepare(request)
-        max_tokens = generation.sampling.max_tokens
-        deltas = paced(self._generate(generation), self.stream_interval_s, max_tokens)
-        async with contextlib.aclosing(deltas):
-            async for delta in deltas:
-                out = formatter.chunk(delta.text, delta.finish_reason)
-                if delta.finish_reason is not None:
-                    if request.include_usage:
-                        out += formatter.usage_chunk(delta.completion_tokens)
-                    out += DONE
+        formatter, choices = await self._prepare(request)
+        streams = [
+            paced(self._generate(c.generation), self.stream_interval_s, c.generation.sampling.max_tokens)
+            for c in choices
+        ]
+        tokens = [0] * len(choices)
+        unfinished = len(choices)
+        merged = fan_in(streams) if len(streams) > 1 else _single(streams[0])
+        async with contextlib.aclosing(merged):
+            async for index, delta in merged:
+                choice = choices[index]
+                choice.observe(delta)
+                finish = delta.finish_reason
+                if request.echo_only and finish is None:
+                    continue  # wait for the scoring token's end; nothing of it is output
+                text, shown_finish, positions = choice.chunk_parts(delta, request)
+                out = formatter.chunk(text, shown_finish, choice.index, positions)
+                if finish is not None:
+                    tokens[index] = 0 if request.echo_only else delta.completion_tokens
+                    unfinished -= 1
+                    if not unfinished:
+                        if request.include_usage:
+                            out += formatter.usage_chunk(sum(tokens))
+                        out += DONE
                 yield out
 
     async def _generate(self, generation: GenerationRequest) -> AsyncIterator[GenerationDelta]:
@@ -96,7 +131,7 @@ class ModelServer:
                     submitted = None
                 yield delta
 
-    async def _prepare(self, request: InferenceRequest) -> tuple[ResponseFormatter, GenerationRequest]:
+    async def _prepare(self, request: InferenceRequest) -> tuple[ResponseFormatter, list[Choice]]:
         # Tokenizing a long prompt takes milliseconds; on this event loop it would hold up every
         # other stream's output (vLLM's output handler runs here). One thread: a Hugging Face fast
         # tokenizer is not safe to call from several threads at once ("Already borrowed").
@@ -104,13 +139,54 @@ class ModelServer:
             self.latencies.add("router_to_replica", time.time() - request.received_at)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        prompt_ids = await loop.run_in_executor(self._tokenizer_thread, self.prompts.token_ids, request)
+        prompts = await loop.run_in_executor(self._tokenizer_thread, self.prompts.prompt_ids, request)
         self.latencies.add("tokenize", time.perf_counter() - started)
-        sampling = request.sampling
-        if not request.max_tokens_given:
-            sampling = replace(sampling, max_tokens=self.prompts.room_for_completion(len(prompt_ids)))
-        formatter = ResponseFormatter(request, len(prompt_ids))
-        return formatter, GenerationRequest(request.request_id, prompt_ids, sampling)
+        wants_strings = request.sampling.logprobs is not None or request.echo
+        strings = (
+            TokenStrings(self.prompts.tokenizer, request.return_tokens_as_token_ids)
+            if wants_strings
+            else None
+        )
+        formatter = ResponseFormatter(request, sum(len(ids) for ids in prompts), strings)
+        choices = await loop.run_in_executor(
+            self._tokenizer_thread, plan_choices, request, prompts, self.prompts
+        )
+        return formatter, choices
+
+    # --- tokenizer endpoints (vLLM's /tokenize and /detokenize) ---------------------------------
+    async def tokenize(self, job: dict[str, Any]) -> dict[str, Any]:
+        """``{"count", "max_model_len", "tokens", "token_strs"}`` for a prompt or chat messages."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenizer_thread, self._tokenize, job)
+
+    def _tokenize(self, job: dict[str, Any]) -> dict[str, Any]:
+        if "messages" in job:
+            options = SimpleNamespace(
+                add_generation_prompt=job["add_generation_prompt"],
+                continue_final_message=job["continue_final_message"],
+                add_special_tokens=job["add_special_tokens"],
+                chat_template_kwargs=job["chat_template_kwargs"],
+            )
+            tokens = self.prompts.chat_ids(job["messages"], options)
+        else:
+            tokens = self.prompts.completion_ids(job["prompt"], job["add_special_tokens"])
+        strs = self.prompts.tokenizer.convert_ids_to_tokens(tokens) if job["return_token_strs"] else None
+        return {
+            "count": len(tokens),
+            "max_model_len": self.prompts.max_model_len,
+            "tokens": tokens,
+            "token_strs": strs,
+        }
+
+    async def detokenize(self, tokens: list[int]) -> dict[str, str]:
+        """``{"prompt": text}`` for token ids; ids outside the vocabulary are a 400."""
+        self.prompts.check_vocab(tokens, param="tokens")
+        loop = asyncio.get_running_loop()
+        return {
+            "prompt": await loop.run_in_executor(
+                self._tokenizer_thread, self.prompts.tokenizer.decode, tokens
+            )
+        }
 
     # --- health and introspection -----------------------------------------------------------
     async def check_health(self) -> None:
@@ -138,6 +214,13 @@ class ModelServer:
     async def __del__(self) -> None:
         await self.engine.shutdown()
         self._tokenizer_thread.shutdown(wait=False)
+
+
+async def _single(stream: AsyncIterator[GenerationDelta]) -> AsyncIterator[tuple[int, GenerationDelta]]:
+    """One choice's stream in ``fan_in``'s shape, without its tasks (the common, n=1 hot path)."""
+    async with contextlib.aclosing(stream):  # type: ignore[type-var]
+        async for delta in stream:
+            yield 0, delta
 
 
 def _start_info(engine: Engine) -> dict[str, Any] | None:

@@ -2,14 +2,17 @@
 
 The router relays the ready-made server-sent-event text without parsing it: every streamed chunk
 crosses a Ray hop, so it should be produced once, as one string, in its final form. The
-per-request constant part of each chunk is rendered once; only the text and finish reason vary.
+per-request constant part of each chunk is rendered once per choice; only the text, finish
+reason and (when asked for) logprobs vary.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
+from serve_app.deployments.logprobs import CompletionLogprobs, Position, TokenStrings, chat_logprobs
 from serve_app.deployments.requests import InferenceRequest
 
 DONE = "data: [DONE]\n\n"
@@ -19,13 +22,27 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-class ResponseFormatter:
-    """Formats one request's chunks and final body (chat.completion or text_completion)."""
+@dataclass
+class ChoiceResult:
+    """One finished choice of a non-streamed response. ``positions`` is None without logprobs."""
 
-    def __init__(self, request: InferenceRequest, prompt_tokens: int) -> None:
+    index: int
+    text: str
+    finish_reason: str | None
+    positions: list[Position] | None = None
+
+
+class ResponseFormatter:
+    """Formats one request's chunks and final body (chat.completion or text_completion).
+
+    ``strings`` renders token strings for logprobs; needed only when the request asked for them.
+    """
+
+    def __init__(self, request: InferenceRequest, prompt_tokens: int, strings: TokenStrings | None = None):
         self.request = request
         self.prompt_tokens = prompt_tokens
         self.chat = request.kind == "chat"
+        self.strings = strings
         chunk_object = "chat.completion.chunk" if self.chat else "text_completion"
         head = _dumps(
             {
@@ -35,28 +52,49 @@ class ResponseFormatter:
                 "model": request.model,
             }
         )
-        self._chunk_head = head[:-1] + ',"choices":[{"index":0,'
-        self._sent_role = False
+        self._head = head[:-1] + ","
+        self._choice_heads: dict[int, str] = {}
+        self._sent_role: set[int] = set()
+        self._completion_logprobs: dict[int, CompletionLogprobs] = {}
 
     @property
     def response_id(self) -> str:
         return ("chatcmpl-" if self.chat else "cmpl-") + self.request.request_id
 
-    def chunk(self, text: str, finish_reason: str | None) -> str:
-        """One SSE event carrying ``text`` (possibly several engine deltas joined)."""
+    def _choice_head(self, index: int) -> str:
+        head = self._choice_heads.get(index)
+        if head is None:
+            head = self._choice_heads[index] = f'data: {self._head}"choices":[{{"index":{index},'
+        return head
+
+    def chunk(
+        self, text: str, finish_reason: str | None, index: int = 0, positions: list[Position] | None = None
+    ) -> str:
+        """One SSE event carrying ``text`` (possibly several engine deltas joined) for one choice."""
+        logprobs = "null" if positions is None else _dumps(self._logprobs(index, positions))
+        tail = f',"logprobs":{logprobs},"finish_reason":{_dumps(finish_reason)}}}]}}\n\n'
         if self.chat:
             delta: dict[str, str] = {"content": text} if text or not finish_reason else {}
-            if not self._sent_role:
+            if index not in self._sent_role:
                 delta = {"role": "assistant", **delta}
-                self._sent_role = True
-            body = f'"delta":{_dumps(delta)},"logprobs":null,"finish_reason":{_dumps(finish_reason)}}}]}}'
-        else:
-            body = f'"text":{_dumps(text)},"logprobs":null,"finish_reason":{_dumps(finish_reason)}}}]}}'
-        return f"data: {self._chunk_head}{body}\n\n"
+                self._sent_role.add(index)
+            return f'{self._choice_head(index)}"delta":{_dumps(delta)}{tail}'
+        return f'{self._choice_head(index)}"text":{_dumps(text)}{tail}'
+
+    def _logprobs(self, index: int, positions: list[Position]) -> dict[str, Any]:
+        if self.strings is None:
+            raise ValueError("logprobs need the formatter's token strings")
+        if self.chat:
+            return {
+                "content": chat_logprobs([item for _, item in positions if item is not None], self.strings)
+            }
+        renderer = self._completion_logprobs.get(index)
+        if renderer is None:
+            renderer = self._completion_logprobs[index] = CompletionLogprobs(self.strings)
+        return renderer.render(positions)
 
     def usage_chunk(self, completion_tokens: int) -> str:
-        head = self._chunk_head[: -len('"choices":[{"index":0,')]
-        return f'data: {head}"choices":[],"usage":{_dumps(self.usage(completion_tokens))}}}\n\n'
+        return f'data: {self._head}"choices":[],"usage":{_dumps(self.usage(completion_tokens))}}}\n\n'
 
     def usage(self, completion_tokens: int) -> dict[str, int]:
         return {
@@ -65,21 +103,34 @@ class ResponseFormatter:
             "total_tokens": self.prompt_tokens + completion_tokens,
         }
 
-    def full_response(self, text: str, finish_reason: str | None, completion_tokens: int) -> dict[str, Any]:
-        if self.chat:
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    def full_response(self, choices: list[ChoiceResult], completion_tokens: int) -> dict[str, Any]:
+        """The whole body; ``choices`` in any order (they are sorted by index)."""
+        rendered = []
+        for choice in sorted(choices, key=lambda c: c.index):
+            logprobs = None if choice.positions is None else self._logprobs(choice.index, choice.positions)
+            if self.chat:
+                rendered.append(
+                    {
+                        "index": choice.index,
+                        "message": {"role": "assistant", "content": choice.text},
+                        "logprobs": logprobs,
+                        "finish_reason": choice.finish_reason,
+                    }
+                )
+            else:
+                rendered.append(
+                    {
+                        "index": choice.index,
+                        "text": choice.text,
+                        "logprobs": logprobs,
+                        "finish_reason": choice.finish_reason,
+                    }
+                )
         return {
             "id": self.response_id,
             "object": "chat.completion" if self.chat else "text_completion",
             "created": self.request.created,
             "model": self.request.model,
-            "choices": [choice],
+            "choices": rendered,
             "usage": self.usage(completion_tokens),
         }

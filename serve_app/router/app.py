@@ -24,7 +24,14 @@ from serve_app.deployments.openai_format import DONE
 from serve_app.deployments.requests import InferenceRequest
 from serve_app.errors import ModelNotFoundError, ServeAppError
 from serve_app.router.errors import error_response, http_error_response, sse_error, validation_error_response
-from serve_app.router.protocol import ChatCompletionRequest, CompletionRequest
+from serve_app.router.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    tokenize_job,
+)
 
 logger = logging.getLogger("ray.serve")
 READY_TIMEOUT_S = 5.0
@@ -64,6 +71,7 @@ class Router:
     ) -> None:
         self.created = int(time.time())
         self.unavailable = dict(unavailable or {})
+        self.max_model_lens: dict[str, int] = {}
         self.models: dict[str, ServedModel] = {}
         for name, handle in models.items():
             self.models[name] = ServedModel(name, handle, handle.options(stream=True))
@@ -85,17 +93,40 @@ class Router:
     # --- OpenAI API ---------------------------------------------------------------------------
     @api.get("/v1/models")
     async def list_models(self) -> dict[str, Any]:
-        data = [
-            {
-                "id": model_id,
-                "object": "model",
-                "created": self.created,
-                "owned_by": "modelopt-serve",
-                "root": served.name,
-            }
-            for model_id, served in self.routes.items()
-        ]
+        data = [await self._model_card(model_id) for model_id in self.routes]
         return {"object": "list", "data": data}
+
+    @api.get("/v1/models/{model_id:path}")
+    async def retrieve_model(self, model_id: str) -> dict[str, Any]:
+        self._route(model_id)
+        return await self._model_card(model_id)
+
+    async def _model_card(self, model_id: str) -> dict[str, Any]:
+        """OpenAI's Model object plus vLLM's extensions: ``root``, ``parent``, ``max_model_len``.
+
+        ``parent`` is the served name an alias points to (None for a name)."""
+        served = self.routes[model_id]
+        return {
+            "id": model_id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "modelopt-serve",
+            "root": served.name,
+            "parent": served.name if model_id != served.name else None,
+            "max_model_len": await self._max_model_len(served),
+        }
+
+    async def _max_model_len(self, served: ServedModel) -> int | None:
+        # Fixed for a deployment's life: asked once, then remembered.
+        known = self.max_model_lens.get(served.name)
+        if known is None:
+            try:
+                info = await asyncio.wait_for(served.handle.info.remote(), READY_TIMEOUT_S)
+            except Exception as exc:
+                logger.warning("model card of %s lacks max_model_len: %s", served.name, exc)
+                return None
+            known = self.max_model_lens[served.name] = info["max_model_len"]
+        return known
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatCompletionRequest) -> Any:
@@ -104,6 +135,23 @@ class Router:
     @api.post("/v1/completions")
     async def completions(self, body: CompletionRequest) -> Any:
         return await self._serve(body.model, body.to_inference())
+
+    # --- vLLM's tokenizer endpoints -----------------------------------------------------------
+    @api.post("/tokenize")
+    async def tokenize(self, body: TokenizeChatRequest | TokenizeCompletionRequest) -> Any:
+        served = self._route(body.model)
+        try:
+            return JSONResponse(await served.handle.tokenize.remote(tokenize_job(body)))
+        except Exception as exc:
+            return error_response(exc)
+
+    @api.post("/detokenize")
+    async def detokenize(self, body: DetokenizeRequest) -> Any:
+        served = self._route(body.model)
+        try:
+            return JSONResponse(await served.handle.detokenize.remote(body.tokens))
+        except Exception as exc:
+            return error_response(exc)
 
     async def _serve(self, model: str, request: InferenceRequest) -> Any:
         served = self._route(model)

@@ -87,6 +87,8 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
 def _describe(problem: dict) -> str:
     loc = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
     msg = str(problem.get("msg", "invalid"))
+    if problem.get("type") == "extra_forbidden":
+        msg = "unknown field: not an OpenAI or vLLM request field this server implements (docs/openai-api.md)"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     return f"{loc}: {msg}" if loc else msg

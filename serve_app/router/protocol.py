@@ -1,37 +1,109 @@
 """OpenAI request bodies, ordered as in the OpenAI API reference, and their conversion.
 
-Fields we do not implement are rejected when set to something other than their default (so a
-client never silently gets different behaviour), and unknown fields are ignored with a log line.
+Every field of OpenAI's chat and completions references and of vLLM's extra sampling fields is
+either honoured with vLLM's meaning or refused with 400 naming it (``REFUSED``); docs/openai-api.md
+lists each. A field outside both lists is refused too (``extra="forbid"``): vLLM accepts and
+logs unknown fields, but then a misspelt ``max_token`` silently gives a different answer.
+
+Bounds are the engine's real limits, as vLLM's protocol models and ``SamplingParams`` check them
+(vllm/entrypoints/openai/chat_completion/protocol.py, vllm/sampling_params.py).
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from serve_app.deployments.requests import InferenceRequest
-from serve_app.engines.protocol import SamplingOptions
+from serve_app.deployments.requests import SEED_MAX, SEED_MIN, InferenceRequest
+from serve_app.engines.protocol import SamplingOptions, StructuredOutput
 from serve_app.errors import InvalidRequestError
 
-logger = logging.getLogger("ray.serve")
+MAX_N = 16  # choices per request; each is a sequence in the engine's batch
+MAX_CHAT_TOP_LOGPROBS = 20  # OpenAI's chat limit, and vLLM's default max_logprobs
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's completions limit
+MAX_STOP = 16
+
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+StopStr = Annotated[str, Field(min_length=1)]
 
 
-class StreamOptions(BaseModel):
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class StreamOptions(_Strict):
     include_usage: bool = False
+    continuous_usage_stats: Literal[False] = False
 
 
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
-    text: str | None = None
+class JsonSchema(_Strict):
+    name: str = Field(default="response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = False
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchema | None = None
+
+    @model_validator(mode="after")
+    def json_schema_goes_with_its_type(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format.json_schema is required when type is 'json_schema'")
+        return self
+
+    def structured(self) -> StructuredOutput | None:
+        if self.type == "json_object":
+            return StructuredOutput("json_object")
+        if self.type == "json_schema" and self.json_schema is not None:
+            schema = json.dumps(self.json_schema.schema_, separators=(",", ":"))
+            return StructuredOutput("json", schema, strict=bool(self.json_schema.strict))
+        return None
+
+
+class StructuredOutputs(_Strict):
+    """vLLM's ``structured_outputs`` request field: exactly one constraint."""
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = Field(default=None, min_length=1)
+    grammar: str | None = None
+    json_object: bool | None = None
+
+    def structured(self) -> StructuredOutput:
+        given = [
+            name for name in ("json_", "regex", "choice", "grammar", "json_object") if getattr(self, name)
+        ]
+        if len(given) != 1:
+            raise InvalidRequestError(
+                "structured_outputs takes exactly one of json, regex, choice, grammar, json_object",
+                param="structured_outputs",
+            )
+        if self.json_ is not None:
+            schema = self.json_ if isinstance(self.json_, str) else json.dumps(self.json_)
+            return StructuredOutput("json", schema)
+        if self.regex is not None:
+            return StructuredOutput("regex", self.regex)
+        if self.choice is not None:
+            return StructuredOutput("choice", tuple(self.choice))
+        if self.grammar is not None:
+            return StructuredOutput("grammar", self.grammar)
+        return StructuredOutput("json_object")
+
+
+class ContentPart(_Strict):
+    type: Literal["text"]
+    text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # Message fields for tools and images belong to their own features; refused until then.
+    model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -39,110 +111,374 @@ class ChatMessage(BaseModel):
     def as_template_input(self) -> dict[str, Any]:
         content = self.content
         if isinstance(content, list):
-            kinds = {part.type for part in content} - {"text"}
-            if kinds:
-                raise InvalidRequestError(
-                    f"content parts of type {sorted(kinds)} are not supported; send text parts only",
-                    param="messages",
-                )
-            content = "".join(part.text or "" for part in content)
+            content = "".join(part.text for part in content)
         return {"role": self.role, "content": content or ""}
 
 
-class _SamplingFields(BaseModel):
-    """Fields shared by chat and completions (OpenAI order), then our extensions."""
+# Fields of OpenAI's or vLLM's request that this server does not implement: refused with 400
+# when set to anything but the value that means "off". name -> (values that mean off, why).
+_OFF: tuple[Any, ...] = (None,)
+REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
+    # OpenAI
+    "audio": (_OFF, "audio output is not supported"),
+    "function_call": ((*_OFF, "none"), "function calling is not supported yet"),
+    "functions": (_OFF, "function calling is not supported yet"),
+    "tools": ((*_OFF, ()), "tool calling is not supported yet"),
+    "tool_choice": ((*_OFF, "none"), "tool calling is not supported yet"),
+    "prediction": (_OFF, "predicted outputs are not supported"),
+    "reasoning_effort": (_OFF, "reasoning_effort is not supported by these models"),
+    "verbosity": (_OFF, "verbosity is not supported by these models"),
+    "web_search_options": (_OFF, "web search is not supported"),
+    "modalities": ((*_OFF, ("text",)), "only the text modality is supported"),
+    "service_tier": ((*_OFF, "auto", "default"), "only the default service tier exists"),
+    "store": ((*_OFF, False), "stored completions are not supported"),
+    "suffix": ((*_OFF, ""), "suffix (insertion) is not supported"),
+    "best_of": ((*_OFF, 1), "best_of is not supported by vLLM's V1 engine; use n"),
+    # vLLM extensions
+    "use_beam_search": ((*_OFF, False), "beam search is not supported"),
+    "length_penalty": ((*_OFF, 1, 1.0), "length_penalty applies to beam search, which is not supported"),
+    "bad_words": ((*_OFF, ()), "bad_words is not supported"),
+    "spaces_between_special_tokens": ((*_OFF, True), "spaces_between_special_tokens=false is not supported"),
+    "logits_processors": ((*_OFF, ()), "custom logits processors are not supported"),
+    "documents": (_OFF, "documents (RAG templates) are not supported"),
+    "chat_template": (_OFF, "request-supplied chat templates are not accepted"),
+    "mm_processor_kwargs": (_OFF, "multimodal inputs are not supported"),
+    "priority": ((*_OFF, 0), "priority scheduling is not enabled"),
+    "request_id": (_OFF, "request_id is assigned by the server"),
+    "cache_salt": (_OFF, "cache_salt is not supported"),
+    "kv_transfer_params": (_OFF, "disaggregated prefill is not supported"),
+    "vllm_xargs": (_OFF, "vllm_xargs is not supported"),
+    "return_token_ids": ((*_OFF, False), "return_token_ids is not supported; use /tokenize"),
+    "prompt_embeds": (_OFF, "prompt embeddings are not supported"),
+    "guided_json": (_OFF, "guided_* fields were replaced by structured_outputs in vLLM"),
+    "guided_regex": (_OFF, "guided_* fields were replaced by structured_outputs in vLLM"),
+    "guided_choice": (_OFF, "guided_* fields were replaced by structured_outputs in vLLM"),
+    "guided_grammar": (_OFF, "guided_* fields were replaced by structured_outputs in vLLM"),
+}
+CHAT_ONLY_REFUSED = (
+    "audio",
+    "function_call",
+    "functions",
+    "tools",
+    "tool_choice",
+    "prediction",
+    "reasoning_effort",
+    "verbosity",
+    "web_search_options",
+    "modalities",
+    "store",
+    "documents",
+    "chat_template",
+    "mm_processor_kwargs",
+)
+COMPLETION_ONLY_REFUSED = ("suffix", "best_of", "prompt_embeds")
 
-    model_config = ConfigDict(extra="allow")
 
-    model: str
-    frequency_penalty: float | None = 0.0
+def _is_off(value: Any, off: tuple[Any, ...]) -> bool:
+    """True when ``value`` is one of ``off`` (``True`` is not ``1``; a list equals its tuple)."""
+    if isinstance(value, list):
+        value = tuple(value)
+    return any(
+        value == candidate and isinstance(value, bool) == isinstance(candidate, bool) for candidate in off
+    )
+
+
+class _SamplingFields(_Strict):
+    """Fields shared by chat and completions (OpenAI order), then vLLM's extensions."""
+
+    model: str = Field(min_length=1, max_length=256)
+    frequency_penalty: float | None = Field(default=0.0, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
-    logprobs: bool | int | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    n: int | None = 1
-    presence_penalty: float | None = 0.0
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
+    max_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    metadata: dict[str, str] | None = None
+    n: int | None = Field(default=1, ge=1, le=MAX_N)
+    presence_penalty: float | None = Field(default=0.0, ge=-2, le=2)
+    response_format: ResponseFormat | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
+    stop: StopStr | list[StopStr] | None = Field(default=None)
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(default=1.0, ge=0, le=2)
-    top_p: float | None = Field(default=1.0, gt=0, le=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
     user: str | None = None
-    # --- extensions (vLLM names) ---
+    # --- vLLM extensions (vllm/entrypoints/openai/*/protocol.py) ---
+    top_k: int | None = Field(default=None, ge=-1, le=2**31 - 1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=100)
+    min_tokens: int = Field(default=0, ge=0, le=2**31 - 1)
+    stop_token_ids: list[TokenId] | None = Field(default=None, max_length=1024)
+    allowed_token_ids: list[TokenId] | None = Field(default=None, min_length=1)
+    include_stop_str_in_output: bool = False
     ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=MAX_CHAT_TOP_LOGPROBS)
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1, le=2**31 - 1)
+    add_special_tokens: bool | None = None
+    return_tokens_as_token_ids: bool = False
+    structured_outputs: StructuredOutputs | None = None
+    # Refused fields (REFUSED): declared so that /openapi.json and the docs list them.
+    best_of: Any = None
+    use_beam_search: Any = None
+    length_penalty: Any = None
+    bad_words: Any = None
+    spaces_between_special_tokens: Any = None
+    logits_processors: Any = None
+    priority: Any = None
+    request_id: Any = None
+    cache_salt: Any = None
+    kv_transfer_params: Any = None
+    vllm_xargs: Any = None
+    return_token_ids: Any = None
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def logit_bias_maps_token_ids_to_bounded_values(cls, value: dict[str, float] | None) -> Any:
+        if not value:
+            return value
+        if len(value) > 1024:
+            raise ValueError("logit_bias may hold at most 1024 tokens")
+        for key, bias in value.items():
+            if not key.isdigit() or int(key) > 2**31 - 1:
+                raise ValueError(f"logit_bias keys must be token ids (non-negative integers), got {key!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias values must be in [-100, 100], got {bias} for token {key}")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def refused_fields_keep_their_off_value(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name, value in data.items():
+            rule = REFUSED.get(name)
+            if rule is not None and name in cls.model_fields and not _is_off(value, rule[0]):
+                raise InvalidRequestError(f"{name}: {rule[1]}", param=name)
+        return data
 
     @model_validator(mode="after")
-    def unsupported_fields_keep_defaults(self) -> _SamplingFields:
-        if self.n not in (None, 1):
-            raise ValueError("n: only n=1 is supported; send several requests instead")
-        if self.logprobs not in (None, False, 0):
-            raise ValueError("logprobs: log probabilities are not supported by this server")
-        if self.logit_bias:
-            raise ValueError("logit_bias is not supported by this server")
-        for name in ("frequency_penalty", "presence_penalty"):
-            if getattr(self, name) not in (None, 0, 0.0):
-                raise ValueError(f"{name} is not supported by this server; leave it at 0")
+    def options_fit_together(self) -> _SamplingFields:
+        if (
+            self.response_format is not None
+            and self.response_format.type != "text"
+            and self.structured_outputs
+        ):
+            raise ValueError("send either response_format or structured_outputs, not both")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
         return self
 
-    def ignored_fields(self) -> list[str]:
-        return sorted(self.model_extra or {})
+    # --- conversion ---------------------------------------------------------------------------
+    def _structured(self) -> StructuredOutput | None:
+        if self.structured_outputs is not None:
+            return self.structured_outputs.structured()
+        return self.response_format.structured() if self.response_format else None
 
-    def sampling(self, max_tokens_default: int) -> SamplingOptions:
+    def _sampling(
+        self, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None
+    ) -> SamplingOptions:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        if len(stop) > MAX_STOP:
+            raise InvalidRequestError(f"stop takes at most {MAX_STOP} strings", param="stop")
         return SamplingOptions(
-            max_tokens=self.max_tokens or max_tokens_default,
+            max_tokens=max_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
             seed=self.seed,
             stop=stop,
             ignore_eos=self.ignore_eos,
+            top_k=self.top_k or 0,
+            min_p=self.min_p or 0.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=self.repetition_penalty or 1.0,
+            min_tokens=self.min_tokens,
+            logit_bias=tuple((int(k), float(v)) for k, v in (self.logit_bias or {}).items()),
+            stop_token_ids=tuple(self.stop_token_ids or ()),
+            allowed_token_ids=tuple(self.allowed_token_ids) if self.allowed_token_ids else None,
+            include_stop_str_in_output=self.include_stop_str_in_output,
+            skip_special_tokens=self.skip_special_tokens,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+            structured=self._structured(),
         )
 
-    def _common(self) -> dict[str, Any]:
-        if self.ignored_fields():
-            logger.info("ignoring unsupported request fields: %s", ", ".join(self.ignored_fields()))
+    def _common(self, max_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None) -> dict:
         now = time.time()
         return {
             "request_id": uuid.uuid4().hex,
             "model": self.model,
             "created": int(now),
             "received_at": now,
-            "sampling": self.sampling(max_tokens_default=16 if self.max_tokens is None else self.max_tokens),
-            "max_tokens_given": self.max_tokens is not None,
-            "stream": self.stream,
+            # Without max_tokens the model server fills the context; 16 only until it knows the prompt.
+            "sampling": self._sampling(16 if max_tokens is None else max_tokens, logprobs, prompt_logprobs),
+            "max_tokens_given": max_tokens is not None,
+            "n": self.n or 1,
+            "stream": bool(self.stream),
             "include_usage": bool(self.stream_options and self.stream_options.include_usage),
+            "add_special_tokens": self.add_special_tokens,
+            "truncate_prompt_tokens": self.truncate_prompt_tokens,
+            "return_tokens_as_token_ids": self.return_tokens_as_token_ids,
         }
 
 
 class ChatCompletionRequest(_SamplingFields):
+    """POST /v1/chat/completions (https://platform.openai.com/docs/api-reference/chat/create)."""
+
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = False
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    parallel_tool_calls: bool | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_CHAT_TOP_LOGPROBS)
+    # --- vLLM extensions ---
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    # Refused (REFUSED)
+    audio: Any = None
+    function_call: Any = None
+    functions: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+    web_search_options: Any = None
+    modalities: Any = None
+    service_tier: Any = None
+    store: Any = None
+    documents: Any = None
+    chat_template: Any = None
+    mm_processor_kwargs: Any = None
+    echo: Any = None
+
+    @model_validator(mode="after")
+    def chat_options_fit_together(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs requires logprobs to be true")
+        if self.add_generation_prompt and self.continue_final_message:
+            raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
+        if self.echo:
+            raise InvalidRequestError("echo is not supported for chat completions", param="echo")
+        return self
 
     def to_inference(self) -> InferenceRequest:
-        if self.max_completion_tokens is not None and self.max_tokens is None:
-            self.max_tokens = self.max_completion_tokens
+        max_tokens = self.max_completion_tokens if self.max_tokens is None else self.max_tokens
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
         return InferenceRequest(
             kind="chat",
             messages=[message.as_template_input() for message in self.messages],
             chat_template_kwargs=dict(self.chat_template_kwargs or {}),
-            **self._common(),
+            add_generation_prompt=self.add_generation_prompt,
+            continue_final_message=self.continue_final_message,
+            **self._common(max_tokens, logprobs, self.prompt_logprobs),
         )
 
 
+PromptInput = str | list[TokenId] | list[str] | list[list[TokenId]]
+
+
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[int] | list[str]
-    echo: bool = False
-    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's completions default
+    """POST /v1/completions (https://platform.openai.com/docs/api-reference/completions/create)."""
+
+    prompt: PromptInput
+    echo: bool | None = False
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    max_tokens: int | None = Field(default=16, ge=0, le=2**31 - 1)  # OpenAI's completions default
+    suffix: Any = None
+    service_tier: Any = None
+    prompt_embeds: Any = None
+
+    @model_validator(mode="after")
+    def zero_max_tokens_only_with_echo(self) -> CompletionRequest:
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens may be 0 only with echo (to score the prompt)")
+        return self
+
+    def prompts(self) -> tuple[str | list[int], ...]:
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return (prompt,)
+        if not prompt:
+            raise InvalidRequestError("prompt is empty", param="prompt")
+        if all(isinstance(p, int) for p in prompt):
+            return (list(prompt),)
+        for index, item in enumerate(prompt):
+            if not item and item != "":
+                raise InvalidRequestError(f"prompt[{index}] is empty", param="prompt")
+        return tuple(p if isinstance(p, str) else list(p) for p in prompt)
 
     def to_inference(self) -> InferenceRequest:
-        prompt = self.prompt
-        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-            if len(prompt) != 1:
-                raise InvalidRequestError(
-                    "batched prompts are not supported; send one prompt", param="prompt"
-                )
-            prompt = prompt[0]
-        if isinstance(prompt, list) and not prompt:
-            raise InvalidRequestError("prompt is empty", param="prompt")
-        return InferenceRequest(kind="completion", prompt=prompt, echo=self.echo, **self._common())
+        prompts = self.prompts()
+        if len(prompts) * (self.n or 1) > MAX_N * 4:
+            raise InvalidRequestError(
+                f"{len(prompts)} prompts x n={self.n} is {len(prompts) * (self.n or 1)} choices; "
+                f"at most {MAX_N * 4} per request",
+                param="prompt",
+            )
+        prompt_logprobs = self.prompt_logprobs
+        if self.echo and self.logprobs is not None and prompt_logprobs is None:
+            prompt_logprobs = self.logprobs  # vLLM: echo with logprobs scores the prompt too
+        return InferenceRequest(
+            kind="completion",
+            prompts=prompts,
+            echo=bool(self.echo),
+            **self._common(self.max_tokens, self.logprobs, prompt_logprobs),
+        )
+
+
+class TokenizeCompletionRequest(_Strict):
+    """POST /tokenize with a prompt (vLLM's ``TokenizeCompletionRequest``)."""
+
+    model: str = Field(min_length=1, max_length=256)
+    prompt: str
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeChatRequest(_Strict):
+    """POST /tokenize with messages, rendered by the chat template (vLLM's ``TokenizeChatRequest``)."""
+
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[ChatMessage] = Field(min_length=1)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    add_special_tokens: bool = False
+    return_token_strs: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def one_way_to_end(self) -> TokenizeChatRequest:
+        if self.add_generation_prompt and self.continue_final_message:
+            raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
+        return self
+
+
+class DetokenizeRequest(_Strict):
+    """POST /detokenize (vLLM's ``DetokenizeRequest``)."""
+
+    model: str = Field(min_length=1, max_length=256)
+    tokens: list[TokenId] = Field(max_length=1_000_000)
+
+
+def tokenize_job(body: TokenizeCompletionRequest | TokenizeChatRequest) -> dict[str, Any]:
+    """The plain dict a model server's ``tokenize`` takes."""
+    job: dict[str, Any] = {
+        "add_special_tokens": body.add_special_tokens,
+        "return_token_strs": body.return_token_strs,
+    }
+    if isinstance(body, TokenizeChatRequest):
+        job.update(
+            messages=[message.as_template_input() for message in body.messages],
+            add_generation_prompt=body.add_generation_prompt,
+            continue_final_message=body.continue_final_message,
+            chat_template_kwargs=dict(body.chat_template_kwargs or {}),
+        )
+    else:
+        job["prompt"] = body.prompt
+    return job

@@ -27,7 +27,7 @@ def completion(prompt: str, max_tokens: int | None, stream: bool = False) -> Inf
         request_id="r1",
         model="m",
         created=0,
-        prompt=prompt,
+        prompts=(prompt,),
         stream=stream,
         sampling=SamplingOptions(max_tokens=max_tokens or 16, temperature=0, ignore_eos=True),
         max_tokens_given=max_tokens is not None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from serve_app.deployments.openai_format import DONE, ResponseFormatter
+from serve_app.deployments.openai_format import DONE, ChoiceResult, ResponseFormatter
 from serve_app.deployments.requests import InferenceRequest
 from serve_app.engines.protocol import SamplingOptions
 
@@ -18,7 +18,7 @@ def request(kind: str) -> InferenceRequest:
         sampling=SamplingOptions(max_tokens=4),
         max_tokens_given=True,
         messages=[],
-        prompt="p",
+        prompts=("p",),
     )
 
 
@@ -47,6 +47,6 @@ def test_usage_chunk_has_no_choices():
 
 
 def test_full_completion_body():
-    body = ResponseFormatter(request("completion"), prompt_tokens=2).full_response("é", "stop", 1)
+    body = ResponseFormatter(request("completion"), prompt_tokens=2).full_response([ChoiceResult(0, "é", "stop")], 1)
     assert body["choices"] == [{"index": 0, "text": "é", "logprobs": None, "finish_reason": "stop"}]
     assert body["usage"]["total_tokens"] == 3
