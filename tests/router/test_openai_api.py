@@ -171,7 +171,7 @@ def test_unknown_model_is_404_listing_served_names(client):
         ({"model": "qwen"}, "messages", "messages"),
         ({"model": "qwen", "messages": CHAT, "max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
         ({"model": "qwen", "messages": CHAT, "temperature": -1}, "temperature", "greater than or equal to 0"),
-        ({"model": "qwen", "messages": CHAT, "n": 3}, "", "only n=1 is supported"),
+        ({"model": "qwen", "messages": CHAT, "n": 17}, "n", "less than or equal to 16"),
         ({"messages": CHAT}, "model", "model"),
     ],
 )
