@@ -2,7 +2,8 @@
 
 Uses only what ``vllm`` exports at its top level (``AsyncEngineArgs``, ``AsyncLLMEngine`` - an alias
 of ``vllm.v1.engine.async_llm.AsyncLLM`` -, ``SamplingParams``, ``TokensPrompt``) plus
-``RequestOutputKind``, ``UsageContext`` and vLLM's two engine exceptions. vLLM is imported inside
+``RequestOutputKind``, ``StructuredOutputsParams``, ``UsageContext`` and vLLM's two engine
+exceptions. vLLM is imported inside
 the methods, so this module imports anywhere.
 
 The engine starts with ``UsageContext.OPENAI_API_SERVER``, the context ``vllm serve`` uses, so
@@ -28,7 +29,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from serve_app.engines.protocol import EngineConfig, EngineStats, GenerationDelta, GenerationRequest
+from serve_app.engines.protocol import (
+    EngineConfig,
+    EngineStats,
+    GenerationDelta,
+    GenerationRequest,
+    SamplingOptions,
+)
 from serve_app.engines.vllm_mapping import (
     StreamCounters,
     engine_arg_fields,
@@ -155,7 +162,7 @@ class VLLMEngine:
         """Check the request and return its stream; closing the stream aborts the request in vLLM."""
         llm = self._require_started()
         from vllm import SamplingParams, TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         prompt_ids = list(request.prompt_token_ids)
         if request.request_id in self._in_flight:
@@ -169,17 +176,27 @@ class VLLMEngine:
                 param="prompt",
             )
         try:
-            params = SamplingParams(**sampling_kwargs(request.sampling), output_kind=RequestOutputKind.DELTA)
-        except ValueError as error:  # vLLM's own checks of max_tokens, temperature, top_p, stop
-            raise InvalidRequestError(str(error)) from error
-        return self._stream(llm, request.request_id, TokensPrompt(prompt_token_ids=prompt_ids), params)
+            kwargs = sampling_kwargs(request.sampling, StructuredOutputsParams)
+        except ValueError as error:  # StructuredOutputsParams' checks (one constraint, its types)
+            raise InvalidRequestError(str(error), param="response_format") from error
+        try:
+            params = SamplingParams(**kwargs, output_kind=RequestOutputKind.DELTA)
+        except ValueError as error:  # vLLM's own range checks (VLLMValidationError names some fields)
+            raise InvalidRequestError(str(error), param=getattr(error, "parameter", None)) from error
+        return self._stream(
+            llm, request.request_id, TokensPrompt(prompt_token_ids=prompt_ids), params, request.sampling
+        )
 
     async def _stream(
-        self, llm: Any, request_id: str, prompt: Any, params: Any
+        self, llm: Any, request_id: str, prompt: Any, params: Any, sampling: SamplingOptions
     ) -> AsyncIterator[GenerationDelta]:
         if request_id in self._in_flight:  # two streams made for one id before either started
             raise InvalidRequestError(f"request id {request_id!r} is already running")
-        counters = StreamCounters(prompt_tokens=len(prompt["prompt_token_ids"]))
+        counters = StreamCounters(
+            prompt_tokens=len(prompt["prompt_token_ids"]),
+            num_logprobs=sampling.logprobs,
+            num_prompt_logprobs=sampling.prompt_logprobs,
+        )
         self._in_flight.add(request_id)
         self._stats.prompt_tokens_total += counters.prompt_tokens
         finished: str | None = None
@@ -187,7 +204,7 @@ class VLLMEngine:
             # aclosing: when our consumer stops early (client gone, stream cancelled), vLLM's
             # generator is closed at once, and its GeneratorExit handler aborts the request.
             async with contextlib.aclosing(llm.generate(prompt, params, request_id)) as stream:
-                with self._vllm_errors():
+                with self._vllm_errors(structured=sampling.structured is not None):
                     async for output in stream:
                         delta = to_delta(output, counters)
                         self._stats.generated_tokens_total += len(delta.token_ids)
@@ -201,8 +218,16 @@ class VLLMEngine:
                 self._stats.aborted_total += 1
 
     @contextlib.contextmanager
-    def _vllm_errors(self) -> Iterator[None]:
-        """Turn vLLM's exceptions into ours (our consumer's GeneratorExit passes through)."""
+    def _vllm_errors(self, structured: bool = False) -> Iterator[None]:
+        """Turn vLLM's exceptions into ours (our consumer's GeneratorExit passes through).
+
+        vLLM validates a request when ``generate`` first runs (``InputProcessor`` ->
+        ``SamplingParams.verify``) and re-raises the ValueError from the stream's first
+        iteration, before any output. Its ``VLLMValidationError`` names the field (logprobs,
+        logit_bias, allowed_token_ids, ...); the structured-output checks (invalid schema, regex
+        or grammar, features the backend lacks) raise plain ValueErrors, which name
+        ``response_format`` when the request has a constraint.
+        """
         from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDeadError
         from vllm.v1.engine.exceptions import EngineGenerateError as VLLMEngineGenerateError
 
@@ -215,7 +240,8 @@ class VLLMEngine:
             detail = f"{type(cause).__name__}: {cause}" if cause else str(error)
             raise EngineGenerateError(f"vLLM failed the request: {detail}") from error
         except ValueError as error:  # vLLM's request validation (e.g. prompt longer than the context)
-            raise InvalidRequestError(str(error)) from error
+            param = getattr(error, "parameter", None) or ("response_format" if structured else None)
+            raise InvalidRequestError(str(error), param=param) from error
 
     async def abort(self, request_id: str) -> None:
         llm = self._require_started()

@@ -14,16 +14,25 @@ from typing import ClassVar
 
 import pytest
 
-from serve_app.engines.protocol import EngineConfig, GenerationDelta, GenerationRequest, SamplingOptions
+from serve_app.engines.protocol import (
+    EngineConfig,
+    GenerationDelta,
+    GenerationRequest,
+    SamplingOptions,
+    StructuredOutput,
+    TokenLogprob,
+)
 from serve_app.engines.vllm_mapping import (
     StreamCounters,
     engine_arg_fields,
     engine_kwargs,
     finish_reason,
     sampling_kwargs,
+    structured_outputs_kwargs,
     to_delta,
+    token_logprob,
 )
-from serve_app.errors import EngineGenerateError, RegistryError
+from serve_app.errors import EngineGenerateError, InvalidRequestError, RegistryError
 
 
 @dataclass
@@ -47,6 +56,98 @@ class FakeEngineArgs:
 
 
 VALID = engine_arg_fields(FakeEngineArgs)
+
+
+@dataclass
+class FakeStructuredOutputsParams:
+    """vllm.sampling_params.StructuredOutputsParams (0.24): exactly one constraint, as its
+    ``__post_init__`` checks."""
+
+    json: str | dict | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
+    structural_tag: str | None = None
+
+    def __post_init__(self):
+        count = sum(
+            value is not None
+            for value in (
+                self.json,
+                self.regex,
+                self.choice,
+                self.grammar,
+                self.json_object,
+                self.structural_tag,
+            )
+        )
+        if count != 1:
+            raise ValueError(f"You must use one kind of structured outputs constraint, got {count}")
+
+
+@dataclass
+class Logprob:
+    """vllm.logprobs.Logprob."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+@dataclass
+class FlatLogprobs:
+    """vllm.logprobs.FlatLogprobs (0.24): flat lists, a dict per position when indexed, a
+    FlatLogprobs when sliced. Built with the same ``append`` as vLLM's."""
+
+    start_indices: list[int] = field(default_factory=list)
+    end_indices: list[int] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    ranks: list[int | None] = field(default_factory=list)
+    decoded_tokens: list[str | None] = field(default_factory=list)
+
+    def append(self, position):
+        self.start_indices.append(len(self.logprobs))
+        for token_id, entry in (position or {}).items():
+            self.token_ids.append(token_id)
+            self.logprobs.append(entry.logprob)
+            self.ranks.append(entry.rank)
+            self.decoded_tokens.append(entry.decoded_token)
+        self.end_indices.append(len(self.logprobs))
+
+    def __len__(self):
+        return len(self.start_indices)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            flat = FlatLogprobs()
+            for position in range(*index.indices(len(self))):
+                flat.append(self[position])
+            return flat
+        return {
+            self.token_ids[i]: Logprob(self.logprobs[i], self.ranks[i], self.decoded_tokens[i])
+            for i in range(self.start_indices[index], self.end_indices[index])
+        }
+
+    def __iter__(self):
+        for position in range(len(self)):
+            yield self[position]
+
+
+def vllm_position(chosen, chosen_logprob, chosen_rank, top):
+    """One position as vLLM 0.24's append_logprobs_for_next_position builds it: the chosen token
+    first with its vocabulary rank, then the top k with ranks 1..k (a dict keeps a token once)."""
+    ids = [chosen, *(token_id for token_id, _ in top)]
+    logprobs = [chosen_logprob, *(logprob for _, logprob in top)]
+    ranks = [chosen_rank, *range(1, len(top) + 1)]
+    return {
+        token_id: Logprob(lp, rank, f"<{token_id}>")
+        for token_id, lp, rank in zip(ids, logprobs, ranks, strict=True)
+    }
 
 
 def make_config(**overrides) -> EngineConfig:
@@ -144,21 +245,114 @@ def test_sampling_kwargs_copies_the_options():
     assert sampling_kwargs(options) == {
         "n": 1,
         "max_tokens": 32,
+        "min_tokens": 0,
         "temperature": 0.7,
         "top_p": 0.9,
+        "top_k": 0,
+        "min_p": 0.0,
         "seed": 5,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "repetition_penalty": 1.0,
+        "logit_bias": None,
+        "allowed_token_ids": None,
         "stop": ["\n", "END"],
+        "stop_token_ids": None,
+        "include_stop_str_in_output": False,
         "ignore_eos": False,
+        "skip_special_tokens": True,
+        "logprobs": None,
+        "prompt_logprobs": None,
+        "structured_outputs": None,
     }
 
 
-def test_temperature_zero_is_greedy():
-    kwargs = sampling_kwargs(SamplingOptions(max_tokens=8, temperature=0, top_p=0.5, seed=3, ignore_eos=True))
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("top_k", 40, 40),
+        ("min_p", 0.05, 0.05),
+        ("presence_penalty", 1.5, 1.5),
+        ("frequency_penalty", -0.5, -0.5),
+        ("repetition_penalty", 1.3, 1.3),
+        ("min_tokens", 4, 4),
+        ("logit_bias", ((50, 100.0), (7, -100.0)), {50: 100.0, 7: -100.0}),
+        ("stop_token_ids", (2, 32000), [2, 32000]),
+        ("allowed_token_ids", (5, 6, 7), [5, 6, 7]),
+        ("allowed_token_ids", (), []),  # vLLM itself refuses an empty list
+        ("include_stop_str_in_output", True, True),
+        ("skip_special_tokens", False, False),
+        ("logprobs", 0, 0),
+        ("logprobs", 5, 5),
+        ("prompt_logprobs", 3, 3),
+    ],
+)
+def test_each_sampling_option_maps_to_vllms_name(field, value, expected):
+    kwargs = sampling_kwargs(SamplingOptions(max_tokens=8, temperature=0.8, **{field: value}))
+    assert kwargs[field] == expected
+    assert type(kwargs[field]) is type(expected)
+
+
+@pytest.mark.parametrize("temperature", [0, 0.0, 1e-9, 9.9e-6])
+def test_temperature_below_vllms_sampling_eps_is_greedy(temperature):
+    options = SamplingOptions(
+        max_tokens=8, temperature=temperature, top_p=0.5, top_k=5, min_p=0.2, seed=3, ignore_eos=True
+    )
+    kwargs = sampling_kwargs(options)
+    # vLLM 0.24 would raise 1e-9 to 0.01 and sample; 0.0 is greedy, which it resets these for.
     assert kwargs["temperature"] == 0.0
-    assert kwargs["top_p"] == 1.0
-    assert kwargs["seed"] is None
+    assert (kwargs["top_p"], kwargs["top_k"], kwargs["min_p"], kwargs["seed"]) == (1.0, 0, 0.0, None)
     assert kwargs["stop"] is None
     assert kwargs["ignore_eos"] is True
+
+
+def test_greedy_keeps_penalties_logit_bias_and_logprobs():
+    options = SamplingOptions(
+        max_tokens=8, temperature=0, repetition_penalty=1.2, logit_bias=((3, 5.0),), logprobs=2, min_tokens=2
+    )
+    kwargs = sampling_kwargs(options)
+    assert (kwargs["repetition_penalty"], kwargs["logit_bias"], kwargs["logprobs"]) == (1.2, {3: 5.0}, 2)
+    assert kwargs["min_tokens"] == 2
+
+
+@pytest.mark.parametrize("temperature", [1e-5, 0.005, 0.7])
+def test_temperature_from_vllms_sampling_eps_up_samples(temperature):
+    kwargs = sampling_kwargs(SamplingOptions(max_tokens=8, temperature=temperature, top_p=0.5, seed=3))
+    assert (kwargs["temperature"], kwargs["top_p"], kwargs["seed"]) == (temperature, 0.5, 3)
+
+
+@pytest.mark.parametrize(
+    ("structured", "expected"),
+    [
+        (StructuredOutput("json_object"), {"json_object": True}),
+        (
+            StructuredOutput("json", '{"type": "object", "properties": {"a": {"type": "integer"}}}'),
+            {"json": {"type": "object", "properties": {"a": {"type": "integer"}}}},
+        ),
+        # strict changes nothing: vLLM's OpenAI server accepts json_schema.strict and ignores it
+        (StructuredOutput("json", '{"type": "string"}', strict=True), {"json": {"type": "string"}}),
+        (StructuredOutput("json", "true"), {"json": "true"}),  # a boolean schema stays text
+        (StructuredOutput("regex", r"\d{3}"), {"regex": r"\d{3}"}),
+        (StructuredOutput("choice", ("yes", "no")), {"choice": ["yes", "no"]}),
+        (StructuredOutput("grammar", 'root ::= "a" | "b"'), {"grammar": 'root ::= "a" | "b"'}),
+    ],
+)
+def test_structured_outputs_map_to_structured_outputs_params(structured, expected):
+    assert structured_outputs_kwargs(structured) == expected
+    kwargs = sampling_kwargs(SamplingOptions(max_tokens=8, structured=structured))
+    assert kwargs["structured_outputs"] == expected
+    made = sampling_kwargs(SamplingOptions(max_tokens=8, structured=structured), FakeStructuredOutputsParams)
+    assert isinstance(made["structured_outputs"], FakeStructuredOutputsParams)
+    assert made["structured_outputs"] == FakeStructuredOutputsParams(**expected)
+
+
+def test_a_json_schema_that_is_not_json_names_response_format():
+    options = SamplingOptions(max_tokens=8, structured=StructuredOutput("json", "{'type': 'object'}"))
+    with pytest.raises(
+        InvalidRequestError, match="the JSON schema is not valid JSON: Expecting property"
+    ) as info:
+        sampling_kwargs(options)
+    assert info.value.param == "response_format"
 
 
 @pytest.mark.parametrize(
@@ -199,6 +393,112 @@ def test_a_finished_output_without_reason_counts_as_stop():
     output = fake_output("x", [7])
     output.finished = True
     assert to_delta(output, StreamCounters()).finish_reason == "stop"
+
+
+# --- logprobs: vLLM's dict-per-position layout, as lists and as FlatLogprobs --------------------
+
+TOP3 = [(11, -0.2), (12, -1.9), (13, -2.5)]
+
+
+def test_chosen_token_outside_the_top_k_gives_k_plus_one_entries():
+    entries = vllm_position(99, -4.0, 17, TOP3)
+    assert len(entries) == 4
+    assert token_logprob(entries, 99, 3) == TokenLogprob(99, -4.0, ((11, -0.2), (12, -1.9), (13, -2.5)))
+
+
+def test_chosen_token_inside_the_top_k_gives_k_entries_and_stays_in_top():
+    entries = vllm_position(12, -1.9, 2, TOP3)
+    assert len(entries) == 3
+    assert list(entries) == [12, 11, 13]  # chosen first: dict order is not rank order
+    assert token_logprob(entries, 12, 3) == TokenLogprob(12, -1.9, ((11, -0.2), (12, -1.9), (13, -2.5)))
+
+
+def test_top_follows_rank_not_dict_order():
+    entries = {
+        99: Logprob(-4.0, 9),
+        13: Logprob(-2.5, 3),
+        11: Logprob(-0.2, 1),
+        12: Logprob(-1.9, 2),
+    }
+    assert token_logprob(entries, 99, 3).top == ((11, -0.2), (12, -1.9), (13, -2.5))
+
+
+def test_k_zero_has_only_the_chosen_token():
+    assert token_logprob(vllm_position(42, -0.7, 1, []), 42, 0) == TokenLogprob(42, -0.7, ())
+
+
+def test_a_tie_that_gives_the_chosen_token_a_top_rank_keeps_it_out_of_top():
+    # vLLM's rank counts strictly larger logprobs: a token tied with the 2nd is rank 2 too.
+    entries = vllm_position(77, -1.9, 2, TOP3)
+    assert len(entries) == 4
+    assert token_logprob(entries, 77, 3).top == ((11, -0.2), (12, -1.9), (13, -2.5))
+
+
+def test_k_is_inferred_when_the_counters_do_not_say():
+    assert token_logprob(vllm_position(99, -4.0, 17, TOP3), 99, None).top == tuple(TOP3)
+    assert token_logprob(vllm_position(11, -0.2, 1, TOP3), 11, None).top == tuple(TOP3)
+
+
+def logprob_output(token_ids, positions, prompt_logprobs=None, reason=None, prompt=(1, 2, 3)):
+    output = fake_output("x" * len(token_ids), token_ids, reason, prompt)
+    output.outputs[0].logprobs = positions
+    output.prompt_logprobs = prompt_logprobs
+    return output
+
+
+@pytest.mark.parametrize("container", [list, FlatLogprobs])
+def test_to_delta_converts_sample_logprobs_per_new_token(container):
+    positions = container()
+    positions.append(vllm_position(12, -1.9, 2, TOP3))
+    positions.append(vllm_position(99, -4.0, 17, TOP3))
+    counters = StreamCounters(num_logprobs=3)
+    delta = to_delta(logprob_output([12, 99], positions), counters)
+    assert delta.logprobs == [
+        TokenLogprob(12, -1.9, tuple(TOP3)),
+        TokenLogprob(99, -4.0, tuple(TOP3)),
+    ]
+    assert delta.prompt_logprobs is None
+
+
+@pytest.mark.parametrize("container", [list, FlatLogprobs])
+def test_to_delta_reads_only_the_last_positions(container):
+    # vLLM slices logprobs[-len(token_ids):]; for an abort without tokens that is every position.
+    positions = container()
+    for chosen in (11, 12, 13):
+        positions.append(vllm_position(chosen, -1.0, 1, [(chosen, -1.0)]))
+    counters = StreamCounters(num_logprobs=1)
+    assert to_delta(logprob_output([], positions, reason="abort"), counters).logprobs == []
+    assert to_delta(logprob_output([13], positions), counters).logprobs == [
+        TokenLogprob(13, -1.0, ((13, -1.0),))
+    ]
+
+
+def test_fewer_logprob_positions_than_tokens_fails_the_request():
+    with pytest.raises(EngineGenerateError, match="logprobs for 1 positions and 2 new tokens"):
+        to_delta(logprob_output([1, 2], [vllm_position(1, -1.0, 1, [])]), StreamCounters(num_logprobs=0))
+
+
+def test_no_logprobs_requested_gives_none():
+    delta = to_delta(logprob_output([5], None), StreamCounters())
+    assert (delta.logprobs, delta.prompt_logprobs) == (None, None)
+
+
+@pytest.mark.parametrize("container", [list, FlatLogprobs])
+def test_prompt_logprobs_come_per_prompt_token_with_none_first(container):
+    prompt = (101, 102, 103)
+    positions = container()
+    positions.append(None)  # vLLM's create_prompt_logprobs; FlatLogprobs keeps an empty position
+    positions.append(vllm_position(102, -3.0, 5, [(7, -0.5), (8, -0.9)]))
+    positions.append(vllm_position(103, -0.1, 1, [(103, -0.1), (9, -2.0)]))
+    counters = StreamCounters(num_logprobs=None, num_prompt_logprobs=2)
+    first = to_delta(logprob_output([5], None, positions, prompt=prompt), counters)
+    assert first.prompt_logprobs == [
+        None,
+        TokenLogprob(102, -3.0, ((7, -0.5), (8, -0.9))),
+        TokenLogprob(103, -0.1, ((103, -0.1), (9, -2.0))),
+    ]
+    # After the first output, vLLM's pop_prompt_logprobs leaves an empty list.
+    assert to_delta(logprob_output([6], None, [], prompt=prompt), counters).prompt_logprobs is None
 
 
 def test_mapping_modules_do_not_import_vllm(monkeypatch):
@@ -276,9 +576,14 @@ class FakeAsyncLLM:
                     yield fake_output("", [], "abort", prompt["prompt_token_ids"])
                     return
                 last = index == params.max_tokens - 1
-                yield fake_output(
+                output = fake_output(
                     f"t{index} ", [100 + index], "length" if last else None, prompt["prompt_token_ids"]
                 )
+                if params.logprobs is not None:  # the sampled token at rank 2 behind token 7
+                    output.outputs[0].logprobs = [
+                        vllm_position(100 + index, -1.5, 2, [(7, -0.3), (100 + index, -1.5)])
+                    ]
+                yield output
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted.append(request_id)
             raise
@@ -308,6 +613,7 @@ def fake_vllm(monkeypatch):
     usage_lib.UsageContext = Enum("UsageContext", ["LLM_CLASS", "OPENAI_API_SERVER"])
     sampling_params = ModuleType("vllm.sampling_params")
     sampling_params.RequestOutputKind = Enum("RequestOutputKind", ["CUMULATIVE", "DELTA", "FINAL_ONLY"])
+    sampling_params.StructuredOutputsParams = FakeStructuredOutputsParams
     exceptions = ModuleType("vllm.v1.engine.exceptions")
     exceptions.EngineDeadError = FakeVLLMEngineDead
     exceptions.EngineGenerateError = FakeVLLMGenerateError
@@ -497,3 +803,83 @@ def test_engine_shutdown_is_idempotent_and_final(fake_vllm, tmp_path):
 def test_a_warm_compile_cache_is_reported(fake_vllm, tmp_path):
     (tmp_path / "cache" / "torch_compile_cache" / "1a2b3c").mkdir(parents=True)
     assert started_engine(tmp_path).start_info.compile_cache_warm is True
+
+
+class FakeVLLMValidationError(ValueError):
+    """vllm.exceptions.VLLMValidationError: a ValueError naming the field."""
+
+    def __init__(self, message, parameter=None):
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def test_engine_builds_structured_outputs_params_and_streams_logprobs(fake_vllm, tmp_path):
+    engine = started_engine(tmp_path)
+    seen = []
+    fake_vllm["vllm"].SamplingParams = lambda **kwargs: seen.append(kwargs) or SimpleNamespace(**kwargs)
+    sampling = SamplingOptions(
+        max_tokens=2, temperature=0, logprobs=2, structured=StructuredOutput("json", '{"type": "object"}')
+    )
+
+    async def run():
+        return [d async for d in engine.generate(GenerationRequest("r1", [1, 2], sampling))]
+
+    deltas = asyncio.run(run())
+    assert seen[0]["structured_outputs"] == FakeStructuredOutputsParams(json={"type": "object"})
+    assert seen[0]["output_kind"].name == "DELTA"
+    assert deltas[0].logprobs == [TokenLogprob(100, -1.5, ((7, -0.3), (100, -1.5)))]
+    assert deltas[1].logprobs == [TokenLogprob(101, -1.5, ((7, -0.3), (101, -1.5)))]
+
+
+def structured_request(kind="regex", value="[a-z]+"):
+    return GenerationRequest(
+        "r1", [1, 2, 3], SamplingOptions(max_tokens=4, structured=StructuredOutput(kind, value))
+    )
+
+
+def test_an_invalid_structured_output_from_vllms_first_iteration_names_response_format(fake_vllm, tmp_path):
+    engine = started_engine(tmp_path)
+    llm = FakeAsyncLLM.instances[-1]
+
+    async def first():
+        return await anext(engine.generate(structured_request()))
+
+    llm.fail_with = ValueError("Failed to transform regex into a grammar: unbalanced parenthesis")
+    with pytest.raises(InvalidRequestError, match="Failed to transform regex") as info:
+        asyncio.run(first())
+    assert info.value.param == "response_format"
+    # A field vLLM names keeps its name, constraint or not.
+    llm.fail_with = FakeVLLMValidationError("Requested sample logprobs of 30 > 20", parameter="logprobs")
+    with pytest.raises(InvalidRequestError, match="Requested sample logprobs") as info:
+        asyncio.run(first())
+    assert info.value.param == "logprobs"
+    assert engine.stats().running == 0
+
+
+def test_a_plain_value_error_without_a_constraint_names_no_field(fake_vllm, tmp_path):
+    engine = started_engine(tmp_path)
+    FakeAsyncLLM.instances[-1].fail_with = ValueError("Token id 99999 is out of vocabulary")
+
+    async def first():
+        return await anext(engine.generate(greedy_request()))
+
+    with pytest.raises(InvalidRequestError, match="out of vocabulary") as info:
+        asyncio.run(first())
+    assert info.value.param is None
+
+
+def test_value_errors_at_construction_become_invalid_request(fake_vllm, tmp_path):
+    engine = started_engine(tmp_path)
+
+    def refuse(**kwargs):
+        raise FakeVLLMValidationError("top_p must be in (0, 1], got 0.0.", parameter="top_p")
+
+    fake_vllm["vllm"].SamplingParams = refuse
+    with pytest.raises(InvalidRequestError, match=r"top_p must be in \(0, 1\]") as info:
+        engine.generate(greedy_request())
+    assert info.value.param == "top_p"
+
+    fake_vllm["vllm.sampling_params"].StructuredOutputsParams = lambda **kwargs: FakeStructuredOutputsParams()
+    with pytest.raises(InvalidRequestError, match="You must use one kind of structured outputs") as info:
+        engine.generate(structured_request())
+    assert info.value.param == "response_format"
