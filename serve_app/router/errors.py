@@ -74,18 +74,34 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
     """FastAPI's 422 becomes OpenAI's 400, naming the first bad field."""
     problems = exc.errors()
     first = problems[0] if problems else {}
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     if first.get("type") == "json_invalid":
         message, param = "request body is not valid JSON", None
     else:
-        field = ".".join(loc)
-        details = "; ".join(_describe(p) for p in problems)
+        field = _location(first)
+        details = "; ".join(dict.fromkeys(_describe(p) for p in problems))
         message, param = f"invalid request: {details}", field or None
     return JSONResponse(error_body(message, ErrorKind(400, "BadRequestError", "invalid_request"), param), 400)
 
 
+def _location(problem: dict) -> str:
+    """The field path a client wrote (``messages.0.content``): without FastAPI's ``body`` and
+    without pydantic's union-member tags (``str``, ``list[int]``, ``function-wrap[...]``)."""
+    parts = []
+    for part in problem.get("loc", ()):
+        text = str(part)
+        if text == "body" or "[" in text or text in _UNION_TAGS:
+            continue
+        parts.append(text)
+    return ".".join(parts)
+
+
+_UNION_TAGS = frozenset(
+    {"str", "int", "float", "bool", "dict", "list", "none", "constrained-int", "constrained-str"}
+)
+
+
 def _describe(problem: dict) -> str:
-    loc = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
+    loc = _location(problem)
     msg = str(problem.get("msg", "invalid"))
     if problem.get("type") == "extra_forbidden":
         msg = "unknown field: not an OpenAI or vLLM request field this server implements (docs/openai-api.md)"

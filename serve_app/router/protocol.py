@@ -394,6 +394,17 @@ class CompletionRequest(_SamplingFields):
     service_tier: Any = None
     prompt_embeds: Any = None
 
+    @field_validator("prompt", mode="wrap")
+    @classmethod
+    def prompt_has_one_of_four_shapes(cls, value: Any, handler: Any) -> Any:
+        try:
+            return handler(value)
+        except ValueError:
+            # pydantic would list one failure per union member; one sentence says it better.
+            raise ValueError(
+                "must be a string, a list of strings, a list of token ids or a list of token-id lists"
+            ) from None
+
     @model_validator(mode="after")
     def zero_max_tokens_only_with_echo(self) -> CompletionRequest:
         if self.max_tokens == 0 and not self.echo:
