@@ -9,7 +9,12 @@ the vLLM engine's output against), one token at a time:
 - At most ``config.max_num_seqs`` requests run at once (no cap when it is None); the others wait
   in arrival order and count in ``stats().waiting``.
 - EOS ids are the union of config.json's, generation_config.json's and the tokenizer's
-  ``eos_token_id``. Text is decoded with ``skip_special_tokens=True``, as vLLM does by default.
+  ``eos_token_id``. Text is decoded with the request's ``skip_special_tokens`` (vLLM's default True).
+- Every ``SamplingOptions`` field is honoured with vLLM's meaning: the logits pipeline is
+  engines/cpu_sampling.py (vLLM's v1 sampler), structured outputs engines/structured.py (xgrammar,
+  as vLLM). A token that ends the request (EOS unless ``ignore_eos``, a ``stop_token_ids`` id, or
+  the one completing a grammar) is in ``token_ids`` but its text is not, unless
+  ``include_stop_str_in_output`` (vllm/v1/engine/detokenizer.py).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 
 import torch
 
+from serve_app.engines.cpu_sampling import LogitsPipeline, prompt_logprobs, validate_sampling
 from serve_app.engines.delta_merge import merging
 from serve_app.engines.fp8_loading import load_dequantized_model
 from serve_app.engines.protocol import (
@@ -35,8 +41,9 @@ from serve_app.engines.protocol import (
     FinishReason,
     GenerationDelta,
     GenerationRequest,
-    SamplingOptions,
+    TokenLogprob,
 )
+from serve_app.engines.structured import GrammarBackend, GrammarConstraint, check_structured
 from serve_app.errors import (
     ContextLengthError,
     EngineDeadError,
@@ -56,6 +63,9 @@ class _Request:
 
     request: GenerationRequest
     generator: torch.Generator
+    pipeline: LogitsPipeline
+    stop_token_ids: frozenset[int]  # end the request when sampled: EOS (unless ignore_eos), stop_token_ids
+    grammar: GrammarConstraint | None = None
     token_ids: list[int] = field(default_factory=list)
     emitted_chars: int = 0
     cache: Any = None
@@ -83,6 +93,18 @@ class _Model:
     vocab_size: int
     eos_token_ids: frozenset[int]
     max_position_embeddings: int | None
+    grammars: GrammarBackend
+
+
+@dataclass
+class _StepOutput:
+    """What one worker step produced for one request."""
+
+    token: int
+    text: str  # all output text so far (without a stop token's text, see the module docstring)
+    stopped: bool  # the token ends the request: a stop token, or the grammar is complete
+    logprob: TokenLogprob | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 class CPUReferenceEngine:
@@ -138,14 +160,17 @@ class CPUReferenceEngine:
         tokenizer = AutoTokenizer.from_pretrained(str(checkpoint), trust_remote_code=trust)
         params = inspect.signature(model.forward).parameters
         text_config = model.config.get_text_config()
+        vocab_size = model.get_input_embeddings().num_embeddings
+        eos_token_ids = _eos_token_ids(checkpoint, model.config, tokenizer)
         return _Model(
             model=model,
             tokenizer=tokenizer,
             cache_kwarg="cache" if "cache" in params else "past_key_values",
             keep_last_logits="logits_to_keep" in params,
-            vocab_size=model.get_input_embeddings().num_embeddings,
-            eos_token_ids=_eos_token_ids(checkpoint, model.config, tokenizer),
+            vocab_size=vocab_size,
+            eos_token_ids=eos_token_ids,
             max_position_embeddings=getattr(text_config, "max_position_embeddings", None),
+            grammars=GrammarBackend(tokenizer, vocab_size, eos_token_ids),
         )
 
     async def shutdown(self) -> None:
@@ -223,7 +248,9 @@ class CPUReferenceEngine:
                 "including at least one generated token",
                 param="prompt",
             )
-        _validate_sampling(sampling)
+        validate_sampling(sampling, vocab)
+        if sampling.structured is not None:
+            check_structured(sampling.structured)  # compiled later, off the event loop (_stream)
 
     def _is_known(self, request_id: str) -> bool:
         return request_id in self._running or any(state.request_id == request_id for state in self._waiting)
@@ -231,14 +258,14 @@ class CPUReferenceEngine:
     async def _stream(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         if self._is_known(request.request_id):
             raise InvalidRequestError(f"request id {request.request_id!r} is already running")
-        state = _Request(request=request, generator=_make_generator(request.sampling.seed))
+        state = await self._new_state(request)
         try:
             await self._admit(state)
             while not state.aborted:
-                token, text = await self._run_step(state)
+                output = await self._run_step(state)
                 if state.aborted:
                     break
-                delta = self._advance(state, token, text)
+                delta = self._advance(state, output)
                 if delta.finish_reason is not None:
                     self._finish(state, delta.finish_reason)  # before the yield: the consumer may stop here
                 yield delta
@@ -252,6 +279,26 @@ class CPUReferenceEngine:
             raise
         finally:
             self._release(state)  # after an error; a no-op when already released
+
+    async def _new_state(self, request: GenerationRequest) -> _Request:
+        """The request's state, its grammar compiled in a thread (errors: InvalidRequestError)."""
+        loaded, sampling = self._loaded, request.sampling
+        if loaded is None:
+            raise EngineDeadError(f"CPU engine {self.config.model_name} is dead: {self._dead_reason}")
+        grammar = None
+        if sampling.structured is not None:
+            compiled = await asyncio.to_thread(loaded.grammars.compile, sampling.structured)
+            grammar = loaded.grammars.constraint(compiled)
+        stop_ids = set(sampling.stop_token_ids) | (set() if sampling.ignore_eos else loaded.eos_token_ids)
+        return _Request(
+            request=request,
+            generator=_make_generator(sampling.seed),
+            pipeline=LogitsPipeline(
+                sampling, request.prompt_token_ids, loaded.vocab_size, loaded.eos_token_ids
+            ),
+            stop_token_ids=frozenset(stop_ids),
+            grammar=grammar,
+        )
 
     async def _admit(self, state: _Request) -> None:
         """Take a running slot, or wait for one (or for an abort) in arrival order."""
@@ -304,8 +351,8 @@ class CPUReferenceEngine:
         if state.admitted is not None and not state.admitted.done():
             state.admitted.set_result(None)
 
-    async def _run_step(self, state: _Request) -> tuple[int, str]:
-        """Run one step of the request in the worker thread; return (new token, full text)."""
+    async def _run_step(self, state: _Request) -> _StepOutput:
+        """Run one step of the request in the worker thread."""
         loaded, executor = self._loaded, self._executor
         if loaded is None or executor is None:
             raise EngineDeadError(f"CPU engine {self.config.model_name} is dead: {self._dead_reason}")
@@ -320,21 +367,38 @@ class CPUReferenceEngine:
         except Exception as error:
             raise EngineGenerateError(f"request {state.request_id} failed: {error!r}") from error
 
-    def _advance(self, state: _Request, token: int, text: str) -> GenerationDelta:
-        """Record the new token and turn it into a delta, deciding whether the request is done."""
-        state.token_ids.append(token)
+    def _advance(self, state: _Request, output: _StepOutput) -> GenerationDelta:
+        """Record the new token and turn it into a delta, deciding whether the request is done.
+
+        As vllm/v1/core/sched/utils.py check_stop: a stop token (or a completed grammar) before
+        the length limit; stop strings as vllm/v1/engine/detokenizer.py."""
+        state.token_ids.append(output.token)
         self._stats.generated_tokens_total += 1
         sampling = state.request.sampling
         reason: FinishReason | None = None
-        if token in self._loaded.eos_token_ids and not sampling.ignore_eos:
+        if output.stopped:
             reason = "stop"
         elif len(state.token_ids) >= min(sampling.max_tokens, self._max_model_len - state.prompt_tokens):
             reason = "length"
-        new_text, stopped = _new_text(text, state.emitted_chars, sampling.stop, final=reason is not None)
+        new_text, stopped = _new_text(
+            output.text,
+            state.emitted_chars,
+            sampling.stop,
+            final=reason is not None,
+            include_stop=sampling.include_stop_str_in_output,
+        )
         state.emitted_chars += len(new_text)
         if stopped:
             reason = "stop"
-        return GenerationDelta(new_text, [token], len(state.token_ids), state.prompt_tokens, reason)
+        return GenerationDelta(
+            new_text,
+            [output.token],
+            len(state.token_ids),
+            state.prompt_tokens,
+            reason,
+            logprobs=None if output.logprob is None else [output.logprob],
+            prompt_logprobs=output.prompt_logprobs,
+        )
 
 
 # --------------------------------------------------------------------------------- worker side
@@ -345,54 +409,60 @@ def _noop() -> None:
 
 
 @torch.inference_mode()
-def _step(loaded: _Model, state: _Request) -> tuple[int, str]:
-    """Run one forward pass of one request in the worker thread; return (new token, full text)."""
-    if state.cache is None:
+def _step(loaded: _Model, state: _Request) -> _StepOutput:
+    """Run one forward pass of one request in the worker thread and pick its next token."""
+    sampling = state.request.sampling
+    prefill = state.cache is None
+    want_prompt_logprobs = prefill and sampling.prompt_logprobs is not None
+    if prefill:
         input_ids = torch.tensor([state.request.prompt_token_ids], dtype=torch.long)
     else:
         input_ids = torch.tensor([[state.token_ids[-1]]], dtype=torch.long)
     kwargs: dict[str, Any] = {loaded.cache_kwarg: state.cache, "use_cache": True}
-    if loaded.keep_last_logits:
-        kwargs["logits_to_keep"] = 1
+    if loaded.keep_last_logits and not want_prompt_logprobs:
+        kwargs["logits_to_keep"] = 1  # every position's logits only when prompt logprobs are asked for
     output = loaded.model(input_ids=input_ids, **kwargs)
     cache = output.get(loaded.cache_kwarg)
     state.cache = cache if cache is not None else output.get("past_key_values")
-    token = _sample(output.logits[0, -1], state.request.sampling, state.generator)
-    text = loaded.tokenizer.decode(
-        [*state.token_ids, token], skip_special_tokens=True, clean_up_tokenization_spaces=False
+    prompt = None
+    if want_prompt_logprobs:
+        prompt = prompt_logprobs(output.logits[0], state.request.prompt_token_ids, sampling.prompt_logprobs)
+    logits = output.logits[0, -1].to(torch.float32, copy=True)
+    if state.grammar is not None:
+        state.grammar.mask(logits)  # before the sampler, as vLLM's model runner: logprobs see it
+    token, logprob = state.pipeline.sample(logits, state.token_ids, state.generator)
+    if state.grammar is not None:
+        state.grammar.accept(token)
+    stopped = token in state.stop_token_ids or (state.grammar is not None and state.grammar.terminated)
+    shown = (
+        state.token_ids if stopped and not sampling.include_stop_str_in_output else [*state.token_ids, token]
     )
-    return token, text
-
-
-def _sample(logits: torch.Tensor, sampling: SamplingOptions, generator: torch.Generator) -> int:
-    """Greedy at temperature 0, else temperature then nucleus (top_p) sampling."""
-    if sampling.temperature == 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
-    if sampling.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        sorted_probs[before >= sampling.top_p] = 0.0  # keeps at least the most likely token
-        choice = torch.multinomial(sorted_probs, 1, generator=generator)
-        return int(order[choice])
-    return int(torch.multinomial(probs, 1, generator=generator))
+    text = loaded.tokenizer.decode(
+        shown, skip_special_tokens=sampling.skip_special_tokens, clean_up_tokenization_spaces=False
+    )
+    return _StepOutput(token, text, stopped, logprob, prompt)
 
 
 # --------------------------------------------------------------------------------- helpers
 
 
-def _new_text(text: str, emitted: int, stop: tuple[str, ...], final: bool) -> tuple[str, bool]:
+def _new_text(
+    text: str, emitted: int, stop: tuple[str, ...], final: bool, include_stop: bool = False
+) -> tuple[str, bool]:
     """The part of ``text`` (all decoded output) to emit now, and whether a stop string was hit.
 
     Stop strings are searched in the not-yet-emitted part (plus enough before it to catch one that
-    straddles); the text from the stop string on is never emitted. Unless ``final``, text that
-    could still become a stop string, and an incomplete UTF-8 sequence, are held back.
+    straddles); the text from the stop string on is never emitted, or with ``include_stop`` (vLLM's
+    include_stop_str_in_output) the text after it. Unless ``final``, text that could still become a
+    stop string, and an incomplete UTF-8 sequence, are held back.
     """
     if stop:
         start = max(0, emitted - max(len(s) for s in stop) + 1)
-        hits = [index for index in (text.find(s, start) for s in stop if s) if index >= 0]
-        if hits:
-            return text[emitted : max(min(hits), emitted)], True
+        found = [(index, s) for s in stop if s and (index := text.find(s, start)) >= 0]
+        if found:
+            index, hit = min(found)
+            end = index + len(hit) if include_stop else index
+            return text[emitted : max(end, emitted)], True
     if final:
         return text[emitted:], False
     end = len(text.rstrip(REPLACEMENT_CHAR))
@@ -409,19 +479,6 @@ def _stop_prefix_length(text: str, stop: tuple[str, ...]) -> int:
                 longest = length
                 break
     return longest
-
-
-def _validate_sampling(sampling: SamplingOptions) -> None:
-    if sampling.max_tokens < 1:
-        raise InvalidRequestError(f"max_tokens must be >= 1, got {sampling.max_tokens}", param="max_tokens")
-    if sampling.temperature < 0:
-        raise InvalidRequestError(
-            f"temperature must be at least 0, got {sampling.temperature}", param="temperature"
-        )
-    if not 0 < sampling.top_p <= 1:
-        raise InvalidRequestError(f"top_p must be in (0, 1], got {sampling.top_p}", param="top_p")
-    if any(not s for s in sampling.stop):
-        raise InvalidRequestError("stop strings must not be empty", param="stop")
 
 
 def _make_generator(seed: int | None) -> torch.Generator:
