@@ -20,6 +20,8 @@
 #   INPUT_LEN=512 OUTPUT_LEN=256  BARE_PORT=8001  ROUTER_PORT=8000  READY_TIMEOUT=480
 #   ROUTER_REPLICAS (router.num_replicas in the generated registry; default: the registry's default)
 #   BENCH_EXTRA (more `vllm bench serve` flags for every run)
+#   FIELDS=1 (after each phase's runs, scripts/gpu/openai_fields.py against that server:
+#            $RESULTS/<target>-fields.json and .log; bare `vllm serve` is the reference)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/gpu/lib.sh
@@ -107,6 +109,13 @@ warm_up() { # warm_up TARGET PORT: 64 short requests at c=64, not saved
     >"$RESULTS/$1-warmup.log" 2>&1 || { log "$1: warm-up failed"; tail -n 30 "$RESULTS/$1-warmup.log"; return 1; }
 }
 
+fields() { # fields TARGET PORT: the OpenAI field checks (FIELDS=1), which must not stop the phase
+  [ "${FIELDS:-0}" = 1 ] || return 0
+  log "$1: OpenAI field checks"
+  "$PY" scripts/gpu/openai_fields.py --base-url "http://127.0.0.1:$2/v1" --model "$MODEL" \
+    --out "$RESULTS/$1-fields.json" 2>&1 | tee "$RESULTS/$1-fields.log" | tail -n 25 || true
+}
+
 phase_done() { # phase_done TARGET: every result file is there
   local c
   for c in $CONCURRENCY; do [ -f "$RESULTS/$1-c$c.json" ] || return 1; done
@@ -126,6 +135,7 @@ run_bare() {
   warm_up bare "$BARE_PORT"
   local c
   for c in $CONCURRENCY; do bench bare "$BARE_PORT" "$c"; done
+  fields bare "$BARE_PORT"
   stop_bg "vllm serve" "$pid" 60
   trap - EXIT
 }
@@ -166,6 +176,7 @@ run_router() { # run_router [TARGET=router] [ENV=...]: TARGET names the results;
   warm_up "$target" "$ROUTER_PORT"
   local c
   for c in $CONCURRENCY; do bench "$target" "$ROUTER_PORT" "$c"; done
+  fields "$target" "$ROUTER_PORT"
   stop_bg "serve run" "$pid" 90
   stop_ray
   trap - EXIT
