@@ -228,7 +228,13 @@ class Fields:
 
     def n_with_seed(self) -> str:
         kwargs = dict(
-            model=self.model, messages=MESSAGES, n=3, seed=1234, temperature=1.0, max_tokens=self.max_tokens
+            model=self.model,
+            messages=MESSAGES,
+            n=3,
+            seed=1234,
+            temperature=1.0,
+            max_tokens=self.max_tokens,
+            extra_body={"ignore_eos": True},
         )
         first, again = chat(self.client, **kwargs), chat(self.client, **kwargs)
         expect(

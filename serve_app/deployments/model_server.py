@@ -139,19 +139,18 @@ class ModelServer:
             self.latencies.add("router_to_replica", time.time() - request.received_at)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        prompts = await loop.run_in_executor(self._tokenizer_thread, self.prompts.prompt_ids, request)
+        prompts, choices = await loop.run_in_executor(self._tokenizer_thread, self._plan, request)
         self.latencies.add("tokenize", time.perf_counter() - started)
-        wants_strings = request.sampling.logprobs is not None or request.echo
-        strings = (
-            TokenStrings(self.prompts.tokenizer, request.return_tokens_as_token_ids)
-            if wants_strings
-            else None
-        )
+        strings = None
+        if request.sampling.logprobs is not None or request.echo:
+            strings = TokenStrings(self.prompts.tokenizer, request.return_tokens_as_token_ids)
         formatter = ResponseFormatter(request, sum(len(ids) for ids in prompts), strings)
-        choices = await loop.run_in_executor(
-            self._tokenizer_thread, plan_choices, request, prompts, self.prompts
-        )
         return formatter, choices
+
+    def _plan(self, request: InferenceRequest) -> tuple[list[list[int]], list[Choice]]:
+        """Prompt ids and choices, in one trip to the tokenizer thread."""
+        prompts = self.prompts.prompt_ids(request)
+        return prompts, plan_choices(request, prompts, self.prompts)
 
     # --- tokenizer endpoints (vLLM's /tokenize and /detokenize) ---------------------------------
     async def tokenize(self, job: dict[str, Any]) -> dict[str, Any]:
