@@ -22,4 +22,5 @@ class InferenceRequest:
     include_usage: bool = False
     echo: bool = False
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    chat_template: str | None = None  # a request's own template (only if the model allows it)
     received_at: float = 0.0  # time.time() when the router took the request; 0: unknown

@@ -118,6 +118,7 @@ class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     chat_template_kwargs: dict[str, Any] | None = None
+    chat_template: str | None = None  # vLLM's field; 400 unless the model allows request templates
 
     def to_inference(self) -> InferenceRequest:
         if self.max_completion_tokens is not None and self.max_tokens is None:
@@ -126,6 +127,7 @@ class ChatCompletionRequest(_SamplingFields):
             kind="chat",
             messages=[message.as_template_input() for message in self.messages],
             chat_template_kwargs=dict(self.chat_template_kwargs or {}),
+            chat_template=self.chat_template,
             **self._common(),
         )
 
