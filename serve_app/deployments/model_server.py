@@ -19,7 +19,7 @@ from typing import Any
 from serve_app.deployments.latency import StageLatencies
 from serve_app.deployments.openai_format import DONE, ResponseFormatter
 from serve_app.deployments.pacing import paced
-from serve_app.deployments.prompts import PromptRenderer
+from serve_app.deployments.prompts import PromptRenderer, TemplatePolicy
 from serve_app.deployments.requests import InferenceRequest
 from serve_app.engines.protocol import Engine, EngineConfig, GenerationDelta, GenerationRequest
 from serve_app.errors import EngineDeadError
@@ -37,6 +37,7 @@ class ModelServer:
         engine_cls: type[Engine],
         config: EngineConfig,
         stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S,
+        template_policy: TemplatePolicy | None = None,
     ) -> None:
         started = time.perf_counter()
         self.config = config
@@ -46,7 +47,11 @@ class ModelServer:
         self.engine: Engine = engine_cls(config)
         await self.engine.start()
         tokenizer = await asyncio.to_thread(_load_tokenizer, config)
-        self.prompts = PromptRenderer(tokenizer, config.model_name, self.engine.max_model_len)
+        self.prompts = PromptRenderer(
+            tokenizer, config.model_name, self.engine.max_model_len, template_policy
+        )
+        if self.prompts.request_templates is not None:
+            await self.prompts.request_templates.pool.start()
         self.start_seconds = time.perf_counter() - started
         logger.info("model %s ready in %.1f s", config.model_name, self.start_seconds)
 
@@ -103,8 +108,11 @@ class ModelServer:
         if request.received_at:
             self.latencies.add("router_to_replica", time.time() - request.received_at)
         started = time.perf_counter()
+        rendered = await self.prompts.render_request_template(request)  # in a worker process
         loop = asyncio.get_running_loop()
-        prompt_ids = await loop.run_in_executor(self._tokenizer_thread, self.prompts.token_ids, request)
+        prompt_ids = await loop.run_in_executor(
+            self._tokenizer_thread, self.prompts.token_ids, request, rendered
+        )
         self.latencies.add("tokenize", time.perf_counter() - started)
         sampling = request.sampling
         if not request.max_tokens_given:
@@ -138,6 +146,8 @@ class ModelServer:
     async def __del__(self) -> None:
         await self.engine.shutdown()
         self._tokenizer_thread.shutdown(wait=False)
+        if self.prompts.request_templates is not None:
+            self.prompts.request_templates.pool.close()
 
 
 def _start_info(engine: Engine) -> dict[str, Any] | None:

@@ -1,25 +1,122 @@
 """Turn a request into prompt token ids with the checkpoint's own tokenizer and chat template.
 
 Both engines get token ids from here, so the CPU engine and vLLM see identical prompts.
+The checkpoint's template (chosen by whoever deployed the model) renders inline, in the model
+server's tokenizer thread. A request's own template renders in a worker process under a time
+budget (``RequestTemplates``), so a slow one cannot hold the tokenizer thread.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 from serve_app.deployments.requests import InferenceRequest
-from serve_app.errors import ChatTemplateMissingError, ContextLengthError, InvalidRequestError
+from serve_app.deployments.template_render import (
+    accepted_kwargs,
+    check_template_kwargs,
+    template_errors,
+)
+from serve_app.errors import (
+    ChatTemplateError,
+    ChatTemplateMissingError,
+    ContextLengthError,
+    InvalidRequestError,
+)
+from serve_app.workers import WorkerPool
+
+logger = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class TemplatePolicy:
+    """A model's rules for request-supplied chat templates (registry fields of the same names)."""
+
+    allow_request_chat_template: bool = False
+    chat_template_timeout_s: float = 5.0
+
+
+class RequestTemplates:
+    """Renders request-supplied templates in ``RENDER_WORKERS`` killable worker processes.
+
+    A render past ``timeout_s`` seconds gets 400 and its process is replaced; requests that use
+    the checkpoint's template never wait for these processes."""
+
+    RENDER_WORKERS = 2
+
+    def __init__(self, model_name: str, timeout_s: float) -> None:
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self.pool = WorkerPool(self.RENDER_WORKERS, warm_up="serve_app.deployments.template_render:warm_up")
+
+    async def render(self, request: InferenceRequest, special_tokens: dict[str, str]) -> str:
+        args = (
+            request.chat_template,
+            request.messages,
+            request.chat_template_kwargs,
+            special_tokens,
+            self.model_name,
+        )
+        try:
+            return await self.pool.call(
+                "serve_app.deployments.template_render:render_request_template", args, self.timeout_s
+            )
+        except TimeoutError:
+            raise ChatTemplateError(
+                f"the request's chat_template took longer than this model's budget of "
+                f"{self.timeout_s:g} s to render; it was stopped",
+                param="chat_template",
+            ) from None
 
 
 class PromptRenderer:
-    def __init__(self, tokenizer: Any, model_name: str, max_model_len: int) -> None:
+    def __init__(
+        self, tokenizer: Any, model_name: str, max_model_len: int, policy: TemplatePolicy | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.max_model_len = max_model_len
-        self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        self.policy = policy or TemplatePolicy()
+        template = getattr(tokenizer, "chat_template", None)
+        self.has_chat_template = bool(template)
+        self.special_tokens = {
+            k: v for k, v in getattr(tokenizer, "special_tokens_map", {}).items() if isinstance(v, str)
+        }
+        templates = list(template.values()) if isinstance(template, dict) else [template] if template else []
+        try:
+            self.accepted_kwargs = accepted_kwargs(templates, self.special_tokens)
+        except Exception as exc:  # a checkpoint template jinja cannot parse: requests get the 400
+            logger.warning("chat template of %s does not parse: %s", model_name, exc)
+            self.accepted_kwargs = accepted_kwargs([], self.special_tokens)
+        self.request_templates = (
+            RequestTemplates(model_name, self.policy.chat_template_timeout_s)
+            if self.policy.allow_request_chat_template
+            else None
+        )
 
-    def token_ids(self, request: InferenceRequest) -> list[int]:
-        ids = self._chat_ids(request) if request.kind == "chat" else self._completion_ids(request)
+    async def render_request_template(self, request: InferenceRequest) -> str | None:
+        """The text of a chat request's own ``chat_template``; None when it has none.
+
+        400 when the model does not allow request templates, or the template fails or times out."""
+        if request.kind != "chat" or request.chat_template is None:
+            return None
+        if self.request_templates is None:
+            raise ChatTemplateError(
+                f"model {self.model_name!r} does not accept a chat_template in the request; its "
+                "registry entry must set allow_request_chat_template: true",
+                param="chat_template",
+            )
+        return await self.request_templates.render(request, self.special_tokens)
+
+    def token_ids(self, request: InferenceRequest, rendered: str | None = None) -> list[int]:
+        """Prompt token ids; ``rendered`` is a request template's text from ``render_request_template``."""
+        if rendered is not None:
+            ids = self.tokenizer.encode(rendered, add_special_tokens=False)
+        elif request.kind == "chat":
+            ids = self._chat_ids(request)
+        else:
+            ids = self._completion_ids(request)
         self._check_fits(len(ids), request)
         return ids
 
@@ -30,9 +127,11 @@ class PromptRenderer:
                 "or add a chat_template to the checkpoint's tokenizer_config.json",
                 param="messages",
             )
-        text = self.tokenizer.apply_chat_template(
-            request.messages, add_generation_prompt=True, tokenize=False, **request.chat_template_kwargs
-        )
+        check_template_kwargs(request.chat_template_kwargs, self.accepted_kwargs, self.special_tokens)
+        with template_errors(self.model_name):
+            text = self.tokenizer.apply_chat_template(
+                request.messages, add_generation_prompt=True, tokenize=False, **request.chat_template_kwargs
+            )
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def _completion_ids(self, request: InferenceRequest) -> list[int]:
