@@ -20,6 +20,7 @@ from serve_app.preflight.report import Report
 from serve_app.registry.loader import config_path_from_argv, parse_registry
 from serve_app.registry.models import RegistrySpec
 from serve_app.router.app import Router
+from serve_app.router.limits import RequestLimits
 
 logger = logging.getLogger("ray.serve")
 
@@ -32,6 +33,7 @@ def build_app(args: dict[str, Any]) -> Application:
     source = str(config_path) if config_path else "build_app args"
     registry = parse_registry(args, source=source, base_dir=config_path.parent if config_path else None)
     warn_if_slow_ingress(os.environ)
+    check_grpc_message_limit(registry, os.environ)
     report = run_preflight_gate(registry)
     unavailable = report.unavailable()
     planned = plan_models(registry.models, report.platform)
@@ -52,17 +54,54 @@ def build_router(
         max_ongoing_requests=registry.router.max_ongoing_requests,
         ray_actor_options={"num_cpus": registry.router.num_cpus},
     )
-    return router.bind(models, aliases, unavailable)
+    return router.bind(models, aliases, unavailable, RequestLimits.from_spec(registry.router))
 
+
+# In throughput mode a deployment handle sends each request to the model replica as one gRPC
+# message, which the replica's server accepts up to RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH bytes
+# (ray/serve/_private/constants.py in Ray 2.60: default 4 MiB, "we keep [gRPC's] default"; used by
+# replica.py's server and request_router/replica_wrapper.py's channel). A prompt just over 4 MiB
+# failed there with 500. 64 MiB leaves room above the router's largest body (48 MiB, see
+# RouterSpec.max_request_body_bytes): a pickled request is not larger than its JSON body plus a
+# small overhead.
+GRPC_MESSAGE_ENV = "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"
+RAY_DEFAULT_GRPC_MESSAGE_BYTES = 4 * 1024 * 1024
+GRPC_MESSAGE_BYTES = 64 * 1024 * 1024
+GRPC_HEADROOM = 1.25  # the router's body limit times this must fit one gRPC message
 
 # Set where the Ray cluster starts (`ray start`, or `serve run` starting a local one); the
 # cluster's processes, this one included, inherit them.
-FAST_INGRESS_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+FAST_INGRESS_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    GRPC_MESSAGE_ENV: str(GRPC_MESSAGE_BYTES),
+}
+INGRESS_SWITCHES = ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY")
+
+
+def check_grpc_message_limit(registry: RegistrySpec, environ: Mapping[str, str]) -> None:
+    """Refuse a router body limit that the inter-deployment gRPC hop could not carry.
+
+    Only in throughput mode (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``), where deployments talk gRPC.
+    Raises ``RegistryError`` naming both numbers and the fix."""
+    if environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") != "1":
+        return
+    raw = environ.get(GRPC_MESSAGE_ENV, "")
+    grpc_bytes = int(raw) if raw.isdigit() else RAY_DEFAULT_GRPC_MESSAGE_BYTES
+    body_bytes = registry.router.max_request_body_bytes
+    if body_bytes * GRPC_HEADROOM > grpc_bytes:
+        raise RegistryError(
+            f"router.max_request_body_bytes is {body_bytes}, but requests travel between deployments "
+            f"as gRPC messages of at most {grpc_bytes} bytes ({GRPC_MESSAGE_ENV}); a body that passes "
+            f"the router would fail there. Start the cluster with {GRPC_MESSAGE_ENV}={GRPC_MESSAGE_BYTES} "
+            f"(what `make serve` does) or lower router.max_request_body_bytes to at most "
+            f"{int(grpc_bytes / GRPC_HEADROOM)}."
+        )
 
 
 def warn_if_slow_ingress(environ: Mapping[str, str]) -> None:
     """Log a warning when requests will go through Ray Serve's HTTP proxy actor."""
-    missing = [name for name, value in FAST_INGRESS_ENV.items() if environ.get(name) != value]
+    missing = [name for name in INGRESS_SWITCHES if environ.get(name) != FAST_INGRESS_ENV[name]]
     if not missing:
         return
     logger.warning(
@@ -71,7 +110,7 @@ def warn_if_slow_ingress(environ: Mapping[str, str]) -> None:
         "HAProxy ingress reached 1.01x (docs/benchmarks.md). Start the cluster with %s (what "
         "`make serve` does).",
         " and ".join(missing),
-        " ".join(f"{name}=1" for name in FAST_INGRESS_ENV),
+        " ".join(f"{name}={value}" for name, value in FAST_INGRESS_ENV.items()),
     )
 
 

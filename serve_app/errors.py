@@ -8,6 +8,8 @@
     │   ├── InvalidRequestError      a field is missing or out of range            -> 400
     │   ├── ContextLengthError       prompt (+ max_tokens) exceeds the context    -> 400
     │   ├── ChatTemplateMissingError chat request to a model without a template   -> 400
+    │   ├── ChatTemplateError        the chat template refused, failed or ran out of time -> 400
+    │   ├── RequestTooLargeError     the body is larger than the router accepts   -> 413
     │   └── ModelNotFoundError       no served model has that name                -> 404
     ├── OverloadedError          every replica is busy and the queue is full; retry later (503)
     └── EngineError              the engine failed
@@ -60,6 +62,15 @@ class ContextLengthError(RequestError):
 
 class ChatTemplateMissingError(RequestError):
     """A chat request reached a model whose tokenizer has no chat template."""
+
+
+class ChatTemplateError(RequestError):
+    """The chat template could not be rendered for this request: a kwarg it does not accept, a
+    template that failed (syntax error, ``raise_exception``) or one that ran past its time budget."""
+
+
+class RequestTooLargeError(RequestError):
+    """The request body is larger than the router's ``max_request_body_bytes`` (HTTP 413)."""
 
 
 class ModelNotFoundError(RequestError):

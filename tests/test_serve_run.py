@@ -85,5 +85,5 @@ def test_ctrl_c_stops_serve_run_and_its_cluster(served_yaml):
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{base}/healthz", timeout=5)
     # Only the slow ingress is warned about, with the variables that fix it.
-    warned = "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1" in output
+    warned = "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_REPLICA" in output
     assert warned == (ingress == "proxy"), output[-4000:]

@@ -10,6 +10,7 @@ from ray import serve
 from ray.serve import Application
 
 from serve_app.deployments.model_server import ModelServer
+from serve_app.deployments.prompts import TemplatePolicy
 from serve_app.engines.selection import Platform, ResolvedEngine, engine_class, engine_config, resolve_engine
 from serve_app.registry.models import ModelSpec
 
@@ -75,4 +76,8 @@ def plan_models(specs: list[ModelSpec], platform: Platform) -> list[PlannedModel
 def bind_model(planned: PlannedModel) -> Application:
     deployment = serve.deployment(ModelServer).options(**planned.options)
     interval_s = planned.spec.stream_interval_ms / 1000
-    return deployment.bind(engine_class(planned.engine), engine_config(planned.spec), interval_s)
+    policy = TemplatePolicy(
+        allow_request_chat_template=planned.spec.allow_request_chat_template,
+        chat_template_timeout_s=planned.spec.chat_template_timeout_s,
+    )
+    return deployment.bind(engine_class(planned.engine), engine_config(planned.spec), interval_s, policy)

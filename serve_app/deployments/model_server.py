@@ -22,7 +22,7 @@ from serve_app.deployments.latency import StageLatencies
 from serve_app.deployments.logprobs import Position, TokenStrings, output_positions
 from serve_app.deployments.openai_format import DONE, ChoiceResult, ResponseFormatter
 from serve_app.deployments.pacing import paced
-from serve_app.deployments.prompts import PromptRenderer
+from serve_app.deployments.prompts import PromptRenderer, TemplatePolicy
 from serve_app.deployments.requests import InferenceRequest
 from serve_app.engines.protocol import Engine, EngineConfig, GenerationDelta, GenerationRequest
 from serve_app.errors import EngineDeadError
@@ -40,6 +40,7 @@ class ModelServer:
         engine_cls: type[Engine],
         config: EngineConfig,
         stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S,
+        template_policy: TemplatePolicy | None = None,
     ) -> None:
         started = time.perf_counter()
         self.config = config
@@ -49,7 +50,11 @@ class ModelServer:
         self.engine: Engine = engine_cls(config)
         await self.engine.start()
         tokenizer = await asyncio.to_thread(_load_tokenizer, config)
-        self.prompts = PromptRenderer(tokenizer, config.model_name, self.engine.max_model_len)
+        self.prompts = PromptRenderer(
+            tokenizer, config.model_name, self.engine.max_model_len, template_policy
+        )
+        if self.prompts.request_templates is not None:
+            await self.prompts.request_templates.pool.start()
         self.start_seconds = time.perf_counter() - started
         logger.info("model %s ready in %.1f s", config.model_name, self.start_seconds)
 
@@ -138,8 +143,10 @@ class ModelServer:
         if request.received_at:
             self.latencies.add("router_to_replica", time.time() - request.received_at)
         started = time.perf_counter()
+        rendered = await self.prompts.render_request_template(request)  # in a worker process
         loop = asyncio.get_running_loop()
-        prompts, choices = await loop.run_in_executor(self._tokenizer_thread, self._plan, request)
+        plan = (self._plan, request, rendered)
+        prompts, choices = await loop.run_in_executor(self._tokenizer_thread, *plan)
         self.latencies.add("tokenize", time.perf_counter() - started)
         strings = None
         if request.sampling.logprobs is not None or request.echo:
@@ -147,9 +154,9 @@ class ModelServer:
         formatter = ResponseFormatter(request, sum(len(ids) for ids in prompts), strings)
         return formatter, choices
 
-    def _plan(self, request: InferenceRequest) -> tuple[list[list[int]], list[Choice]]:
+    def _plan(self, request: InferenceRequest, rendered: str | None) -> tuple[list[list[int]], list[Choice]]:
         """Prompt ids and choices, in one trip to the tokenizer thread."""
-        prompts = self.prompts.prompt_ids(request)
+        prompts = self.prompts.prompt_ids(request, rendered)
         return prompts, plan_choices(request, prompts, self.prompts)
 
     # --- tokenizer endpoints (vLLM's /tokenize and /detokenize) ---------------------------------
@@ -213,6 +220,8 @@ class ModelServer:
     async def __del__(self) -> None:
         await self.engine.shutdown()
         self._tokenizer_thread.shutdown(wait=False)
+        if self.prompts.request_templates is not None:
+            self.prompts.request_templates.pool.close()
 
 
 async def _single(stream: AsyncIterator[GenerationDelta]) -> AsyncIterator[tuple[int, GenerationDelta]]:

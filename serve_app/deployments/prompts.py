@@ -5,31 +5,126 @@ Options follow vLLM's request fields (vllm/entrypoints/openai/chat_completion/pr
 ``add_generation_prompt``, ``continue_final_message``, ``add_special_tokens`` (chat default
 False: the template adds them; completions default True) and ``truncate_prompt_tokens`` (keep
 the last k tokens; -1 means the context length).
+The checkpoint's template (chosen by whoever deployed the model) renders inline, in the model
+server's tokenizer thread. A request's own template renders in a worker process under a time
+budget (``RequestTemplates``), so a slow one cannot hold the tokenizer thread.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 from serve_app.deployments.requests import InferenceRequest
-from serve_app.errors import ChatTemplateMissingError, ContextLengthError, InvalidRequestError
+from serve_app.deployments.template_render import (
+    accepted_kwargs,
+    check_template_kwargs,
+    template_errors,
+)
+from serve_app.errors import (
+    ChatTemplateError,
+    ChatTemplateMissingError,
+    ContextLengthError,
+    InvalidRequestError,
+)
+from serve_app.workers import WorkerPool
+
+logger = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class TemplatePolicy:
+    """A model's rules for request-supplied chat templates (registry fields of the same names)."""
+
+    allow_request_chat_template: bool = False
+    chat_template_timeout_s: float = 5.0
+
+
+class RequestTemplates:
+    """Renders request-supplied templates in ``RENDER_WORKERS`` killable worker processes.
+
+    A render past ``timeout_s`` seconds gets 400 and its process is replaced; requests that use
+    the checkpoint's template never wait for these processes."""
+
+    RENDER_WORKERS = 2
+
+    def __init__(self, model_name: str, timeout_s: float) -> None:
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self.pool = WorkerPool(self.RENDER_WORKERS, warm_up="serve_app.deployments.template_render:warm_up")
+
+    async def render(self, request: InferenceRequest, special_tokens: dict[str, str]) -> str:
+        args = (
+            request.chat_template,
+            request.messages,
+            request.chat_template_kwargs,
+            special_tokens,
+            self.model_name,
+        )
+        try:
+            return await self.pool.call(
+                "serve_app.deployments.template_render:render_request_template", args, self.timeout_s
+            )
+        except TimeoutError:
+            raise ChatTemplateError(
+                f"the request's chat_template took longer than this model's budget of "
+                f"{self.timeout_s:g} s to render; it was stopped",
+                param="chat_template",
+            ) from None
 
 
 class PromptRenderer:
-    def __init__(self, tokenizer: Any, model_name: str, max_model_len: int) -> None:
+    def __init__(
+        self, tokenizer: Any, model_name: str, max_model_len: int, policy: TemplatePolicy | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.max_model_len = max_model_len
         self.vocab_size = len(tokenizer)
-        self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        self.policy = policy or TemplatePolicy()
+        template = getattr(tokenizer, "chat_template", None)
+        self.has_chat_template = bool(template)
+        self.special_tokens = {
+            k: v for k, v in getattr(tokenizer, "special_tokens_map", {}).items() if isinstance(v, str)
+        }
+        templates = list(template.values()) if isinstance(template, dict) else [template] if template else []
+        try:
+            self.accepted_kwargs = accepted_kwargs(templates, self.special_tokens)
+        except Exception as exc:  # a checkpoint template jinja cannot parse: requests get the 400
+            logger.warning("chat template of %s does not parse: %s", model_name, exc)
+            self.accepted_kwargs = accepted_kwargs([], self.special_tokens)
+        self.request_templates = (
+            RequestTemplates(model_name, self.policy.chat_template_timeout_s)
+            if self.policy.allow_request_chat_template
+            else None
+        )
 
-    def prompt_ids(self, request: InferenceRequest) -> list[list[int]]:
+    async def render_request_template(self, request: InferenceRequest) -> str | None:
+        """The text of a chat request's own ``chat_template``; None when it has none.
+
+        400 when the model does not allow request templates, or the template fails or times out."""
+        if request.kind != "chat" or request.chat_template is None:
+            return None
+        if self.request_templates is None:
+            raise ChatTemplateError(
+                f"model {self.model_name!r} does not accept a chat_template in the request; its "
+                "registry entry must set allow_request_chat_template: true",
+                param="chat_template",
+            )
+        return await self.request_templates.render(request, self.special_tokens)
+
+    def prompt_ids(self, request: InferenceRequest, rendered: str | None = None) -> list[list[int]]:
         """One token-id list per prompt (chat: one), truncated as asked, each checked to fit.
+
+        ``rendered`` is a request template's text from ``render_request_template``.
 
         Raises ChatTemplateMissingError, InvalidRequestError (empty prompt, ids outside the
         vocabulary) or ContextLengthError (the prompt, or prompt + max_tokens, exceeds the context).
         """
-        if request.kind == "chat":
+        if rendered is not None:
+            prompts = [self.tokenizer.encode(rendered, add_special_tokens=bool(request.add_special_tokens))]
+        elif request.kind == "chat":
             prompts = [self.chat_ids(request.messages or [], request)]
         else:
             prompts = [self.completion_ids(prompt, request.add_special_tokens) for prompt in request.prompts]
@@ -53,13 +148,15 @@ class PromptRenderer:
             raise InvalidRequestError(
                 "continue_final_message needs the last message to be the assistant's", param="messages"
             )
-        text = self.tokenizer.apply_chat_template(
-            messages,
-            add_generation_prompt=request.add_generation_prompt,
-            continue_final_message=request.continue_final_message,
-            tokenize=False,
-            **request.chat_template_kwargs,
-        )
+        check_template_kwargs(request.chat_template_kwargs, self.accepted_kwargs, self.special_tokens)
+        with template_errors(self.model_name):
+            text = self.tokenizer.apply_chat_template(
+                messages,
+                add_generation_prompt=request.add_generation_prompt,
+                continue_final_message=request.continue_final_message,
+                tokenize=False,
+                **request.chat_template_kwargs,
+            )
         add_special = bool(request.add_special_tokens)  # None: False, the template adds them
         return self.tokenizer.encode(text, add_special_tokens=add_special)
 

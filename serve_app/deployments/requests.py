@@ -38,6 +38,7 @@ class InferenceRequest:
     add_special_tokens: bool | None = None  # None: chat False, completions True (vLLM's defaults)
     truncate_prompt_tokens: int | None = None  # keep the prompt's last k tokens; -1: the context
     return_tokens_as_token_ids: bool = False  # logprobs name tokens "token_id:<id>"
+    chat_template: str | None = None  # a request's own template (only if the model allows it)
     received_at: float = 0.0  # time.time() when the router took the request; 0: unknown
 
     @property

@@ -122,6 +122,20 @@ class ModelSpec(StrictModel):
         "(docs/benchmarks.md). 0 sends every engine output on its own.",
     )
 
+    allow_request_chat_template: bool = Field(
+        default=False,
+        description="Accept a request's own `chat_template` (vLLM's request field). Off by default, as "
+        "in vLLM: a request template is code the server runs. When on, it renders in a separate "
+        "process that is killed when it runs past chat_template_timeout_s.",
+    )
+    chat_template_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Time budget for rendering a request-supplied chat template; past it the request "
+        "gets 400 and the render process is replaced. Other requests are not held up.",
+    )
+
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     max_ongoing_requests: int = Field(
@@ -159,6 +173,30 @@ class RouterSpec(StrictModel):
         "that model replicas hold (on a 2-core machine the default of 1 deadlocks scheduling).",
     )
     max_ongoing_requests: int = Field(default=4096, ge=1, description="Streams one router replica relays.")
+    # Request limits, checked by the router before it parses (bytes) or validates (the rest).
+    max_request_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        le=48 * 1024 * 1024,
+        description="Largest request body in bytes; larger ones get 413. At most 48 MiB: the router "
+        "passes the request to the model replica as one gRPC message in Ray Serve's throughput mode, "
+        "whose limit the app raises to 64 MiB (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH, Ray's "
+        "default 4 MiB), and the pickled request is never larger than its JSON plus a small margin.",
+    )
+    max_messages: int = Field(default=2048, ge=1, description="Most chat messages in one request.")
+    max_content_parts: int = Field(default=256, ge=1, description="Most content parts in one message.")
+    max_prompt_chars: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1,
+        description="Most characters of prompt text: the chat messages' text together, or the "
+        "completions prompt (all prompts of a list together).",
+    )
+    max_prompt_token_ids: int = Field(
+        default=1024 * 1024, ge=1, description="Longest completions prompt given as token ids."
+    )
+    max_json_depth: int = Field(
+        default=64, ge=4, le=512, description="Deepest nesting of arrays and objects in a request body."
+    )
 
 
 class RegistrySpec(StrictModel):

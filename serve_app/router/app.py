@@ -3,7 +3,9 @@
 (No ``from __future__ import annotations`` here: FastAPI reads the route signatures at runtime.)
 
 The hot path is thin on purpose: validate the body, pick the handle from a dict built once,
-and relay the model server's ready-made SSE text without parsing it.
+and relay the model server's ready-made SSE text without parsing it. Bodies are read and checked
+by ``router/limits.py`` (size, then one walk over the JSON, then the request model); a large body
+is parsed in a worker process so that it never stalls the other requests on this event loop.
 """
 
 import asyncio
@@ -15,6 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
@@ -23,7 +26,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve_app.deployments.openai_format import DONE
 from serve_app.deployments.requests import InferenceRequest
 from serve_app.errors import ModelNotFoundError, ServeAppError
+from serve_app.registry.models import RouterSpec
 from serve_app.router.errors import error_response, http_error_response, sse_error, validation_error_response
+from serve_app.router.limits import INLINE_PARSE_BYTES, BodySizeLimit, RequestLimits, parse_request
 from serve_app.router.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -32,11 +37,49 @@ from serve_app.router.protocol import (
     TokenizeCompletionRequest,
     tokenize_job,
 )
+from serve_app.workers import WorkerPool
 
 logger = logging.getLogger("ray.serve")
 READY_TIMEOUT_S = 5.0
+PARSE_WORKERS = 2  # processes per router replica that parse bodies over INLINE_PARSE_BYTES
+REQUEST_MODELS = (ChatCompletionRequest, CompletionRequest)
 
 api = FastAPI(title="modelopt-serve", description="OpenAI-compatible router for ModelOpt FP8 models")
+
+
+def _body_limit() -> int:
+    """This replica's ``max_request_body_bytes`` (the Router instance holds the registry's value)."""
+    try:
+        return serve.get_replica_context().servable_object.limits.max_request_body_bytes
+    except Exception:  # outside a replica, or before the Router is constructed
+        return RequestLimits.from_spec(RouterSpec()).max_request_body_bytes
+
+
+api.add_middleware(BodySizeLimit, limit_bytes=_body_limit)
+
+
+def _body_schema(model: type) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads its body itself: the model's schema by reference."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _openapi() -> dict[str, Any]:
+    """FastAPI's document plus the request models' schemas (the routes no longer declare them)."""
+    if api.openapi_schema is None:
+        document = get_openapi(
+            title=api.title, version=api.version, description=api.description, routes=api.routes
+        )
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for model in REQUEST_MODELS:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+        api.openapi_schema = document
+    return api.openapi_schema
+
+
+api.openapi = _openapi  # type: ignore[method-assign]
 
 
 @api.exception_handler(RequestValidationError)
@@ -54,6 +97,11 @@ async def _on_app_error(_: Request, exc: ServeAppError) -> JSONResponse:
     return error_response(exc)
 
 
+@api.exception_handler(Exception)
+async def _on_unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(exc)
+
+
 @dataclass(frozen=True)
 class ServedModel:
     name: str
@@ -68,8 +116,11 @@ class Router:
         models: dict[str, DeploymentHandle],
         aliases: dict[str, str] | None = None,
         unavailable: dict[str, str] | None = None,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.created = int(time.time())
+        self.limits = limits or RequestLimits.from_spec(RouterSpec())
+        self.parsers = WorkerPool(PARSE_WORKERS)
         self.unavailable = dict(unavailable or {})
         self.max_model_lens: dict[str, int] = {}
         self.models: dict[str, ServedModel] = {}
@@ -88,7 +139,21 @@ class Router:
                 f"model {model!r} is not being served: {self.unavailable[model]}", param="model"
             )
         names = ", ".join(sorted(self.routes))
-        raise ModelNotFoundError(f"model {model!r} does not exist; served models: {names}", param="model")
+        raise ModelNotFoundError(
+            f"model {model[:200]!r} does not exist; served models: {names}", param="model"
+        )
+
+    async def _parse(self, request: Request, model: type) -> Any:
+        """The body as ``model``; 413/400 from ``router/limits.py``, 400 from validation."""
+        raw = await request.body()
+        if len(raw) <= INLINE_PARSE_BYTES:
+            body, problems = parse_request(raw, model, self.limits)
+        else:
+            function = "serve_app.router.limits:parse_request"
+            body, problems = await self.parsers.call(function, (raw, model, self.limits))
+        if body is None:
+            raise RequestValidationError(problems)
+        return body
 
     # --- OpenAI API ---------------------------------------------------------------------------
     @api.get("/v1/models")
@@ -128,12 +193,14 @@ class Router:
             known = self.max_model_lens[served.name] = info["max_model_len"]
         return known
 
-    @api.post("/v1/chat/completions")
-    async def chat_completions(self, body: ChatCompletionRequest) -> Any:
+    @api.post("/v1/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest))
+    async def chat_completions(self, request: Request) -> Any:
+        body = await self._parse(request, ChatCompletionRequest)
         return await self._serve(body.model, body.to_inference())
 
-    @api.post("/v1/completions")
-    async def completions(self, body: CompletionRequest) -> Any:
+    @api.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest))
+    async def completions(self, request: Request) -> Any:
+        body = await self._parse(request, CompletionRequest)
         return await self._serve(body.model, body.to_inference())
 
     # --- vLLM's tokenizer endpoints -----------------------------------------------------------

@@ -2,15 +2,21 @@
 
 ``{"error": {"message", "type", "param", "code"}}``, as OpenAI and vLLM's
 ``create_error_response`` shape it. Routes stay thin and raise; this module answers.
+
+Messages show no internals: a client error (4xx) says what to fix; a server error (5xx) says
+what happened in our words plus a request id, and the log line with the traceback carries the
+same id. Headers that belong to a status (405's ``Allow``, 503's ``Retry-After``) are kept.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 
 from fastapi.exceptions import RequestValidationError
-from ray.serve.exceptions import BackPressureError
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
@@ -21,6 +27,7 @@ from serve_app.errors import (
     ModelNotFoundError,
     OverloadedError,
     RequestError,
+    RequestTooLargeError,
     unwrap,
 )
 
@@ -37,48 +44,83 @@ class ErrorKind:
 # Most specific first: the first matching class wins.
 ERROR_TABLE: list[tuple[type[BaseException], ErrorKind]] = [
     (ModelNotFoundError, ErrorKind(404, "NotFoundError", "model_not_found")),
+    (RequestTooLargeError, ErrorKind(413, "RequestTooLargeError", "request_too_large")),
     (ContextLengthError, ErrorKind(400, "BadRequestError", "context_length_exceeded")),
     (RequestError, ErrorKind(400, "BadRequestError", "invalid_request")),
     (OverloadedError, ErrorKind(503, "ServiceUnavailableError", "overloaded")),
     (BackPressureError, ErrorKind(503, "ServiceUnavailableError", "overloaded")),
     (EngineDeadError, ErrorKind(503, "ServiceUnavailableError", "engine_dead")),
+    (RayActorError, ErrorKind(503, "ServiceUnavailableError", "replica_unavailable")),
+    (DeploymentUnavailableError, ErrorKind(503, "ServiceUnavailableError", "replica_unavailable")),
     (EngineError, ErrorKind(500, "InternalServerError", "engine_error")),
 ]
+# What a client reads for a server-side error; the details go to the log under the request id.
+SERVER_MESSAGES = {
+    "overloaded": "the model is overloaded: every replica is busy and its queue is full; retry later",
+    "engine_dead": "the model's engine stopped; its replica is being replaced; retry later",
+    "replica_unavailable": "the model's replica is unavailable; retry later",
+    "engine_error": "the engine failed while generating",
+    "internal_error": "internal error",
+}
 INTERNAL = ErrorKind(500, "InternalServerError", "internal_error")
+MAX_PROBLEMS = 5  # validation problems listed in one message
 RETRY_AFTER_S = 1
 
 
+def _clean(text: str | None, limit: int = 2000) -> str | None:
+    """Text safe to put in a JSON response: no lone surrogates, at most ``limit`` characters."""
+    if text is None:
+        return None
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def error_body(message: str, kind: ErrorKind, param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": kind.type, "param": param, "code": kind.code}}
+    """The OpenAI error object, ``{"error": {"message", "type", "param", "code"}}``."""
+    return {
+        "error": {
+            "message": _clean(message),
+            "type": kind.type,
+            "param": _clean(param, 200),
+            "code": kind.code,
+        }
+    }
 
 
 def error_response(error: BaseException) -> JSONResponse:
+    """Any exception -> its status and OpenAI error JSON (the one mapping; see ERROR_TABLE).
+
+    Client errors (``RequestError``) keep their message and ``param``. Everything else is
+    answered with a fixed message and a request id; the log line has the same id and the
+    traceback. Unknown exception types are 500 ``internal_error``."""
     error = unwrap(error)
-    kind = next((k for cls, k in ERROR_TABLE if isinstance(error, cls)), None)
-    if kind is None:
-        logger.exception("unexpected error while serving a request", exc_info=error)
-        return JSONResponse(error_body(f"internal error: {type(error).__name__}: {error}", INTERNAL), 500)
+    kind = next((k for cls, k in ERROR_TABLE if isinstance(error, cls)), INTERNAL)
+    if isinstance(error, RequestError):
+        return JSONResponse(error_body(str(error), kind, error.param), kind.status)
+    request_id = uuid.uuid4().hex
     headers = {}
-    message = str(error)
     if kind.status == 503:
         retry = getattr(error, "retry_after_s", None) or RETRY_AFTER_S
         headers["Retry-After"] = str(max(1, round(retry)))
-        if isinstance(error, BackPressureError):
-            message = "the model is overloaded: every replica is busy and its queue is full; retry later"
-    return JSONResponse(
-        error_body(message, kind, getattr(error, "param", None)), kind.status, headers=headers
-    )
+        logger.warning("request %s answered %d (%s): %s", request_id, kind.status, kind.code, error)
+    else:
+        logger.error("request %s failed (%s)", request_id, kind.code, exc_info=error)
+    message = f"{SERVER_MESSAGES[kind.code or 'internal_error']}; request id {request_id}"
+    return JSONResponse(error_body(message, kind), kind.status, headers=headers)
 
 
 def validation_error_response(exc: RequestValidationError) -> JSONResponse:
     """FastAPI's 422 becomes OpenAI's 400, naming the first bad field."""
-    problems = exc.errors()
+    problems = list(exc.errors())
     first = problems[0] if problems else {}
     if first.get("type") == "json_invalid":
         message, param = "request body is not valid JSON", None
     else:
         field = _location(first)
-        details = "; ".join(dict.fromkeys(_describe(p) for p in problems))
+        unique = list(dict.fromkeys(_describe(p) for p in problems))
+        details = "; ".join(unique[:MAX_PROBLEMS])
+        if len(unique) > MAX_PROBLEMS:
+            details += f"; and {len(unique) - MAX_PROBLEMS} more"
         message, param = f"invalid request: {details}", field or None
     return JSONResponse(error_body(message, ErrorKind(400, "BadRequestError", "invalid_request"), param), 400)
 
@@ -110,9 +152,15 @@ def _describe(problem: dict) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
+HTTP_TYPES = {404: "NotFoundError", 405: "MethodNotAllowedError", 413: "RequestTooLargeError"}
+
+
 def http_error_response(exc: StarletteHTTPException) -> JSONResponse:
-    kind = ErrorKind(exc.status_code, "NotFoundError" if exc.status_code == 404 else "BadRequestError")
-    return JSONResponse(error_body(str(exc.detail), kind), exc.status_code)
+    """Starlette's own errors (unknown route 404, wrong method 405 ...), keeping their headers."""
+    if exc.status_code >= 500:
+        return error_response(exc)
+    kind = ErrorKind(exc.status_code, HTTP_TYPES.get(exc.status_code, "BadRequestError"))
+    return JSONResponse(error_body(str(exc.detail), kind), exc.status_code, headers=exc.headers)
 
 
 def sse_error(error: BaseException) -> str:

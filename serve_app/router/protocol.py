@@ -141,7 +141,6 @@ REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
     "spaces_between_special_tokens": ((*_OFF, True), "spaces_between_special_tokens=false is not supported"),
     "logits_processors": ((*_OFF, ()), "custom logits processors are not supported"),
     "documents": (_OFF, "documents (RAG templates) are not supported"),
-    "chat_template": (_OFF, "request-supplied chat templates are not accepted"),
     "mm_processor_kwargs": (_OFF, "multimodal inputs are not supported"),
     "priority": ((*_OFF, 0), "priority scheduling is not enabled"),
     "request_id": (_OFF, "request_id is assigned by the server"),
@@ -168,7 +167,6 @@ CHAT_ONLY_REFUSED = (
     "modalities",
     "store",
     "documents",
-    "chat_template",
     "mm_processor_kwargs",
 )
 COMPLETION_ONLY_REFUSED = ("suffix", "best_of", "prompt_embeds")
@@ -339,6 +337,7 @@ class ChatCompletionRequest(_SamplingFields):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    chat_template: str | None = None  # vLLM's field; 400 unless the model allows request templates
     # Refused (REFUSED)
     audio: Any = None
     function_call: Any = None
@@ -353,7 +352,6 @@ class ChatCompletionRequest(_SamplingFields):
     service_tier: Any = None
     store: Any = None
     documents: Any = None
-    chat_template: Any = None
     mm_processor_kwargs: Any = None
     echo: Any = None
 
@@ -376,6 +374,7 @@ class ChatCompletionRequest(_SamplingFields):
             chat_template_kwargs=dict(self.chat_template_kwargs or {}),
             add_generation_prompt=self.add_generation_prompt,
             continue_final_message=self.continue_final_message,
+            chat_template=self.chat_template,
             **self._common(max_tokens, logprobs, self.prompt_logprobs),
         )
 

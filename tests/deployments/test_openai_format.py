@@ -47,6 +47,8 @@ def test_usage_chunk_has_no_choices():
 
 
 def test_full_completion_body():
-    body = ResponseFormatter(request("completion"), prompt_tokens=2).full_response([ChoiceResult(0, "é", "stop")], 1)
+    body = ResponseFormatter(request("completion"), prompt_tokens=2).full_response(
+        [ChoiceResult(0, "é", "stop")], 1
+    )
     assert body["choices"] == [{"index": 0, "text": "é", "logprobs": None, "finish_reason": "stop"}]
     assert body["usage"]["total_tokens"] == 3

@@ -35,7 +35,15 @@ def two_model_app(serve_cluster, tmp_path_factory, qwen2_checkpoint, llama_check
             "engine": "cpu",
             "max_model_len": 256,
         },
-        {"name": "llama-tiny", "checkpoint": str(llama_checkpoint), "engine": "cpu", "max_model_len": 256},
+        {
+            "name": "llama-tiny",
+            "checkpoint": str(llama_checkpoint),
+            "engine": "cpu",
+            "max_model_len": 256,
+            # tests/router/test_hardening.py: request templates, with a short time budget
+            "allow_request_chat_template": True,
+            "chat_template_timeout_s": 1.0,
+        },
     ]
     path = write_models_yaml(folder, models)
     start_app_from_yaml(path)

@@ -1,0 +1,151 @@
+"""Killable helper processes for work that must not hold the caller's event loop or GIL.
+
+Two kinds of work run here: parsing and validating a large request body in the router (CPython's
+``json`` parser and pydantic-core hold the GIL for the whole call, so a thread would still stall
+the event loop: 0.3 s for a 16 MiB body of empty objects), and rendering a request-supplied chat
+template in a model server (a template can loop for as long as it likes, and a Python thread
+cannot be stopped).
+
+Each worker is ``python -m serve_app.workers``: a plain subprocess, not ``multiprocessing``, so it
+does not re-import the Ray worker's ``__main__``. Calls travel over its stdin/stdout as
+length-prefixed pickles: ``(module, function, args)`` in, ``("ok", value)`` or
+``("error", exception)`` out. Only functions in ``serve_app`` modules are called. A call past its
+timeout kills the worker and starts a fresh one; the caller gets ``TimeoutError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import os
+import pickle
+import subprocess
+import sys
+from typing import Any, BinaryIO
+
+_HEADER = 8  # bytes of big-endian frame length
+
+
+def _write_frame(stream: BinaryIO, payload: bytes) -> None:
+    stream.write(len(payload).to_bytes(_HEADER, "big"))
+    stream.write(payload)
+    stream.flush()
+
+
+def _read_frame(stream: BinaryIO) -> bytes | None:
+    header = stream.read(_HEADER)
+    if len(header) < _HEADER:
+        return None
+    return stream.read(int.from_bytes(header, "big"))
+
+
+class WorkerProcess:
+    """One ``python -m serve_app.workers`` child. Blocking; ``WorkerPool`` calls it from threads."""
+
+    def __init__(self, warm_up: str | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "serve_app.workers"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        if warm_up is not None:
+            self.call(warm_up, ())
+
+    def call(self, function: str, args: tuple[Any, ...]) -> Any:
+        """Run ``module:function(*args)`` in the child; re-raise its exception here.
+
+        Raises ``ChildProcessError`` when the child died (killed on timeout, or crashed)."""
+        module, _, name = function.partition(":")
+        _write_frame(self.proc.stdin, pickle.dumps((module, name, args), protocol=pickle.HIGHEST_PROTOCOL))
+        frame = _read_frame(self.proc.stdout)
+        if frame is None:
+            raise ChildProcessError(f"worker process for {function} exited")
+        status, value = pickle.loads(frame)
+        if status == "error":
+            raise value
+        return value
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        self.proc.wait()
+
+
+class WorkerPool:
+    """``size`` worker processes; ``await pool.call("serve_app.x:f", args, timeout_s)``.
+
+    A call waits for an idle worker, then runs in it. Past ``timeout_s`` (seconds; None: no
+    limit) the worker is killed and replaced, and ``TimeoutError`` is raised; a worker that died
+    is replaced too (``ChildProcessError``). Processes start on first use or ``start()``; each
+    runs ``warm_up`` (a ``module:function``) before its first call, so that imports are not
+    charged to a call's timeout."""
+
+    def __init__(self, size: int, warm_up: str | None = None) -> None:
+        self.size = size
+        self.warm_up = warm_up
+        self._idle: asyncio.Queue[WorkerProcess] | None = None
+        self._replacing: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        if self._idle is None:
+            self._idle = asyncio.Queue()
+            for _ in range(self.size):
+                self._idle.put_nowait(await asyncio.to_thread(WorkerProcess, self.warm_up))
+
+    async def _take(self) -> WorkerProcess:
+        await self.start()
+        return await self._idle.get()  # type: ignore[union-attr]
+
+    async def call(self, function: str, args: tuple[Any, ...], timeout_s: float | None = None) -> Any:
+        worker = await self._take()
+        try:
+            result = await asyncio.wait_for(asyncio.to_thread(worker.call, function, args), timeout_s)
+        except (TimeoutError, ChildProcessError, OSError):
+            self._replace_later(worker)
+            raise
+        except Exception:  # the function raised; the worker itself is fine
+            self._idle.put_nowait(worker)  # type: ignore[union-attr]
+            raise
+        except BaseException:  # cancelled mid-call: the worker is still busy with it
+            self._replace_later(worker)
+            raise
+        self._idle.put_nowait(worker)  # type: ignore[union-attr]
+        return result
+
+    def _replace_later(self, worker: WorkerProcess) -> None:
+        """Kill ``worker`` and put a fresh one in the pool, without making the caller wait."""
+
+        async def replace() -> None:
+            await asyncio.to_thread(worker.kill)
+            self._idle.put_nowait(await asyncio.to_thread(WorkerProcess, self.warm_up))  # type: ignore[union-attr]
+
+        task = asyncio.get_running_loop().create_task(replace())
+        self._replacing.add(task)
+        task.add_done_callback(self._replacing.discard)
+
+    def close(self) -> None:
+        """Kill every idle worker (busy ones end when their pipes close)."""
+        while self._idle is not None and not self._idle.empty():
+            self._idle.get_nowait().kill()
+
+
+def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
+    while (frame := _read_frame(stdin)) is not None:
+        module, name, args = pickle.loads(frame)
+        try:
+            if module != "serve_app" and not module.startswith("serve_app."):
+                raise PermissionError(f"worker calls only serve_app functions, not {module}")
+            reply: tuple[str, Any] = ("ok", getattr(importlib.import_module(module), name)(*args))
+            payload = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            try:
+                payload = pickle.dumps(("error", exc), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                payload = pickle.dumps(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+        _write_frame(stdout, payload)
+
+
+if __name__ == "__main__":
+    # The protocol keeps the real stdout; anything the called code prints goes to stderr.
+    protocol_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    _serve(sys.stdin.buffer, protocol_out)
