@@ -99,6 +99,33 @@ class CompletionLogprobs:
         }
 
 
+def vllm_prompt_logprobs(
+    entries: list[TokenLogprob | None], strings: TokenStrings
+) -> list[dict[str, dict[str, Any]] | None]:
+    """vLLM's ``prompt_logprobs`` response field: per prompt token, None for the first, else
+    ``{"<token id>": {"logprob", "rank", "decoded_token"}}`` for the prompt's own token (first,
+    with its vocabulary rank) and the k most likely (ranks 1..k), as vLLM serialises its
+    ``Logprob`` dicts (vllm/logprobs.py; completions: on each choice, chat: on the response)."""
+    rendered: list[dict[str, dict[str, Any]] | None] = []
+    for item in entries:
+        if item is None:
+            rendered.append(None)
+            continue
+        position = {
+            str(item.token_id): {
+                "logprob": _clamp(item.logprob),
+                "rank": item.rank,
+                "decoded_token": strings(item.token_id),
+            }
+        }
+        for rank, (token_id, logprob) in enumerate(item.top, start=1):
+            position.setdefault(
+                str(token_id), {"logprob": _clamp(logprob), "rank": rank, "decoded_token": strings(token_id)}
+            )
+        rendered.append(position)
+    return rendered
+
+
 def output_positions(token_ids: list[int], entries: list[TokenLogprob] | None) -> list[Position]:
     """Positions of generated tokens (each has logprobs when the request asked for them)."""
     if entries is None:

@@ -25,7 +25,7 @@ from serve_app.deployments.pacing import paced
 from serve_app.deployments.prompts import PromptRenderer, TemplatePolicy
 from serve_app.deployments.requests import InferenceRequest
 from serve_app.engines.protocol import Engine, EngineConfig, GenerationDelta, GenerationRequest
-from serve_app.errors import EngineDeadError
+from serve_app.errors import EngineDeadError, InvalidRequestError
 
 logger = logging.getLogger("ray.serve")
 
@@ -90,7 +90,7 @@ class ModelServer:
             text = choice.echo_text + text
             if positions is not None:
                 positions = choice.echo_positions() + positions
-        return ChoiceResult(choice.index, text, finish_reason, positions), tokens
+        return ChoiceResult(choice.index, text, finish_reason, positions, choice.prompt_logprobs), tokens
 
     async def stream(self, request: InferenceRequest) -> AsyncIterator[str]:
         """SSE text for the whole response, ending in ``data: [DONE]``.
@@ -126,15 +126,23 @@ class ModelServer:
     async def _generate(self, generation: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         """The engine's stream, timing its first output (``engine_first_output`` in /readyz).
 
-        Closing this stream closes the engine's (which aborts the request)."""
+        Closing this stream closes the engine's (which aborts the request). Engines name
+        ``response_format`` in a constraint's errors; a constraint sent as vLLM's
+        ``structured_outputs`` gets its errors under that name."""
         submitted: float | None = time.perf_counter()
-        deltas = self.engine.generate(generation)
-        async with contextlib.aclosing(deltas):  # type: ignore[type-var]
-            async for delta in deltas:
-                if submitted is not None:
-                    self.latencies.add("engine_first_output", time.perf_counter() - submitted)
-                    submitted = None
-                yield delta
+        try:
+            deltas = self.engine.generate(generation)
+            async with contextlib.aclosing(deltas):  # type: ignore[type-var]
+                async for delta in deltas:
+                    if submitted is not None:
+                        self.latencies.add("engine_first_output", time.perf_counter() - submitted)
+                        submitted = None
+                    yield delta
+        except InvalidRequestError as error:
+            structured = generation.sampling.structured
+            if structured is None or error.param != "response_format" or structured.param == error.param:
+                raise
+            raise InvalidRequestError(error.message, param=structured.param) from error
 
     async def _prepare(self, request: InferenceRequest) -> tuple[ResponseFormatter, list[Choice]]:
         # Tokenizing a long prompt takes milliseconds; on this event loop it would hold up every
@@ -149,7 +157,11 @@ class ModelServer:
         prompts, choices = await loop.run_in_executor(self._tokenizer_thread, *plan)
         self.latencies.add("tokenize", time.perf_counter() - started)
         strings = None
-        if request.sampling.logprobs is not None or request.echo:
+        if (
+            request.sampling.logprobs is not None
+            or request.sampling.prompt_logprobs is not None
+            or request.echo
+        ):
             strings = TokenStrings(self.prompts.tokenizer, request.return_tokens_as_token_ids)
         formatter = ResponseFormatter(request, sum(len(ids) for ids in prompts), strings)
         return formatter, choices

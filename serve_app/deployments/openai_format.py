@@ -12,8 +12,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from serve_app.deployments.logprobs import CompletionLogprobs, Position, TokenStrings, chat_logprobs
+from serve_app.deployments.logprobs import (
+    CompletionLogprobs,
+    Position,
+    TokenStrings,
+    chat_logprobs,
+    vllm_prompt_logprobs,
+)
 from serve_app.deployments.requests import InferenceRequest
+from serve_app.engines.protocol import TokenLogprob
 
 DONE = "data: [DONE]\n\n"
 
@@ -30,6 +37,7 @@ class ChoiceResult:
     text: str
     finish_reason: str | None
     positions: list[Position] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # vLLM's field, when asked for
 
 
 class ResponseFormatter:
@@ -106,7 +114,8 @@ class ResponseFormatter:
     def full_response(self, choices: list[ChoiceResult], completion_tokens: int) -> dict[str, Any]:
         """The whole body; ``choices`` in any order (they are sorted by index)."""
         rendered = []
-        for choice in sorted(choices, key=lambda c: c.index):
+        choices = sorted(choices, key=lambda c: c.index)
+        for choice in choices:
             logprobs = None if choice.positions is None else self._logprobs(choice.index, choice.positions)
             if self.chat:
                 rendered.append(
@@ -126,7 +135,9 @@ class ResponseFormatter:
                         "finish_reason": choice.finish_reason,
                     }
                 )
-        return {
+                if self.request.sampling.prompt_logprobs is not None:
+                    rendered[-1]["prompt_logprobs"] = self._prompt_logprobs(choice)
+        body: dict[str, Any] = {
             "id": self.response_id,
             "object": "chat.completion" if self.chat else "text_completion",
             "created": self.request.created,
@@ -134,3 +145,11 @@ class ResponseFormatter:
             "choices": rendered,
             "usage": self.usage(completion_tokens),
         }
+        if self.chat and self.request.sampling.prompt_logprobs is not None and choices:
+            body["prompt_logprobs"] = self._prompt_logprobs(choices[0])
+        return body
+
+    def _prompt_logprobs(self, choice: ChoiceResult) -> list[dict[str, Any] | None] | None:
+        if choice.prompt_logprobs is None or self.strings is None:
+            return None
+        return vllm_prompt_logprobs(choice.prompt_logprobs, self.strings)

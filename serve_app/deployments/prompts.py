@@ -129,6 +129,12 @@ class PromptRenderer:
         else:
             prompts = [self.completion_ids(prompt, request.add_special_tokens) for prompt in request.prompts]
         truncate = request.truncate_prompt_tokens
+        if truncate is not None and truncate > self.max_model_len:
+            raise InvalidRequestError(
+                f"truncate_prompt_tokens ({truncate}) cannot be greater than this model's maximum "
+                f"context length ({self.max_model_len})",
+                param="truncate_prompt_tokens",
+            )
         if truncate is not None:
             keep = self.max_model_len if truncate == -1 else truncate
             prompts = [ids[-keep:] for ids in prompts]

@@ -219,7 +219,9 @@ def token_logprob(logprobs: torch.Tensor, token: int, k: int) -> TokenLogprob:
 
     As vLLM's ``Sampler.gather_logprobs`` (torch.topk of the raw logprobs); ties keep topk's order.
     """
-    return TokenLogprob(token, float(logprobs[token]), _top(logprobs, k))
+    value = logprobs[token]
+    rank = int((logprobs >= value).sum())  # vLLM's rank: tokens at least as likely, itself included
+    return TokenLogprob(token, float(value), _top(logprobs, k), rank)
 
 
 def prompt_logprobs(
@@ -236,10 +238,11 @@ def prompt_logprobs(
         raise ValueError(f"{logits.shape[0]} rows of logits for a prompt of {len(prompt_token_ids)} tokens")
     logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
     targets = torch.tensor(list(prompt_token_ids[1:]), dtype=torch.long)
-    chosen = logprobs.gather(1, targets.unsqueeze(1))[:, 0].tolist()
+    chosen = logprobs.gather(1, targets.unsqueeze(1))
+    ranks = (logprobs >= chosen).sum(dim=1).tolist()
     entries: list[TokenLogprob | None] = [None]
-    for row, (token, value) in enumerate(zip(targets.tolist(), chosen, strict=True)):
-        entries.append(TokenLogprob(token, float(value), _top(logprobs[row], k)))
+    for row, (token, value) in enumerate(zip(targets.tolist(), chosen[:, 0].tolist(), strict=True)):
+        entries.append(TokenLogprob(token, float(value), _top(logprobs[row], k), int(ranks[row])))
     return entries
 
 

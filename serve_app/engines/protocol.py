@@ -50,6 +50,7 @@ class StructuredOutput:
     kind: StructuredKind
     value: str | tuple[str, ...] | None = None
     strict: bool = False
+    param: str = "response_format"  # the request field it came from, named in errors
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,15 @@ class TokenLogprob:
     """Log-probabilities at one position, from the model's raw (unprocessed) distribution.
 
     ``logprob`` is the chosen token's; ``top`` the ``k`` most likely (id, logprob) pairs in rank
-    order, as vLLM's ``Logprob`` dicts (``logprobs_mode="raw_logprobs"``) give them.
+    order, as vLLM's ``Logprob`` dicts (``logprobs_mode="raw_logprobs"``) give them. ``rank`` is
+    the chosen token's rank in the vocabulary (1 = most likely; vLLM's ``Logprob.rank``), None
+    where an engine does not report it.
     """
 
     token_id: int
     logprob: float
     top: tuple[tuple[int, float], ...] = ()
+    rank: int | None = None
 
 
 @dataclass(frozen=True)

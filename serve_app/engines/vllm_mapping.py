@@ -309,6 +309,7 @@ def token_logprob(entries: Any, chosen: int, k: int | None) -> TokenLogprob:
     """
     items = [(token_id, entry.logprob, entry.rank) for token_id, entry in entries.items()]
     by_id = {token_id: logprob for token_id, logprob, _ in items}
+    ranks = {token_id: rank for token_id, _, rank in items}
     if chosen not in by_id:  # not vLLM's layout: the first entry is the chosen token
         chosen = items[0][0]
     if k is None:
@@ -319,6 +320,7 @@ def token_logprob(entries: Any, chosen: int, k: int | None) -> TokenLogprob:
         token_id=chosen,
         logprob=by_id[chosen],
         top=tuple((token_id, logprob) for token_id, logprob, _ in ranked[:k]),
+        rank=ranks[chosen],
     )
 
 

@@ -47,6 +47,43 @@ class JsonSchema(_Strict):
     strict: bool | None = False
 
 
+def external_ref(schema: Any, path: str = "$") -> str | None:
+    """Where ``schema`` has a ``$ref`` outside itself (not ``#...``), or None.
+
+    Neither xgrammar nor vLLM fetches such a reference: xgrammar logs a warning and leaves that
+    part unconstrained, so the output would not follow the schema the client sent. Refused here,
+    for both engines, instead."""
+    if isinstance(schema, list):
+        found = (external_ref(item, f"{path}[{i}]") for i, item in enumerate(schema))
+        return next((where for where in found if where), None)
+    if not isinstance(schema, dict):
+        return None
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and not ref.startswith("#"):
+        return f"{path}.$ref = {ref[:200]!r}"
+    found = (external_ref(value, f"{path}.{key}") for key, value in schema.items())
+    return next((where for where in found if where), None)
+
+
+def _loads_or_none(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return None  # the engine names what is wrong with it
+
+
+def _check_refs(schema: Any, param: str) -> None:
+    where = external_ref(schema)
+    if where:
+        raise InvalidRequestError(
+            f"the JSON schema refers outside itself ({where}); only references within the schema "
+            "(#/...) are supported",
+            param=param,
+        )
+
+
 class ResponseFormat(_Strict):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchema | None = None
@@ -61,6 +98,7 @@ class ResponseFormat(_Strict):
         if self.type == "json_object":
             return StructuredOutput("json_object")
         if self.type == "json_schema" and self.json_schema is not None:
+            _check_refs(self.json_schema.schema_, "response_format")
             schema = json.dumps(self.json_schema.schema_, separators=(",", ":"))
             return StructuredOutput("json", schema, strict=bool(self.json_schema.strict))
         return None
@@ -84,16 +122,18 @@ class StructuredOutputs(_Strict):
                 "structured_outputs takes exactly one of json, regex, choice, grammar, json_object",
                 param="structured_outputs",
             )
+        param = "structured_outputs"
         if self.json_ is not None:
+            _check_refs(_loads_or_none(self.json_), param)
             schema = self.json_ if isinstance(self.json_, str) else json.dumps(self.json_)
-            return StructuredOutput("json", schema)
+            return StructuredOutput("json", schema, param=param)
         if self.regex is not None:
-            return StructuredOutput("regex", self.regex)
+            return StructuredOutput("regex", self.regex, param=param)
         if self.choice is not None:
-            return StructuredOutput("choice", tuple(self.choice))
+            return StructuredOutput("choice", tuple(self.choice), param=param)
         if self.grammar is not None:
-            return StructuredOutput("grammar", self.grammar)
-        return StructuredOutput("json_object")
+            return StructuredOutput("grammar", self.grammar, param=param)
+        return StructuredOutput("json_object", param=param)
 
 
 class ContentPart(_Strict):
@@ -264,9 +304,23 @@ class _SamplingFields(_Strict):
             and self.response_format.type != "text"
             and self.structured_outputs
         ):
-            raise ValueError("send either response_format or structured_outputs, not both")
+            raise InvalidRequestError(
+                "send either response_format or structured_outputs, not both", param="structured_outputs"
+            )
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
-            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
+            raise InvalidRequestError(
+                f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})",
+                param="min_tokens",
+            )
+        # vLLM's checks (vllm/entrypoints/openai/*/protocol.py check_logprobs, validate_stream_options)
+        if self.stream_options is not None and not self.stream:
+            raise InvalidRequestError(
+                "stream_options can only be given when stream is true", param="stream_options"
+            )
+        if self.stream and self.prompt_logprobs is not None:
+            raise InvalidRequestError(
+                "prompt_logprobs are not available when stream is true", param="prompt_logprobs"
+            )
         return self
 
     # --- conversion ---------------------------------------------------------------------------
@@ -358,9 +412,12 @@ class ChatCompletionRequest(_SamplingFields):
     @model_validator(mode="after")
     def chat_options_fit_together(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
-            raise ValueError("top_logprobs requires logprobs to be true")
+            raise InvalidRequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
         if self.add_generation_prompt and self.continue_final_message:
-            raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
+            raise InvalidRequestError(
+                "continue_final_message and add_generation_prompt cannot both be true",
+                param="continue_final_message",
+            )
         if self.echo:
             raise InvalidRequestError("echo is not supported for chat completions", param="echo")
         return self

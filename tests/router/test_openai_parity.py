@@ -421,3 +421,80 @@ def test_detokenize_outside_the_vocabulary_is_400(two_model_app):
     )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "tokens"
+
+
+# --- found by trying it as a new user ------------------------------------------------------------
+
+
+def test_prompt_logprobs_come_back_in_vllms_shape(two_model_app):
+    body = {"model": "llama-tiny", "prompt": [5, 17, 42, 9], "max_tokens": 1, "prompt_logprobs": 2}
+    choice = post(two_model_app, "/v1/completions", body)["choices"][0]
+    scored = choice["prompt_logprobs"]
+    assert len(scored) == 4 and scored[0] is None
+    for token_id, position in zip([17, 42, 9], scored[1:], strict=True):
+        own = position[str(token_id)]
+        assert own["rank"] >= 1 and own["logprob"] <= 0 and isinstance(own["decoded_token"], str)
+        ranks = sorted(
+            entry["rank"] for key, entry in position.items() if key != str(token_id) or own["rank"] <= 2
+        )
+        assert ranks[:2] == [1, 2]
+    chat_body = {"model": "qwen", "messages": CHAT, "max_tokens": 1, "prompt_logprobs": 0}
+    reply = post(two_model_app, "/v1/chat/completions", chat_body)
+    ChatCompletion.model_validate(reply)
+    prompt_tokens = reply["usage"]["prompt_tokens"]
+    assert len(reply["prompt_logprobs"]) == prompt_tokens and reply["prompt_logprobs"][0] is None
+    assert all(len(position) == 1 for position in reply["prompt_logprobs"][1:])
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "fragment"),
+    [
+        ({"stream": True, "prompt_logprobs": 1}, "prompt_logprobs", "not available when stream is true"),
+        ({"stream_options": {"include_usage": True}}, "stream_options", "only be given when stream is true"),
+        ({"min_tokens": 9}, "min_tokens", "must not exceed max_tokens"),
+        ({"truncate_prompt_tokens": 5000}, "truncate_prompt_tokens", "cannot be greater than"),
+        ({"structured_outputs": {"regex": "(["}}, "structured_outputs", ""),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"$ref": "http://a/s"}},
+                }
+            },
+            "response_format",
+            "refers outside itself ($.$ref = 'http://a/s')",
+        ),
+        (
+            {"structured_outputs": {"json": {"$ref": "file:///etc/passwd"}}},
+            "structured_outputs",
+            "refers outside",
+        ),
+    ],
+)
+def test_options_that_cannot_be_honoured_are_400_naming_the_field(two_model_app, body, param, fragment):
+    response = httpx.post(
+        f"{two_model_app}/v1/completions",
+        json={"model": "qwen", "prompt": "hi", "max_tokens": 4, **body},
+        timeout=30,
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert fragment in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"continue_final_message": True}, "continue_final_message"),
+    ],
+)
+def test_chat_cross_field_errors_name_the_field(two_model_app, body, param):
+    response = httpx.post(
+        f"{two_model_app}/v1/chat/completions",
+        json={"model": "qwen", "messages": CHAT, "max_tokens": 2, **body},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
