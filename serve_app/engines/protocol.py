@@ -99,7 +99,7 @@ class TokenLogprob:
     token_id: int
     logprob: float
     top: tuple[tuple[int, float], ...] = ()
-    rank: int | None = None
+    rank: int | None = field(default=None, compare=False)  # derived: equal logprobs compare equal
 
 
 @dataclass(frozen=True)

@@ -404,6 +404,7 @@ def test_chosen_token_outside_the_top_k_gives_k_plus_one_entries():
     entries = vllm_position(99, -4.0, 17, TOP3)
     assert len(entries) == 4
     assert token_logprob(entries, 99, 3) == TokenLogprob(99, -4.0, ((11, -0.2), (12, -1.9), (13, -2.5)))
+    assert token_logprob(entries, 99, 3).rank == 17
 
 
 def test_chosen_token_inside_the_top_k_gives_k_entries_and_stays_in_top():
