@@ -339,7 +339,7 @@ class _SamplingFields(_Strict):
             max_tokens=max_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
-            seed=self.seed,
+            seed=None if self.seed == -1 else self.seed,  # vLLM: -1 means no seed (SamplingParams)
             stop=stop,
             ignore_eos=self.ignore_eos,
             top_k=self.top_k or 0,
