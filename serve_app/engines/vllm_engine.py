@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from serve_app.engines.context_length import read_text_config
 from serve_app.engines.protocol import (
     EngineConfig,
     EngineStats,
@@ -111,7 +112,8 @@ class VLLMEngine:
         from vllm import AsyncEngineArgs, AsyncLLMEngine
         from vllm.usage.usage_lib import UsageContext
 
-        kwargs = engine_kwargs(self.config, engine_arg_fields(AsyncEngineArgs))
+        text_config = read_text_config(Path(self.config.checkpoint))
+        kwargs = engine_kwargs(self.config, engine_arg_fields(AsyncEngineArgs), text_config)
         cache_root = compile_cache_root(self.config)
         warm = compile_cache_is_warm(cache_root)
         cache_root.mkdir(parents=True, exist_ok=True)
