@@ -116,10 +116,11 @@ def warn_if_slow_ingress(environ: Mapping[str, str]) -> None:
 
 def run_preflight_gate(registry: RegistrySpec) -> Report:
     """Run preflight; stop on failures of 'fail' models, log the skipped ones."""
+    from serve_app.preflight.render import raise_for_failures
     from serve_app.preflight.runner import run_preflight
 
     report = run_preflight(registry, cluster_gpus=cluster_gpus())
-    report.raise_for_failures()
+    raise_for_failures(report)
     for name, reason in report.unavailable().items():
         logger.warning("model %s left out (on_preflight_failure: skip): %s", name, reason)
     return report

@@ -147,7 +147,8 @@ def load_index(directory: Path) -> TensorIndex:
     for path in found.files:
         _merge(result, path, listed=by_shard[path.name])
     if found.unlisted:
-        result.notes.append(f"{', '.join(p.name for p in found.unlisted)} not in {INDEX_NAME}; vLLM ignores them")
+        unlisted = ", ".join(p.name for p in found.unlisted)
+        result.notes.append(f"{unlisted} not in {INDEX_NAME}; vLLM ignores them")
     return result
 
 
