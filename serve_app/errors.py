@@ -42,8 +42,17 @@ class RegistryError(ServeAppError):
 
 class MaxModelLenError(RegistryError):
     """A model's max_model_len is past its checkpoint's limit, which vLLM refuses at start
-    (vllm/config/model.py ``_get_and_verify_max_len``). Fix the registry, or allow it with
-    VLLM_ALLOW_LONG_MAX_MODEL_LEN=1; raised by engines/context_length.py."""
+    (vllm/config/model.py ``_get_and_verify_max_len``); raised by engines/context_length.py.
+    ``fix`` says what to change (the registry, or VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)."""
+
+    def __init__(self, message: str, param: str | None = "max_model_len", fix: str = "") -> None:
+        Exception.__init__(self, message, param, fix)
+        self.message = message
+        self.param = param
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.fix}" if self.fix else self.message
 
 
 class CheckpointLoadError(ServeAppError):

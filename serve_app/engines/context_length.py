@@ -152,16 +152,15 @@ def effective_max_model_len(
     allowed = allow_long_from_env() if allow_long is None else allow_long
     if allowed:
         return ContextLength(requested, int(derived), key, scaling, beyond_limit=True)
-    raise MaxModelLenError(_too_long(requested, int(derived), key, scaling), param="max_model_len")
+    raise _too_long(requested, int(derived), key, scaling)
 
 
-def _too_long(requested: int, derived: int, key: str | None, scaling: float) -> str:
-    return (
+def _too_long(requested: int, derived: int, key: str | None, scaling: float) -> MaxModelLenError:
+    return MaxModelLenError(
         f"max_model_len {requested} is greater than the {derived} tokens this checkpoint supports "
-        f"({_source(key, scaling)} in config.json); vLLM refuses to start. "
-        f"Set max_model_len to {derived} or less, or set "
-        f"{ALLOW_LONG_ENV}=1 where the replicas run (RoPE positions past {derived} give NaN; "
-        "learned positions fail out of bounds)"
+        f"({_source(key, scaling)} in config.json); vLLM refuses to start",
+        fix=f"set max_model_len to {derived} or less, or set {ALLOW_LONG_ENV}=1 where the replicas run "
+        f"(RoPE positions past {derived} give NaN; learned positions fail out of bounds)",
     )
 
 

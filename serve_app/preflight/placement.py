@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from serve_app.engines import selection
+from serve_app.errors import MaxModelLenError
 from serve_app.preflight import rules
 from serve_app.preflight.gpu import GIB, GpuInfo
 from serve_app.preflight.report import CheckResult, failed, passed, skipped, warned
@@ -78,9 +79,17 @@ def estimate(ctx: ModelContext) -> MemoryEstimate:
         weights=ctx.ckpt.index.total_bytes,
         tp=tp,
         kv_per_token=2 * g.layers * kv_heads_per_gpu * g.head_dim * kv_bytes,
-        max_model_len=spec.max_model_len or g.max_position or 2048,
+        max_model_len=_max_model_len(ctx),
         max_num_seqs=spec.max_num_seqs,
     )
+
+
+def _max_model_len(ctx: ModelContext) -> int:
+    """The length vLLM would run with; past the limit, the registry's value (check max_model_len fails)."""
+    try:
+        return ctx.context_length().value
+    except MaxModelLenError:
+        return ctx.spec.max_model_len or 0
 
 
 def check_gpu_capability(ctx: ModelContext) -> CheckResult:

@@ -39,6 +39,8 @@ CHECKS: tuple[tuple[str, Check, tuple[str, ...]], ...] = (
     ("kv_cache_scales", tensor_checks.check_kv_cache_scales, _CHECKPOINT),
     ("tensor_shapes", tensor_checks.check_tensor_shapes, ("config", "shards")),
     ("shards", cc.check_shards, ()),
+    ("tied_lm_head", cc.check_tied_lm_head, ("config", "shards")),
+    ("max_model_len", cc.check_max_model_len, ("config",)),
     ("tokenizer", tokenizer_check.check_tokenizer, ()),
     ("vllm_environment", environment_checks.check_vllm_environment, ()),
     ("arch_extras", environment_checks.check_arch_extras, ("config",)),
