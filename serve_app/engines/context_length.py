@@ -20,7 +20,7 @@ before vLLM spends a minute starting). Source of the rule, vLLM 0.24.0:
 - ``vllm/config/model.py`` ``ModelConfig.__post_init__``: ``sliding_window: 0`` means none.
 - ``vllm/transformers_utils/config.py`` ``patch_legacy_rope_type`` (``type`` -> ``rope_type``,
   ``su`` -> ``longrope``, ``mrope`` -> ``default``) and transformers 5's
-  ``standardize_rope_params`` (``rope_scaling`` is the older name of ``rope_parameters``; a yarn
+  ``standardize_rope_params`` (``rope_scaling``, when set, replaces ``rope_parameters``; a yarn
   entry without ``original_max_position_embeddings`` takes the config's ``max_position_embeddings``).
 
 Input is config.json's language-model part as a plain mapping (``text_config(config)``), read
@@ -195,8 +195,9 @@ def _sliding_window(text: Mapping[str, Any]) -> int | None:
 
 
 def _rope_entries(text: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """rope_parameters (or the older rope_scaling) as a list of per-layer-type entries."""
-    params = text.get("rope_parameters") or text.get("rope_scaling")
+    """rope_parameters as a list of per-layer-type entries; a truthy rope_scaling (the older name)
+    wins, as in transformers 5's ``RotaryEmbeddingConfigMixin.convert_rope_params_to_dict``."""
+    params = text.get("rope_scaling") or text.get("rope_parameters")
     if not isinstance(params, Mapping):
         return []
     nested = set(params) <= LAYER_TYPES
