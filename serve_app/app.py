@@ -17,7 +17,7 @@ from serve_app.deployments.builder import PlannedModel, bind_model, plan_models
 from serve_app.engines.selection import cluster_gpus
 from serve_app.errors import PreflightFailed, RegistryError
 from serve_app.preflight.report import Report
-from serve_app.registry.loader import config_path_from_argv, parse_registry
+from serve_app.registry.loader import parse_registry
 from serve_app.registry.models import RegistrySpec
 from serve_app.router.app import Router
 from serve_app.router.limits import RequestLimits
@@ -29,9 +29,10 @@ def build_app(args: dict[str, Any]) -> Application:
     """Validate the registry, run preflight, and build the deployments and the router."""
     if not isinstance(args, dict):
         raise RegistryError("build_app args must be a mapping with 'models:'")
-    config_path = config_path_from_argv()
-    source = str(config_path) if config_path else "build_app args"
-    registry = parse_registry(args, source=source, base_dir=config_path.parent if config_path else None)
+    # `serve run models.yaml` builds the app in a Ray task on the cluster (Ray 2.60's
+    # serve/scripts.py run -> client.deploy_apps), whose argv does not hold the YAML's path: relative
+    # checkpoints resolve against `base_dir`, else the folder the cluster started from.
+    registry = parse_registry(args, source="build_app args")
     warn_if_slow_ingress(os.environ)
     check_grpc_message_limit(registry, os.environ)
     report = run_preflight_gate(registry)
@@ -116,10 +117,11 @@ def warn_if_slow_ingress(environ: Mapping[str, str]) -> None:
 
 def run_preflight_gate(registry: RegistrySpec) -> Report:
     """Run preflight; stop on failures of 'fail' models, log the skipped ones."""
+    from serve_app.preflight.render import raise_for_failures
     from serve_app.preflight.runner import run_preflight
 
     report = run_preflight(registry, cluster_gpus=cluster_gpus())
-    report.raise_for_failures()
+    raise_for_failures(report)
     for name, reason in report.unavailable().items():
         logger.warning("model %s left out (on_preflight_failure: skip): %s", name, reason)
     return report

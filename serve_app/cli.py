@@ -5,45 +5,67 @@
     python -m serve_app preflight --checkpoint DIR
 
 Serving itself is Ray's own ``serve run models.yaml``.
-Exit codes: 0 ok, 1 a check failed, 2 usage or YAML error.
+Exit codes: 0 ok, 1 a check failed, 2 usage or YAML error (no command at all is a usage error).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
 
 from serve_app.errors import RegistryError
 
-USAGE = __doc__ or ""
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serve_app",
+        description="Check a models.yaml registry before serving it with `serve run models.yaml`.",
+        epilog="Exit codes: 0 ok, 1 a check failed, 2 usage or YAML error.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="{preflight,validate}")
+    # preflight's own parser (preflight/cli.py) reads the rest of the line, --help included.
+    commands.add_parser(
+        "preflight", add_help=False, help="every preflight check (python -m serve_app preflight --help)"
+    )
+    validate = commands.add_parser("validate", help="schema and paths only")
+    validate.add_argument("registry", type=Path, metavar="MODELS_YAML", help="Ray Serve config file")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command == "preflight":
+    parser = build_parser()
+    try:
+        args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+        if rest and args.command != "preflight":
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    except SystemExit as exc:  # argparse exits 2 on a usage error and 0 for --help
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    if args.command == "preflight":
         from serve_app.preflight.cli import main as preflight_main
 
         return preflight_main(rest)
-    if command == "validate":
-        return validate(rest)
-    print(f"unknown command {command!r}; expected 'preflight' or 'validate'\n{USAGE}", file=sys.stderr)
-    return 2
+    return validate(args.registry)
 
 
-def validate(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m serve_app validate MODELS_YAML", file=sys.stderr)
-        return 2
+def validate(registry_path: Path) -> int:
+    """Load and check models.yaml; print one line per model. 0 when valid, 2 otherwise."""
     from serve_app.registry.loader import load_registry
 
     try:
-        registry = load_registry(argv[0])
+        registry = load_registry(registry_path)
     except RegistryError as exc:
         print(exc, file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     for model in registry.models:
         print(f"{model.name}: {model.checkpoint} (engine {model.engine})")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

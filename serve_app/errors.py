@@ -2,6 +2,7 @@
 
     ServeAppError
     ├── RegistryError            models.yaml is invalid; fix the file and start again
+    │   └── MaxModelLenError         max_model_len exceeds what the checkpoint supports (vLLM's rule)
     ├── CheckpointLoadError      a checkpoint's tensors don't fit its config; fix or re-export it
     ├── PreflightFailed          a model failed preflight; the report says what to fix
     ├── RequestError             the client's request is wrong; it can retry with a fixed one (4xx)
@@ -11,7 +12,6 @@
     │   ├── ChatTemplateError        the chat template refused, failed or ran out of time -> 400
     │   ├── RequestTooLargeError     the body is larger than the router accepts   -> 413
     │   └── ModelNotFoundError       no served model has that name                -> 404
-    ├── OverloadedError          every replica is busy and the queue is full; retry later (503)
     └── EngineError              the engine failed
         ├── EngineNotStartedError    a call reached an engine before start(); a programming error
         ├── EngineGenerateError      one request failed; the engine is still fine (500)
@@ -38,6 +38,21 @@ class ServeAppError(Exception):
 
 class RegistryError(ServeAppError):
     """models.yaml (or the args given to build_app) failed validation."""
+
+
+class MaxModelLenError(RegistryError):
+    """A model's max_model_len is past its checkpoint's limit, which vLLM refuses at start
+    (vllm/config/model.py ``_get_and_verify_max_len``); raised by engines/context_length.py.
+    ``fix`` says what to change (the registry, or VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)."""
+
+    def __init__(self, message: str, param: str | None = "max_model_len", fix: str = "") -> None:
+        Exception.__init__(self, message, param, fix)
+        self.message = message
+        self.param = param
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.fix}" if self.fix else self.message
 
 
 class CheckpointLoadError(ServeAppError):
@@ -75,16 +90,6 @@ class RequestTooLargeError(RequestError):
 
 class ModelNotFoundError(RequestError):
     """The ``model`` field names no served model (nor alias)."""
-
-
-class OverloadedError(ServeAppError):
-    """All replicas are at capacity and the queue is full. Retry after ``retry_after_s``."""
-
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
-        Exception.__init__(self, message, retry_after_s)
-        self.message = message
-        self.param = None
-        self.retry_after_s = retry_after_s
 
 
 class EngineError(ServeAppError):

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from serve_app.engines.context_length import effective_max_model_len, read_text_config
 from serve_app.engines.cpu_sampling import LogitsPipeline, prompt_logprobs, validate_sampling
 from serve_app.engines.delta_merge import merging
 from serve_app.engines.fp8_loading import load_dequantized_model
@@ -92,7 +93,7 @@ class _Model:
     keep_last_logits: bool  # forward accepts logits_to_keep
     vocab_size: int
     eos_token_ids: frozenset[int]
-    max_position_embeddings: int | None
+    max_model_len: int  # engines/context_length.py: vLLM's rule for this checkpoint and config
     grammars: GrammarBackend
 
 
@@ -126,7 +127,12 @@ class CPUReferenceEngine:
     # ----------------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        """Load the dequantized model and the tokenizer in the worker thread."""
+        """Load the dequantized model and the tokenizer in the worker thread.
+
+        The context window is vLLM 0.24's (engines/context_length.py): ``config.max_model_len``,
+        else the checkpoint's. Raises MaxModelLenError, naming both numbers, when
+        ``config.max_model_len`` is past what the checkpoint supports, as vLLM refuses to start.
+        """
         if self._loaded is not None:
             return
         if self._max_num_seqs is not None and self._max_num_seqs < 1:
@@ -137,11 +143,7 @@ class CPUReferenceEngine:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        limit = self.config.max_model_len or loaded.max_position_embeddings
-        if not limit:
-            executor.shutdown(wait=False)
-            raise ValueError(f"{self.config.checkpoint}: no max_position_embeddings; set max_model_len")
-        self._executor, self._loaded, self._max_model_len = executor, loaded, int(limit)
+        self._executor, self._loaded, self._max_model_len = executor, loaded, loaded.max_model_len
         self._dead_reason = None
         logger.info(
             "CPU engine %s started: max_model_len=%d, max_num_seqs=%s, eos=%s",
@@ -156,10 +158,14 @@ class CPUReferenceEngine:
 
         checkpoint = Path(self.config.checkpoint)
         trust = self.config.trust_remote_code
+        context = effective_max_model_len(
+            read_text_config(checkpoint),
+            self.config.max_model_len,
+            disable_sliding_window=bool(self.config.engine_args.get("disable_sliding_window", False)),
+        )  # raises MaxModelLenError before the (slow) weights are read
         model = load_dequantized_model(checkpoint, dtype=self._dtype, trust_remote_code=trust)
         tokenizer = AutoTokenizer.from_pretrained(str(checkpoint), trust_remote_code=trust)
         params = inspect.signature(model.forward).parameters
-        text_config = model.config.get_text_config()
         vocab_size = model.get_input_embeddings().num_embeddings
         eos_token_ids = _eos_token_ids(checkpoint, model.config, tokenizer)
         return _Model(
@@ -169,7 +175,7 @@ class CPUReferenceEngine:
             keep_last_logits="logits_to_keep" in params,
             vocab_size=vocab_size,
             eos_token_ids=eos_token_ids,
-            max_position_embeddings=getattr(text_config, "max_position_embeddings", None),
+            max_model_len=context.value,
             grammars=GrammarBackend(tokenizer, vocab_size, eos_token_ids),
         )
 

@@ -7,13 +7,14 @@ and gives wrong weights, so this module builds the model from ``config.json`` (a
 transformers can build, with ``quantization_config`` removed), dequantizes every FP8 weight as
 ``weight.float() * weight_scale`` cast to the model dtype, drops the activation and KV-cache
 scales, and loads the result strictly: a missing or unexpected tensor is an error that names it.
+It reads the files vLLM's loader would (engines/weight_files.py) and, like vLLM's model classes,
+ignores a stored ``lm_head`` when ``tie_word_embeddings`` is set (``ties_word_embeddings``).
 
 Used by the CPU reference engine; needs torch, safetensors and transformers but not vLLM or Ray.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from serve_app.engines.weight_files import weight_files
 from serve_app.errors import CheckpointLoadError
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -37,8 +39,8 @@ SCALE_SUFFIXES = (
     ".prob_scale",
 )
 
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
+# What vLLM's model classes skip when tie_word_embeddings is set (see ties_word_embeddings).
+TIED_SKIP_PREFIXES = ("lm_head.",)
 MAX_NAMES_IN_MESSAGE = 10
 
 
@@ -59,7 +61,8 @@ def load_dequantized_model(
     model = _build_empty_model(config, _resolve_dtype(dtype), trust_remote_code)
     expected = model.state_dict()
     tied = _tied_groups(model)
-    state_dict = _read_dequantized(checkpoint, expected)
+    skip = TIED_SKIP_PREFIXES if ties_word_embeddings(config) else ()
+    state_dict = _read_dequantized(checkpoint, expected, skip)
     _check_keys(checkpoint, state_dict, expected, tied)
     model.load_state_dict(state_dict, strict=False, assign=True)
     _retie(model, tied, state_dict.keys())
@@ -155,6 +158,21 @@ def _no_init_weights() -> Any:
     return no_init_weights()
 
 
+def ties_word_embeddings(config: Any) -> bool:
+    """tie_word_embeddings of the language model's config (its text config, else the top level).
+
+    vLLM 0.24's LlamaForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM then use the input
+    embedding as lm_head and skip every stored ``lm_head.*`` tensor
+    (``AutoWeightsLoader(self, skip_prefixes=["lm_head."] if self.config.tie_word_embeddings)``
+    in vllm/model_executor/models/{llama,qwen2,qwen3}.py); this loader does the same.
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    tied = getattr(text, "tie_word_embeddings", None)
+    if tied is None:
+        tied = getattr(config, "tie_word_embeddings", False)
+    return bool(tied)
+
+
 def _tied_groups(model: Any) -> list[list[str]]:
     """Names that share one parameter (tied embeddings), as groups of two or more."""
     by_id: dict[int, list[str]] = {}
@@ -164,36 +182,33 @@ def _tied_groups(model: Any) -> list[list[str]]:
 
 
 def _shard_files(checkpoint: Path) -> list[Path]:
-    index = checkpoint / INDEX_FILE
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = [checkpoint / name for name in sorted(set(weight_map.values()))]
-    elif (checkpoint / SINGLE_FILE).is_file():
-        files = [checkpoint / SINGLE_FILE]
-    else:
-        raise CheckpointLoadError(f"{checkpoint}: neither {SINGLE_FILE} nor {INDEX_FILE}")
-    absent = [file.name for file in files if not file.is_file()]
-    if absent:
-        raise CheckpointLoadError(f"{checkpoint}: missing weight shards: {', '.join(absent)}")
-    return files
+    """The files vLLM loads (engines/weight_files.py); a shard the index names must exist."""
+    found = weight_files(checkpoint)
+    if found.missing:
+        raise CheckpointLoadError(f"{checkpoint}: missing weight shards: {', '.join(found.missing)}")
+    return list(found.files)
 
 
-def _iter_tensors(checkpoint: Path) -> Iterator[tuple[str, torch.Tensor]]:
+def _iter_tensors(checkpoint: Path, skip_prefixes: tuple[str, ...]) -> Iterator[tuple[str, torch.Tensor]]:
     for file in _shard_files(checkpoint):
         with safe_open(str(file), framework="pt") as handle:
             for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                yield key, handle.get_tensor(key)
+                if not key.startswith(skip_prefixes):
+                    yield key, handle.get_tensor(key)
 
 
-def _read_dequantized(checkpoint: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _read_dequantized(
+    checkpoint: Path, expected: dict[str, torch.Tensor], skip_prefixes: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors with FP8 weights dequantized and scales dropped.
 
-    Each tensor takes the dtype of the model's tensor of that name; unknown names are kept as they
-    are so that the key check can report them.
+    Tensors whose names start with ``skip_prefixes`` are not read. Each tensor takes the dtype of
+    the model's tensor of that name; unknown names are kept as they are so that the key check can
+    report them.
     """
     weights: dict[str, torch.Tensor] = {}
     scales: dict[str, torch.Tensor] = {}
-    for key, tensor in _iter_tensors(checkpoint):
+    for key, tensor in _iter_tensors(checkpoint, skip_prefixes):
         if key not in expected and key.endswith(SCALE_SUFFIXES):
             scales[key] = tensor
         else:

@@ -7,6 +7,7 @@ Engine modules are imported only when chosen, so vLLM stays an optional extra.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,12 +26,15 @@ class Platform:
 
 
 def cluster_gpus() -> float | None:
-    """GPUs in the Ray cluster this process is connected to; None outside one."""
-    try:
-        import ray
-    except ImportError:
+    """GPUs in the Ray cluster this process is connected to; None when it is not connected.
+
+    Ray is looked up in ``sys.modules``, never imported: a process that has not imported Ray
+    cannot be connected to a cluster, and preflight must not pay Ray's import.
+    """
+    ray = sys.modules.get("ray")
+    if ray is None or not getattr(ray, "is_initialized", lambda: False)():
         return None
-    return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else None
+    return float(ray.cluster_resources().get("GPU", 0))
 
 
 def resolve_engine(spec: ModelSpec, platform: Platform) -> ResolvedEngine:

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from serve_app.engines.context_length import read_text_config
 from serve_app.engines.protocol import (
     EngineConfig,
     EngineStats,
@@ -44,6 +45,7 @@ from serve_app.engines.vllm_mapping import (
     to_delta,
 )
 from serve_app.errors import (
+    CheckpointLoadError,
     ContextLengthError,
     EngineDeadError,
     EngineError,
@@ -102,6 +104,16 @@ class VLLMEngine:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def _text_config(self) -> dict[str, Any] | None:
+        """config.json's language-model part, to check max_model_len by vLLM's rule before vLLM
+        starts; None without a max_model_len or a readable config.json (vLLM reports that itself)."""
+        if self.config.max_model_len is None:
+            return None
+        try:
+            return read_text_config(Path(self.config.checkpoint))
+        except CheckpointLoadError:
+            return None
+
     async def start(self) -> None:
         if self._llm is not None:
             return
@@ -111,7 +123,7 @@ class VLLMEngine:
         from vllm import AsyncEngineArgs, AsyncLLMEngine
         from vllm.usage.usage_lib import UsageContext
 
-        kwargs = engine_kwargs(self.config, engine_arg_fields(AsyncEngineArgs))
+        kwargs = engine_kwargs(self.config, engine_arg_fields(AsyncEngineArgs), self._text_config())
         cache_root = compile_cache_root(self.config)
         warm = compile_cache_is_warm(cache_root)
         cache_root.mkdir(parents=True, exist_ok=True)

@@ -17,10 +17,11 @@ import dataclasses
 import difflib
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from serve_app.engines.context_length import effective_max_model_len
 from serve_app.engines.protocol import (
     EngineConfig,
     FinishReason,
@@ -67,11 +68,19 @@ def engine_arg_fields(args_cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(args_cls) if f.init and not f.name.startswith("_")}
 
 
-def engine_kwargs(config: EngineConfig, valid_fields: Iterable[str]) -> dict[str, Any]:
+def engine_kwargs(
+    config: EngineConfig,
+    valid_fields: Iterable[str],
+    text_config: Mapping[str, Any] | None = None,
+    allow_long: bool | None = None,
+) -> dict[str, Any]:
     """Keyword arguments for ``AsyncEngineArgs`` from the registry's options for one model.
 
     Raises RegistryError (param ``engine_args``) naming any key vLLM does not know, with the
-    sorted list of valid names, or any key that repeats a registry field.
+    sorted list of valid names, or any key that repeats a registry field. With ``text_config``
+    (config.json's language-model part), a ``max_model_len`` past the checkpoint's limit raises
+    MaxModelLenError by vLLM's own rule (engines/context_length.py) before vLLM starts;
+    ``allow_long`` as there (None: VLLM_ALLOW_LONG_MAX_MODEL_LEN from the environment).
     """
     valid = set(valid_fields)
     kwargs: dict[str, Any] = {
@@ -99,6 +108,13 @@ def engine_kwargs(config: EngineConfig, valid_fields: Iterable[str]) -> dict[str
             param="engine_args",
         )
     kwargs.update(config.engine_args)
+    if text_config is not None and config.max_model_len is not None:
+        effective_max_model_len(
+            text_config,
+            config.max_model_len,
+            disable_sliding_window=bool(kwargs.get("disable_sliding_window", False)),
+            allow_long=allow_long,
+        )
     return kwargs
 
 

@@ -1,7 +1,8 @@
 """Preflight: checks that stop a bad checkpoint, environment or placement before any GPU is claimed.
 
     from serve_app.preflight import run_preflight
-    report = run_preflight(registry)       # Report: .ok, .exit_code, .unavailable(), .raise_for_failures()
+    report = run_preflight(registry)       # Report: .ok, .exit_code, .unavailable(), .blocking()
+    render.raise_for_failures(report)      # PreflightFailed with the tables, when the app must not start
 
 Nothing here imports vLLM or Ray; see docs/preflight.md for what each check catches.
 """

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from serve_app.engines.context_length import text_config
 from serve_app.preflight import quant_config
 from serve_app.preflight.quant_config import QuantSettings
 from serve_app.preflight.safetensors_index import TensorIndex, TensorInfo, load_index
@@ -30,6 +31,10 @@ SCALE_PARAMS = (
     "output_scale",
 )
 KV_SCALE_PARAMS = ("k_scale", "v_scale", "output_scale")
+# What vLLM skips with tie_word_embeddings: AutoWeightsLoader(skip_prefixes=["lm_head."]) in
+# vllm/model_executor/models/{llama,qwen2,qwen3}.py; a VL checkpoint's language_model.lm_head.
+# reaches the inner model as lm_head. (hf_to_vllm_mapper in qwen2_5_vl.py).
+TIED_SKIP_PREFIXES = ("lm_head.", "language_model.lm_head.")
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,6 @@ class Geometry:
     layers: int
     vocab: int
     intermediate: int | None
-    max_position: int | None
     tied: bool | None
     dtype: str  # safetensors dtype name of unquantized weights, e.g. "BF16"
 
@@ -73,9 +77,7 @@ class Checkpoint:
 
     @property
     def text_config(self) -> dict[str, Any]:
-        config = self.config or {}
-        text = config.get("text_config")
-        return text if isinstance(text, dict) else config
+        return text_config(self.config or {})
 
     def geometry(self) -> Geometry:
         """Raises KeyError/TypeError/ValueError naming the missing field when config.json lacks one."""
@@ -93,18 +95,19 @@ class Checkpoint:
             layers=int(text["num_hidden_layers"]),
             vocab=int(text["vocab_size"]),
             intermediate=int(text["intermediate_size"]) if text.get("intermediate_size") else None,
-            max_position=int(text["max_position_embeddings"])
-            if text.get("max_position_embeddings")
-            else None,
             tied=bool(tied) if tied is not None else None,
             dtype=TORCH_TO_SAFETENSORS.get(dtype.removeprefix("torch."), dtype.upper()),
         )
 
     def is_tied(self, geometry: Geometry) -> bool:
-        """tie_word_embeddings as vLLM sees it; without the key, a missing lm_head means tied."""
-        if geometry.tied is not None:
-            return geometry.tied
-        return not any(name.endswith("lm_head.weight") for name in self.tensors)
+        """tie_word_embeddings as vLLM reads it: config.json's value, else the config class's default,
+        which is False for every architecture in the rules table (transformers 5's LlamaConfig,
+        Qwen2Config, Qwen3Config, MistralConfig, Qwen2_5_VLConfig, LlavaConfig)."""
+        return bool(geometry.tied)
+
+    def stored_lm_head(self) -> list[str]:
+        """Stored tensors that vLLM's model classes skip when embeddings are tied (TIED_SKIP_PREFIXES)."""
+        return sorted(name for name in self.tensors if name.startswith(TIED_SKIP_PREFIXES))
 
     def modules(self) -> dict[str, dict[str, TensorInfo]]:
         """module name -> {parameter name: tensor}, e.g. 'model.layers.0.mlp.up_proj' -> {'weight': ...}."""

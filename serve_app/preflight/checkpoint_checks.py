@@ -1,11 +1,13 @@
 """Checks 1-4 and 9: config.json, the quantization method, the two configs agreeing, the
-exclusion list as vLLM resolves it, and the shard layout. They read JSON and headers only."""
+exclusion list as vLLM resolves it, and the shard layout; plus max_model_len against the
+checkpoint's limit and a stored lm_head that tied embeddings ignore. They read JSON and headers only."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from serve_app.preflight import rules
+from serve_app.errors import MaxModelLenError
+from serve_app.preflight import layouts, rules
 from serve_app.preflight.gpu import GIB
 from serve_app.preflight.quant_config import CONFIG_JSON, HF_QUANT_JSON
 from serve_app.preflight.report import CheckResult, failed, passed, skipped, warned
@@ -151,6 +153,51 @@ def check_shards(ctx: ModelContext) -> CheckResult:
     if index.notes:
         return warned(name, f"{detail}; {'; '.join(index.notes)}", "remove stray *.safetensors files")
     return passed(name, detail)
+
+
+def check_max_model_len(ctx: ModelContext) -> CheckResult:
+    """The registry's max_model_len against the checkpoint's limit, by vLLM 0.24's rule."""
+    name = "max_model_len"
+    try:
+        length = ctx.context_length()
+    except MaxModelLenError as exc:
+        return failed(name, exc.message, exc.fix)
+    data = {"max_model_len": length.value, "checkpoint_limit": length.derived}
+    if length.beyond_limit:
+        return warned(
+            name,
+            length.describe(),
+            f"positions past {length.derived} were not trained: lower max_model_len unless the model "
+            "was fine-tuned longer",
+            **data,
+        )
+    return passed(name, length.describe(), **data)
+
+
+def check_tied_lm_head(ctx: ModelContext) -> CheckResult:
+    """A stored lm_head that tie_word_embeddings makes vLLM (and the CPU engine) ignore: a warning.
+
+    Not a failure: both engines load the same weights (the embedding), so replicas agree and vLLM
+    serves it without a word. It is worth a warning because the flag may be wrong: a fine-tune
+    that untied lm_head but kept ``tie_word_embeddings: true`` loses its trained lm_head.
+    """
+    name = "tied_lm_head"
+    ckpt = ctx.ckpt
+    tied = ckpt.is_tied(ctx.geometry)
+    stored = ckpt.stored_lm_head()
+    if not tied:
+        return passed(name, "tie_word_embeddings is false: lm_head is loaded from its own tensor")
+    embedding = f"{layouts.text_prefix(ckpt.tensors)}embed_tokens.weight"
+    if not stored:
+        return passed(name, f"tie_word_embeddings is true: lm_head is {embedding}; none stored")
+    return warned(
+        name,
+        f"tie_word_embeddings is true, so vLLM and the CPU engine use {embedding} as lm_head and "
+        f"ignore the stored {', '.join(stored)}",
+        "if the stored lm_head is the trained one, set tie_word_embeddings to false in config.json; "
+        "otherwise delete the lm_head tensors from the checkpoint",
+        ignored=stored,
+    )
 
 
 def _few(names: list[str], limit: int = 3) -> str:

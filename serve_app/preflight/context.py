@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from serve_app.engines.context_length import ContextLength, effective_max_model_len
 from serve_app.engines.selection import Platform, resolve_engine
 from serve_app.preflight import rules
 from serve_app.preflight.checkpoint import Checkpoint, Geometry, is_embedding
@@ -26,10 +27,23 @@ class ModelContext:
     gpu_memory_gib: float | None = None
     notes: dict[str, str] = field(default_factory=dict)
     platform: Platform | None = None  # run_preflight's, shared by every model; else from gpu/env
+    allow_long: bool | None = None  # VLLM_ALLOW_LONG_MAX_MODEL_LEN; None: this process's environment
 
     @cached_property
     def geometry(self) -> Geometry:
         return self.ckpt.geometry()
+
+    def context_length(self) -> ContextLength:
+        """vLLM 0.24's max_model_len for this entry (engines/context_length.py).
+
+        Raises MaxModelLenError when the registry's value is past the checkpoint's limit.
+        """
+        return effective_max_model_len(
+            self.ckpt.text_config,
+            self.spec.max_model_len,
+            disable_sliding_window=bool(self.spec.engine_args.get("disable_sliding_window", False)),
+            allow_long=self.allow_long,
+        )
 
     @property
     def architecture(self) -> str:

@@ -8,10 +8,11 @@ sequence (vLLM refuses to start otherwise) and a fixed headroom; against GPU mem
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from serve_app.engines import selection
+from serve_app.errors import MaxModelLenError
 from serve_app.preflight import rules
 from serve_app.preflight.gpu import GIB, GpuInfo
 from serve_app.preflight.report import CheckResult, failed, passed, skipped, warned
@@ -78,9 +79,17 @@ def estimate(ctx: ModelContext) -> MemoryEstimate:
         weights=ctx.ckpt.index.total_bytes,
         tp=tp,
         kv_per_token=2 * g.layers * kv_heads_per_gpu * g.head_dim * kv_bytes,
-        max_model_len=spec.max_model_len or g.max_position or 2048,
+        max_model_len=_max_model_len(ctx),
         max_num_seqs=spec.max_num_seqs,
     )
+
+
+def _max_model_len(ctx: ModelContext) -> int:
+    """The length vLLM would run with; past the limit, the registry's value (check max_model_len fails)."""
+    try:
+        return ctx.context_length().value
+    except MaxModelLenError:
+        return ctx.spec.max_model_len or 0
 
 
 def check_gpu_capability(ctx: ModelContext) -> CheckResult:
@@ -201,14 +210,6 @@ def gpus_per_replica(spec: ModelSpec, engine: str) -> float:
     return float(spec.tensor_parallel_size) if engine == "vllm" else 0.0
 
 
-def ray_cluster_gpus() -> float | None:
-    """GPUs of the Ray cluster this process is connected to; None when not connected (Ray not imported)."""
-    ray = sys.modules.get("ray")
-    if ray is None or not getattr(ray, "is_initialized", lambda: False)():
-        return None
-    return float(ray.cluster_resources().get("GPU", 0))
-
-
 def check_cluster_fit(
     demands: list[tuple[ModelSpec, str]], gpu: GpuInfo | None, cluster_gpus: float | None
 ) -> CheckResult:
@@ -221,7 +222,7 @@ def check_cluster_fit(
     breakdown = ", ".join(f"{n}: {r} x {p:g}" for n, r, p in parts if r * p)
     if need == 0:
         return passed(name, "no model needs a GPU at min_replicas")
-    available = cluster_gpus if cluster_gpus is not None else ray_cluster_gpus()
+    available = cluster_gpus if cluster_gpus is not None else selection.cluster_gpus()
     source = "Ray cluster"
     if available is None and gpu is not None:
         available, source = float(gpu.count), "this node"

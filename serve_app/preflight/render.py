@@ -1,4 +1,5 @@
-"""Show a Report: one rich table per model (check, status, detail, fix), or JSON."""
+"""Show a Report: one rich table per model (check, status, detail, fix), or JSON, or as the
+PreflightFailed that stops the app (``raise_for_failures``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from serve_app.errors import PreflightFailed
 from serve_app.preflight.report import CheckResult, Report
 
 STYLES = {"pass": "green", "warn": "yellow", "fail": "bold red", "skipped": "dim"}
@@ -58,3 +60,9 @@ def render_text(report: Report, width: int = 160) -> str:
 
 def render_json(report: Report) -> str:
     return json.dumps(report.to_dict(), indent=2)
+
+
+def raise_for_failures(report: Report) -> None:
+    """Raise PreflightFailed with the report's tables when the app must not start (``report.blocking()``)."""
+    if report.blocking():
+        raise PreflightFailed("preflight failed:\n" + render_text(report))

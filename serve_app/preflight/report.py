@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from serve_app.engines.selection import Platform
-from serve_app.errors import PreflightFailed
 
 Status = Literal["pass", "warn", "fail", "skipped"]
 STATUSES: tuple[Status, ...] = ("pass", "warn", "fail", "skipped")
@@ -131,13 +130,6 @@ class Report:
         lines = [f"model {m.model!r}: {m.reason}" for m in self.failed_models() if m.policy == "fail"]
         lines += [f"cluster: check {r.name!r} failed: {r.detail}" for r in self.cluster if r.status == "fail"]
         return lines
-
-    def raise_for_failures(self) -> None:
-        """Raise PreflightFailed with the full report when the app must not start."""
-        if self.blocking():
-            from serve_app.preflight.render import render_text
-
-            raise PreflightFailed("preflight failed:\n" + render_text(self))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from serve_app.preflight import checkpoint_checks as cc
-from serve_app.preflight import environment, placement, tensor_checks, tokenizer_check
+from serve_app.preflight import environment_checks, placement, tensor_checks, tokenizer_check
 from serve_app.preflight.checkpoint import load_checkpoint
 from serve_app.preflight.context import ModelContext, probed_platform
 from serve_app.preflight.environment import EnvInfo, probe_environment
@@ -39,9 +39,11 @@ CHECKS: tuple[tuple[str, Check, tuple[str, ...]], ...] = (
     ("kv_cache_scales", tensor_checks.check_kv_cache_scales, _CHECKPOINT),
     ("tensor_shapes", tensor_checks.check_tensor_shapes, ("config", "shards")),
     ("shards", cc.check_shards, ()),
+    ("tied_lm_head", cc.check_tied_lm_head, ("config", "shards")),
+    ("max_model_len", cc.check_max_model_len, ("config",)),
     ("tokenizer", tokenizer_check.check_tokenizer, ()),
-    ("vllm_environment", environment.check_vllm_environment, ()),
-    ("arch_extras", environment.check_arch_extras, ("config",)),
+    ("vllm_environment", environment_checks.check_vllm_environment, ()),
+    ("arch_extras", environment_checks.check_arch_extras, ("config",)),
     ("gpu_capability", placement.check_gpu_capability, ()),
     ("memory_fit", placement.check_memory_fit, ("config", "shards")),
     ("parallelism", placement.check_parallelism, ("config",)),

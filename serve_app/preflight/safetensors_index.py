@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-INDEX_NAME = "model.safetensors.index.json"
+from serve_app.engines.weight_files import INDEX_NAME, weight_files
+from serve_app.errors import CheckpointLoadError
+
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit the safetensors library itself enforces
 
 DTYPE_BYTES: dict[str, float] = {
@@ -125,42 +127,28 @@ class TensorIndex:
 
 
 def load_index(directory: Path) -> TensorIndex:
-    """Read every header of a checkpoint; use the shard index when there is one."""
-    index_path = directory / INDEX_NAME
-    if index_path.is_file():
-        return _load_sharded(directory, index_path)
-    result = TensorIndex(files=sorted(directory.glob("*.safetensors")))
-    if not result.files:
-        result.problems.append(f"no *.safetensors file in {directory}")
-    for path in result.files:
-        _merge(result, path, listed=None)
-    return result
-
-
-def _load_sharded(directory: Path, index_path: Path) -> TensorIndex:
-    result = TensorIndex(index_path=index_path)
+    """Read every header of the files vLLM would load (engines/weight_files.py decides which)."""
     try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError
-    except (OSError, ValueError, KeyError, TypeError):
-        result.problems.append(f"{INDEX_NAME} is unreadable or has no 'weight_map' object")
+        found = weight_files(directory)
+    except CheckpointLoadError as exc:
+        return TensorIndex(problems=[str(exc)])
+    result = TensorIndex(files=list(found.files), index_path=found.index_path)
+    if found.weight_map is None:
+        for path in found.files:
+            _merge(result, path, listed=None)
         return result
     by_shard: dict[str, set[str]] = {}
-    for name, shard in weight_map.items():
-        by_shard.setdefault(str(shard), set()).add(name)
-    for shard, names in sorted(by_shard.items()):
-        path = directory / shard
-        result.files.append(path)
-        if not path.is_file():
-            result.problems.append(
-                f"shard {shard} is listed in {INDEX_NAME} ({len(names)} tensors) but missing"
-            )
-            continue
-        _merge(result, path, listed=names)
-    unlisted = sorted({p.name for p in directory.glob("*.safetensors")} - set(by_shard))
-    if unlisted:
-        result.notes.append(f"{', '.join(unlisted)} not in {INDEX_NAME}; vLLM ignores them")
+    for name, shard in found.weight_map.items():
+        by_shard.setdefault(shard, set()).add(name)
+    for shard in found.missing:
+        result.problems.append(
+            f"shard {shard} is listed in {INDEX_NAME} ({len(by_shard[shard])} tensors) but missing"
+        )
+    for path in found.files:
+        _merge(result, path, listed=by_shard[path.name])
+    if found.unlisted:
+        unlisted = ", ".join(p.name for p in found.unlisted)
+        result.notes.append(f"{unlisted} not in {INDEX_NAME}; vLLM ignores them")
     return result
 
 

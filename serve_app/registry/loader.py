@@ -6,7 +6,6 @@ field, and saying what is allowed.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -129,20 +128,3 @@ def _fields_at(path: list[Any], top: bool) -> list[str]:
         else:
             break
     return list(model.model_fields)
-
-
-def config_path_from_argv(argv: list[str] | None = None) -> Path | None:
-    """The config file ``serve run``/``serve deploy`` was given, if it names our app.
-
-    build_app only receives ``args``; this lets relative checkpoint paths resolve against the
-    YAML's folder, as users expect, when they run ``serve run path/to/models.yaml``.
-    """
-    for arg in argv if argv is not None else sys.argv:
-        if arg.endswith((".yaml", ".yml")) and Path(arg).is_file():
-            try:
-                text = Path(arg).read_text()
-            except OSError:
-                continue
-            if IMPORT_PATH in text:
-                return Path(arg).resolve()
-    return None

@@ -25,7 +25,6 @@ from serve_app.errors import (
     EngineDeadError,
     EngineError,
     ModelNotFoundError,
-    OverloadedError,
     RequestError,
     RequestTooLargeError,
     unwrap,
@@ -47,7 +46,6 @@ ERROR_TABLE: list[tuple[type[BaseException], ErrorKind]] = [
     (RequestTooLargeError, ErrorKind(413, "RequestTooLargeError", "request_too_large")),
     (ContextLengthError, ErrorKind(400, "BadRequestError", "context_length_exceeded")),
     (RequestError, ErrorKind(400, "BadRequestError", "invalid_request")),
-    (OverloadedError, ErrorKind(503, "ServiceUnavailableError", "overloaded")),
     (BackPressureError, ErrorKind(503, "ServiceUnavailableError", "overloaded")),
     (EngineDeadError, ErrorKind(503, "ServiceUnavailableError", "engine_dead")),
     (RayActorError, ErrorKind(503, "ServiceUnavailableError", "replica_unavailable")),
@@ -100,8 +98,7 @@ def error_response(error: BaseException) -> JSONResponse:
     request_id = uuid.uuid4().hex
     headers = {}
     if kind.status == 503:
-        retry = getattr(error, "retry_after_s", None) or RETRY_AFTER_S
-        headers["Retry-After"] = str(max(1, round(retry)))
+        headers["Retry-After"] = str(RETRY_AFTER_S)
         logger.warning("request %s answered %d (%s): %s", request_id, kind.status, kind.code, error)
     else:
         logger.error("request %s failed (%s)", request_id, kind.code, exc_info=error)

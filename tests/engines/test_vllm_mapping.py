@@ -32,7 +32,7 @@ from serve_app.engines.vllm_mapping import (
     to_delta,
     token_logprob,
 )
-from serve_app.errors import EngineGenerateError, InvalidRequestError, RegistryError
+from serve_app.errors import EngineGenerateError, InvalidRequestError, MaxModelLenError, RegistryError
 
 
 @dataclass
@@ -185,6 +185,22 @@ def test_engine_kwargs_leaves_unset_limits_to_vllm():
     kwargs = engine_kwargs(make_config(), VALID)
     assert "max_model_len" not in kwargs
     assert "max_num_seqs" not in kwargs  # vLLM picks it by usage context and GPU
+
+
+def test_engine_kwargs_refuse_a_max_model_len_past_the_checkpoint_by_vllms_rule():
+    text_config = {"max_position_embeddings": 2048, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}
+    assert engine_kwargs(make_config(max_model_len=4096), VALID, text_config)["max_model_len"] == 4096
+    with pytest.raises(MaxModelLenError) as caught:
+        engine_kwargs(make_config(max_model_len=4097), VALID, text_config, allow_long=False)
+    assert str(caught.value) == (
+        "max_model_len 4097 is greater than the 4096 tokens this checkpoint supports "
+        "(max_position_embeddings x RoPE factor 2 in config.json); vLLM refuses to start; set max_model_len "
+        "to 4096 or less, or set VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 where the replicas run (RoPE positions past "
+        "4096 give NaN; learned positions fail out of bounds)"
+    )
+    allowed = engine_kwargs(make_config(max_model_len=4097), VALID, text_config, allow_long=True)
+    assert allowed["max_model_len"] == 4097  # vLLM warns and runs it
+    assert "max_model_len" not in engine_kwargs(make_config(), VALID, text_config)  # vLLM derives it
 
 
 def test_engine_kwargs_passes_engine_args_through():

@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
+from serve_app.engines.selection import cluster_gpus
 from serve_app.preflight import GpuInfo, preflight_model, run_preflight, spec_for_checkpoint
 from serve_app.preflight.gpu import parse_nvidia_smi, probe_gpu
-from serve_app.preflight.placement import HEADROOM_BYTES, ray_cluster_gpus
+from serve_app.preflight.placement import HEADROOM_BYTES
 from tests.preflight.conftest import A100, GIB, GOOD_ENV, H100, NO_VLLM, check, edit_tensors, failures
 
 GPU_CHECKS = ("gpu_capability", "memory_fit", "parallelism", "vllm_environment", "arch_extras")
@@ -124,7 +125,7 @@ def test_cluster_fit_without_gpus(qwen2_checkpoint):
 
 def test_ray_cluster_is_only_asked_when_connected(monkeypatch):
     monkeypatch.delitem(sys.modules, "ray", raising=False)
-    assert ray_cluster_gpus() is None
+    assert cluster_gpus() is None
 
 
 # --- the GPU probe ----------------------------------------------------------------------------

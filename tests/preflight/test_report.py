@@ -8,7 +8,7 @@ import pytest
 
 from serve_app.errors import PreflightFailed
 from serve_app.preflight import run_preflight, spec_for_checkpoint
-from serve_app.preflight.render import render_text
+from serve_app.preflight.render import raise_for_failures, render_text
 from tests.preflight.conftest import GOOD_ENV, H100, edit_tensors
 
 MISSING = "model.layers.0.mlp.gate_proj.weight_scale"
@@ -35,7 +35,7 @@ def test_skip_policy_leaves_the_model_out_with_its_reason(models):
         "bad": f"preflight check 'quantized_tensors' failed: {MISSING} is missing"
     }
     assert [m.model for m in report.models if m.ok] == ["good"]
-    report.raise_for_failures()  # nothing blocks
+    raise_for_failures(report)  # nothing blocks
 
 
 def test_fail_policy_stops_the_app_with_the_report(models):
@@ -45,7 +45,7 @@ def test_fail_policy_stops_the_app_with_the_report(models):
         f"model 'bad': preflight check 'quantized_tensors' failed: {MISSING} is missing"
     ]
     with pytest.raises(PreflightFailed) as caught:
-        report.raise_for_failures()
+        raise_for_failures(report)
     message = str(caught.value)
     assert message.startswith("preflight failed:\n")
     assert "bad: FAILED (on_preflight_failure: fail)" in message and "quantized_tensors" in message

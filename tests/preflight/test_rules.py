@@ -11,7 +11,7 @@ from tests.preflight.conftest import GOOD_ENV, check, edit_json, failures
 
 LLAMA_PACKS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 G = Geometry(hidden=64, heads=4, kv_heads=2, head_dim=16, layers=1, vocab=128, intermediate=128,
-             max_position=2048, tied=False, dtype="BF16")  # fmt: skip
+             tied=False, dtype="BF16")  # fmt: skip
 
 
 def relabel(ckpt, architecture: str) -> None:

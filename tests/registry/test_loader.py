@@ -10,7 +10,6 @@ import yaml
 
 from serve_app.errors import RegistryError
 from serve_app.registry import load_registry
-from serve_app.registry.loader import config_path_from_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -140,9 +139,3 @@ def test_committed_models_yaml_is_a_valid_registry_of_two_architectures():
     registry = parse_registry(app["args"], base_dir=ROOT, check_paths=False)
     paths = {m.checkpoint.name for m in registry.models}
     assert paths == {"qwen2-small", "llama-small"}
-
-
-def test_config_path_is_found_on_the_serve_run_command_line(tmp_path, ckpt_dir):
-    path = write(tmp_path, [{"name": "a", "checkpoint": "ck"}])
-    assert config_path_from_argv(["serve", "run", str(path)]) == path.resolve()
-    assert config_path_from_argv(["serve", "run", "serve_app.app:build_app"]) is None

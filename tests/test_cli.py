@@ -1,0 +1,49 @@
+"""``python -m serve_app``: the same commands and exit codes as before it used argparse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serve_app.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_no_command_is_a_usage_error(capsys):
+    assert main([]) == 2
+    assert "{preflight,validate}" in capsys.readouterr().err
+
+
+def test_help_exits_0(capsys):
+    assert main(["--help"]) == 0
+    assert "validate" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["serve"], ["validate"], ["validate", "a.yaml", "b.yaml"]])
+def test_unknown_command_or_wrong_arguments_exit_2(argv, capsys):
+    assert main(argv) == 2
+    assert "usage: python -m serve_app" in capsys.readouterr().err
+
+
+def test_validate_lists_the_models(tmp_path, qwen2_checkpoint, capsys):
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "applications:\n  - name: llm\n    import_path: serve_app.app:build_app\n    args:\n"
+        f"      models:\n        - name: m\n          checkpoint: {qwen2_checkpoint}\n"
+    )
+    assert main(["validate", str(path)]) == 0
+    assert capsys.readouterr().out == f"m: {qwen2_checkpoint} (engine auto)\n"
+
+
+def test_validate_reports_a_bad_file_with_exit_2(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_preflight_passes_its_arguments_through(capsys):
+    assert main(["preflight", "--help"]) == 0
+    assert "--checkpoint DIR" in capsys.readouterr().out
+    assert main(["preflight"]) == 2
+    assert "give a registry file or --checkpoint DIR" in capsys.readouterr().err
