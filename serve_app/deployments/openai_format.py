@@ -14,6 +14,7 @@ from typing import Any
 
 from serve_app.deployments.logprobs import CompletionLogprobs, Position, TokenStrings, chat_logprobs
 from serve_app.deployments.requests import InferenceRequest
+from serve_app.deployments.tool_parsers import ToolCall, new_call_id
 
 DONE = "data: [DONE]\n\n"
 
@@ -24,12 +25,15 @@ def _dumps(value: Any) -> str:
 
 @dataclass
 class ChoiceResult:
-    """One finished choice of a non-streamed response. ``positions`` is None without logprobs."""
+    """One finished choice of a non-streamed response. ``positions`` is None without logprobs.
+
+    ``tool_calls`` (chat with tools): the parsed calls; ``text`` is then the content or None."""
 
     index: int
-    text: str
+    text: str | None
     finish_reason: str | None
     positions: list[Position] | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ResponseFormatter:
@@ -81,6 +85,30 @@ class ResponseFormatter:
             return f'{self._choice_head(index)}"delta":{_dumps(delta)}{tail}'
         return f'{self._choice_head(index)}"text":{_dumps(text)}{tail}'
 
+    def tool_chunk(
+        self,
+        content: str,
+        tool_calls: list[dict[str, Any]],
+        finish_reason: str | None,
+        index: int = 0,
+        positions: list[Position] | None = None,
+    ) -> str:
+        """A chat chunk of a request with tools: ``delta.content`` and/or ``delta.tool_calls``
+        (pieces from tool_parsers.CallStream). Empty string when there is nothing to send."""
+        delta: dict[str, Any] = {}
+        if content:
+            delta["content"] = content
+        if tool_calls:
+            delta["tool_calls"] = tool_calls
+        if index not in self._sent_role:
+            delta = {"role": "assistant", **delta}
+            self._sent_role.add(index)
+        elif not delta and finish_reason is None and not positions:
+            return ""
+        logprobs = "null" if positions is None else _dumps(self._logprobs(index, positions))
+        tail = f',"logprobs":{logprobs},"finish_reason":{_dumps(finish_reason)}}}]}}\n\n'
+        return f'{self._choice_head(index)}"delta":{_dumps(delta)}{tail}'
+
     def _logprobs(self, index: int, positions: list[Position]) -> dict[str, Any]:
         if self.strings is None:
             raise ValueError("logprobs need the formatter's token strings")
@@ -112,7 +140,7 @@ class ResponseFormatter:
                 rendered.append(
                     {
                         "index": choice.index,
-                        "message": {"role": "assistant", "content": choice.text},
+                        "message": _message(choice),
                         "logprobs": logprobs,
                         "finish_reason": choice.finish_reason,
                     }
@@ -134,3 +162,17 @@ class ResponseFormatter:
             "choices": rendered,
             "usage": self.usage(completion_tokens),
         }
+
+
+def _message(choice: ChoiceResult) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": choice.text}
+    if choice.tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": new_call_id(),
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in choice.tool_calls
+        ]
+    return message
