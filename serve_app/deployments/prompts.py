@@ -62,6 +62,7 @@ class RequestTemplates:
             request.chat_template_kwargs,
             special_tokens,
             self.model_name,
+            request.tools,
         )
         try:
             return await self.pool.call(

@@ -415,7 +415,8 @@ class ChatCompletionRequest(_SamplingFields):
 
     def _structured(self) -> StructuredOutput | None:
         if self.tools and self.tool_choice is not None:
-            constraint = tool_structured(self.tools, self.tool_choice)
+            parallel = self.parallel_tool_calls is not False
+            constraint = tool_structured(self.tools, self.tool_choice, parallel)
             if constraint is not None:
                 return constraint
         return super()._structured()

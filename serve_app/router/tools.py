@@ -116,8 +116,12 @@ def _describe(choice: ToolChoice) -> str:
     return f"function {choice.function.name!r}" if isinstance(choice, NamedToolChoice) else repr(choice)
 
 
-def tool_structured(tools: list[Tool], choice: ToolChoice) -> StructuredOutput | None:
-    """The JSON-schema constraint for ``required`` or a named function; None otherwise."""
+def tool_structured(tools: list[Tool], choice: ToolChoice, parallel: bool = True) -> StructuredOutput | None:
+    """The JSON-schema constraint for ``required`` or a named function; None otherwise.
+
+    ``parallel`` False (``parallel_tool_calls: false``) adds ``"maxItems": 1`` to the required
+    array: vLLM 0.24 decodes the open-ended array and keeps the first call afterwards, so a
+    model that keeps adding calls runs into max_tokens and its one call is lost with the rest."""
     if isinstance(choice, NamedToolChoice):
         tool = next(t for t in tools if t.function.name == choice.function.name)
         return StructuredOutput("json", json.dumps(tool.function.parameters or EMPTY_PARAMETERS))
@@ -143,6 +147,8 @@ def tool_structured(tools: list[Tool], choice: ToolChoice) -> StructuredOutput |
             }
         )
     schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"type": "object", "anyOf": items}}
+    if not parallel:
+        schema["maxItems"] = 1
     if defs:
         schema["$defs"] = defs
     return StructuredOutput("json", json.dumps(schema))
