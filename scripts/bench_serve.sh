@@ -125,7 +125,8 @@ run_bare() {
   phase_done bare && { log "bare: all results exist; skipped"; return 0; }
   start_bg "vllm serve" "$RESULTS/bare-server.log" env VLLM_CACHE_ROOT="$COMPILE_CACHE" \
     "$PY" -m vllm.entrypoints.cli.main serve "$CKPT" --quantization modelopt \
-    --served-model-name "$MODEL" --host 127.0.0.1 --port "$BARE_PORT"
+    --served-model-name "$MODEL" --host 127.0.0.1 --port "$BARE_PORT" \
+    --enable-auto-tool-choice --tool-call-parser "${TOOL_CALL_PARSER:-hermes}"
   local pid=$BG_PID start=$SECONDS
   trap 'stop_bg "vllm serve" '"$pid"' 30' EXIT
   wait_http "vllm serve" "http://127.0.0.1:$BARE_PORT/health" "$pid" "$RESULTS/bare-server.log" "$READY_TIMEOUT"

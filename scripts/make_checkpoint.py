@@ -4,7 +4,8 @@
 Uses the real nvidia-modelopt: ``mtq.quantize(model, mtq.FP8_DEFAULT_CFG, calibrate)`` then
 ``export_hf_checkpoint(model, dtype=torch.bfloat16, export_dir=...)`` (without ``dtype`` the
 export fails under transformers 5). Adds a byte-level BPE tokenizer with a chat template whose
-vocabulary is no larger than the model's. Nothing is downloaded.
+vocabulary is no larger than the model's; the chat template has tool support in the family's
+format (Qwen2.5's for qwen2, Llama 3.1's for llama). Nothing is downloaded.
 
     python scripts/make_checkpoint.py --arch qwen2 --size tiny --out checkpoints/qwen2-tiny
     python scripts/make_checkpoint.py --arch qwen2 --size 3b --out /tmp/ck/qwen2.5-3b --device cuda
@@ -67,10 +68,68 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "llama": ("LlamaConfig", "LlamaForCausalLM"),
 }
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+# Chat templates. Without tools both render every message as <|im_start|>role\ncontent<|im_end|>\n
+# (ChatML; the only special tokens this tokenizer has). With tools, each follows its family:
+# Qwen2.5's template (its tokenizer_config.json): a system block listing the tools in <tools>, calls
+# written <tool_call>{"name", "arguments"}</tool_call>, results as <tool_response> in a user turn
+# (vLLM's `hermes` parser). Llama 3.1's (tools_in_user_message): the tools as JSON before the first
+# user message, calls as {"name", "parameters"} JSON, results in an `ipython` turn (`llama3_json`).
+_PLAIN = "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+_GENERATION = "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+QWEN_TOOLS_PROMPT = (
+    "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+    "{% for tool in tools %}\n{{ tool | tojson }}{% endfor %}"
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+    "within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n'
 )
+QWEN2_CHAT_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n{% if messages[0]['role'] == 'system' %}"
+    "{{ messages[0]['content'] }}{% else %}"
+    "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.{% endif %}"
+    + QWEN_TOOLS_PROMPT
+    + "{% endif %}{% for message in messages %}"
+    "{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'assistant' and message['tool_calls'] %}<|im_start|>assistant"
+    "{% if message['content'] %}\n{{ message['content'] }}{% endif %}"
+    "{% for call in message['tool_calls'] %}\n<tool_call>\n"
+    '{"name": "{{ call[\'function\'][\'name\'] }}", "arguments": '
+    "{{ call['function']['arguments'] | tojson }}}\n</tool_call>{% endfor %}<|im_end|>\n"
+    "{% elif message['role'] == 'tool' %}"
+    "{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}<|im_start|>user{% endif %}"
+    "\n<tool_response>\n{{ message['content'] }}\n</tool_response>"
+    "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}<|im_end|>\n{% endif %}"
+    "{% else %}" + _PLAIN + "{% endif %}{% endfor %}" + _GENERATION
+)
+LLAMA_TOOLS_PROMPT = (
+    "Given the following functions, please respond with a JSON for a function call with its proper "
+    "arguments that best answers the given prompt.\n\nRespond in the format "
+    '{"name": function name, "parameters": dictionary of argument name and its value}.'
+    "Do not use variables.\n\n{% for tool in tools %}{{ tool | tojson }}\n\n{% endfor %}"
+)
+LLAMA_CHAT_TEMPLATE = (
+    "{% set ns = namespace(tools_shown=false) %}{% for message in messages %}"
+    "{% if message['role'] == 'assistant' and message['tool_calls'] %}<|im_start|>assistant\n"
+    "{% for call in message['tool_calls'] %}{% if not loop.first %}; {% endif %}"
+    '{"name": "{{ call[\'function\'][\'name\'] }}", "parameters": '
+    "{{ call['function']['arguments'] | tojson }}}{% endfor %}<|im_end|>\n"
+    "{% elif message['role'] == 'tool' %}<|im_start|>ipython\n{{ message['content'] }}<|im_end|>\n"
+    "{% elif tools and message['role'] == 'user' and not ns.tools_shown %}"
+    "{% set ns.tools_shown = true %}<|im_start|>user\n"
+    + LLAMA_TOOLS_PROMPT
+    + "{{ message['content'] }}<|im_end|>\n"
+    "{% else %}" + _PLAIN + "{% endif %}{% endfor %}" + _GENERATION
+)
+
+
+def _keep_newlines(template: str) -> str:
+    """transformers renders with trim_blocks, which drops a newline right after a block tag."""
+    return template.replace("%}\n", "%}{{ '\\n' }}")
+
+
+CHAT_TEMPLATES = {"qwen2": _keep_newlines(QWEN2_CHAT_TEMPLATE), "llama": _keep_newlines(LLAMA_CHAT_TEMPLATE)}
+CHAT_TEMPLATE = CHAT_TEMPLATES["qwen2"]  # the default (scripts that build a tokenizer alone)
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 TRAINING_TEXT = [
@@ -83,7 +142,7 @@ TRAINING_TEXT = [
 ]
 
 
-def build_tokenizer(vocab_size: int) -> Any:
+def build_tokenizer(vocab_size: int, chat_template: str = CHAT_TEMPLATE) -> Any:
     """A byte-level BPE tokenizer trained in memory, with a chat template and special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -106,7 +165,7 @@ def build_tokenizer(vocab_size: int) -> Any:
         bos_token=None,
         unk_token=None,
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chat_template
     if len(fast) > vocab_size:
         raise ValueError(f"tokenizer has {len(fast)} tokens, more than the model's vocab {vocab_size}")
     return fast
@@ -159,7 +218,7 @@ def make_checkpoint(
     geometry = dict(SIZES[size])
     geometry.update({k: v for k, v in (overrides or {}).items() if k in geometry})
     extra = {k: v for k, v in (overrides or {}).items() if k not in geometry}
-    tokenizer = build_tokenizer(geometry["vocab_size"])
+    tokenizer = build_tokenizer(geometry["vocab_size"], CHAT_TEMPLATES[arch])
     if size in ("tiny", "small") and "vocab_size" not in (overrides or {}):
         # Every id the random model can emit then decodes to text, so demo answers are not empty.
         geometry["vocab_size"] = len(tokenizer)

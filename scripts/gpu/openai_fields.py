@@ -18,7 +18,10 @@ The checks hold for any weights, random ones included: sampling is compared with
 reproduces, ``top_k=1`` and ``min_p=1`` equal greedy), and tokens are forced with ``logit_bias``
 where a check needs a known token. Structured outputs need the constrained text to close within
 ``--json-max-tokens``; a random-weight model that keeps emitting whitespace fails that check
-with a message that says so.
+with a message that says so. The ``tools`` checks need ``vllm serve --enable-auto-tool-choice
+--tool-call-parser <name>`` (the two-turn check uses ``tool_choice: "auto"``); ``required`` and a
+named function compare streamed and non-streamed arguments as JSON values, since bare vLLM
+re-serialises ``required`` arguments with ``json.dumps``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,22 @@ SCHEMA = {
     "required": ["ok", "colour"],
     "additionalProperties": False,
 }
+TOOL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "enum": ["Paris", "Oslo", "Lima"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+    },
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {"name": "get_weather", "description": "Weather forecast", "parameters": TOOL_SCHEMA},
+    }
+]
+TOOL_MESSAGES = [{"role": "user", "content": "What is the weather in Paris for the next 2 days?"}]
 # Single tokens that are special in common tokenizers (Qwen2, Llama 3, Llama 2 / Mistral).
 SPECIAL_CANDIDATES = ("<|im_start|>", "<|endoftext|>", "<|begin_of_text|>", "<s>")
 
@@ -521,6 +540,72 @@ class Fields:
         jsonschema.validate(streamed_value, SCHEMA)
         return f"valid against the schema: {value}"
 
+    # -- tool calls --
+
+    def tool_kwargs(self, tool_choice: Any) -> dict[str, Any]:
+        return dict(
+            model=self.model,
+            messages=TOOL_MESSAGES,
+            tools=TOOLS,
+            tool_choice=tool_choice,
+            parallel_tool_calls=False,
+            temperature=1.0,
+            seed=3,
+            max_tokens=self.json_max_tokens,
+        )
+
+    def tool_choice_checked(self, tool_choice: Any, finish: str) -> str:
+        """Non-streamed and streamed: one schema-valid call, the same value both ways."""
+        import jsonschema
+
+        kwargs = self.tool_kwargs(tool_choice)
+        calls, reason = tool_calls_of(self.client, False, **kwargs)
+        expect(reason == finish, f"finish_reason {reason}, not {finish}")
+        expect(len(calls) == 1 and calls[0][0] == "get_weather", f"calls {calls}")
+        jsonschema.validate(json.loads(calls[0][1]), TOOL_SCHEMA)
+        streamed, reason = tool_calls_of(self.client, True, **kwargs)
+        expect(reason == finish, f"streamed finish_reason {reason}, not {finish}")
+        expect(len(streamed) == 1, f"streamed calls {streamed}")
+        expect(json.loads(streamed[0][1]) == json.loads(calls[0][1]), f"streamed {streamed} != {calls}")
+        same = "identical text" if streamed[0][1] == calls[0][1] else "same value, different text"
+        return f"{calls[0][1]} (streamed pieces: {same})"
+
+    def tools_required(self) -> str:
+        return self.tool_choice_checked("required", "tool_calls")
+
+    def tools_named(self) -> str:
+        return self.tool_choice_checked({"type": "function", "function": {"name": "get_weather"}}, "stop")
+
+    def tools_two_turns(self) -> str:
+        """Call (required), the tool's result, then the answer under auto (text or another call)."""
+        first = chat(self.client, **self.tool_kwargs("required")).choices[0].message
+        expect(bool(first.tool_calls), "no call in the first turn")
+        call = first.tool_calls[0]
+        messages = [
+            *TOOL_MESSAGES,
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.function.name, "arguments": call.function.arguments},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"},
+        ]
+        kwargs = dict(model=self.model, messages=messages, tools=TOOLS, seed=3, max_tokens=self.max_tokens)
+        answer = chat(self.client, **kwargs).choices[0]
+        streamed = chat_stream(self.client, **kwargs)
+        expect(bool(streamed), "no chunks")
+        expect(
+            bool(answer.message.content) or bool(answer.message.tool_calls),
+            "the answer has neither content nor tool calls",
+        )
+        return f"answer finish_reason {answer.finish_reason}: {(answer.message.content or '')[:40]!r}"
+
     def structured_reply(self, choice: Any) -> Any:
         text = choice.message.content or ""
         expect(
@@ -530,6 +615,26 @@ class Fields:
             "(a random-weight model? raise --json-max-tokens)",
         )
         return json.loads(text)
+
+
+def tool_calls_of(client: Any, stream: bool, **kwargs: Any) -> tuple[list[tuple[str, str]], str | None]:
+    """([(name, arguments)], finish_reason) of choice 0, streamed pieces joined by index."""
+    if not stream:
+        choice = chat(client, **kwargs).choices[0]
+        calls = choice.message.tool_calls or []
+        expect(all(c.id and c.type == "function" for c in calls), "a tool call without id or type")
+        return [(c.function.name, c.function.arguments) for c in calls], choice.finish_reason
+    joined: dict[int, list[str]] = {}
+    finish = None
+    for chunk in chat_stream(client, **kwargs):
+        for choice in chunk.choices:
+            for piece in choice.delta.tool_calls or []:
+                if piece.index not in joined:
+                    expect(bool(piece.id and piece.function and piece.function.name), "first piece unnamed")
+                    joined[piece.index] = [piece.function.name, ""]
+                joined[piece.index][1] += (piece.function and piece.function.arguments) or ""
+            finish = choice.finish_reason or finish
+    return [(name, args) for name, args in (joined[i] for i in sorted(joined))], finish
 
 
 def check_top(chosen_logprob: float, top: list[tuple[Any, float]], k: int) -> None:
@@ -574,6 +679,9 @@ CHECKS = (
     ("sampling.skip_special_tokens", "skip_special_tokens"),
     ("response_format.json_object", "json_object"),
     ("response_format.json_schema", "json_schema"),
+    ("tools.required", "tools_required"),
+    ("tools.named", "tools_named"),
+    ("tools.two_turns", "tools_two_turns"),
 )
 
 

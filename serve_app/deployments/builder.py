@@ -80,4 +80,10 @@ def bind_model(planned: PlannedModel) -> Application:
         allow_request_chat_template=planned.spec.allow_request_chat_template,
         chat_template_timeout_s=planned.spec.chat_template_timeout_s,
     )
-    return deployment.bind(engine_class(planned.engine), engine_config(planned.spec), interval_s, policy)
+    return deployment.bind(
+        engine_class(planned.engine),
+        engine_config(planned.spec),
+        interval_s,
+        policy,
+        planned.spec.tool_call_parser,
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -24,8 +25,10 @@ from serve_app.deployments.openai_format import DONE, ChoiceResult, ResponseForm
 from serve_app.deployments.pacing import paced
 from serve_app.deployments.prompts import PromptRenderer, TemplatePolicy
 from serve_app.deployments.requests import InferenceRequest
+from serve_app.deployments.tool_parsers import call_stream, parse_choice, stream_finish_reason
 from serve_app.engines.protocol import Engine, EngineConfig, GenerationDelta, GenerationRequest
 from serve_app.errors import EngineDeadError, InvalidRequestError
+from serve_app.registry.tool_call_parsers import default_parser
 
 logger = logging.getLogger("ray.serve")
 
@@ -41,6 +44,7 @@ class ModelServer:
         config: EngineConfig,
         stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S,
         template_policy: TemplatePolicy | None = None,
+        tool_call_parser: str | None = None,
     ) -> None:
         started = time.perf_counter()
         self.config = config
@@ -55,6 +59,8 @@ class ModelServer:
         )
         if self.prompts.request_templates is not None:
             await self.prompts.request_templates.pool.start()
+        # models.yaml's tool_call_parser, else the architecture's row (registry/tool_call_parsers.py)
+        self.tool_call_parser = tool_call_parser or default_parser(_checkpoint_config(config))
         self.start_seconds = time.perf_counter() - started
         logger.info("model %s ready in %.1f s", config.model_name, self.start_seconds)
 
@@ -69,7 +75,14 @@ class ModelServer:
             for task in tasks:
                 task.cancel()
         completion_tokens = sum(tokens for _, tokens in results)
-        return formatter.full_response([result for result, _ in results], completion_tokens)
+        choice_results = [result for result, _ in results]
+        if request.tool_choice != "none":
+            for result in choice_results:
+                text, reason = result.text or "", result.finish_reason or "stop"
+                result.text, result.tool_calls, result.finish_reason = parse_choice(
+                    text, reason, request, self.tool_call_parser
+                )
+        return formatter.full_response(choice_results, completion_tokens)
 
     async def _collect(self, choice: Choice, request: InferenceRequest) -> tuple[ChoiceResult, int]:
         """Run one choice to its end: (its result, its completion tokens)."""
@@ -90,7 +103,10 @@ class ModelServer:
             text = choice.echo_text + text
             if positions is not None:
                 positions = choice.echo_positions() + positions
-        return ChoiceResult(choice.index, text, finish_reason, positions, choice.prompt_logprobs), tokens
+        result = ChoiceResult(
+            choice.index, text, finish_reason, positions, prompt_logprobs=choice.prompt_logprobs
+        )
+        return result, tokens
 
     async def stream(self, request: InferenceRequest) -> AsyncIterator[str]:
         """SSE text for the whole response, ending in ``data: [DONE]``.
@@ -104,6 +120,8 @@ class ModelServer:
         ]
         tokens = [0] * len(choices)
         unfinished = len(choices)
+        tools = request.tool_choice != "none"
+        calls = [call_stream(request, self.tool_call_parser) for _ in choices] if tools else None
         merged = fan_in(streams) if len(streams) > 1 else _single(streams[0])
         async with contextlib.aclosing(merged):
             async for index, delta in merged:
@@ -113,7 +131,13 @@ class ModelServer:
                 if request.echo_only and finish is None:
                     continue  # wait for the scoring token's end; nothing of it is output
                 text, shown_finish, positions = choice.chunk_parts(delta, request)
-                out = formatter.chunk(text, shown_finish, choice.index, positions)
+                if calls is None:  # the plain hot path
+                    out = formatter.chunk(text, shown_finish, choice.index, positions)
+                else:
+                    content, pieces = calls[index].feed(text, final=finish is not None)
+                    if shown_finish is not None:
+                        shown_finish = stream_finish_reason(calls[index], request, shown_finish)
+                    out = formatter.tool_chunk(content, pieces, shown_finish, choice.index, positions)
                 if finish is not None:
                     tokens[index] = 0 if request.echo_only else delta.completion_tokens
                     unfinished -= 1
@@ -121,7 +145,8 @@ class ModelServer:
                         if request.include_usage:
                             out += formatter.usage_chunk(sum(tokens))
                         out += DONE
-                yield out
+                if out:
+                    yield out
 
     async def _generate(self, generation: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         """The engine's stream, timing its first output (``engine_first_output`` in /readyz).
@@ -148,6 +173,13 @@ class ModelServer:
         # Tokenizing a long prompt takes milliseconds; on this event loop it would hold up every
         # other stream's output (vLLM's output handler runs here). One thread: a Hugging Face fast
         # tokenizer is not safe to call from several threads at once ("Already borrowed").
+        if request.tool_choice == "auto" and self.tool_call_parser is None:
+            raise InvalidRequestError(
+                f"model {self.config.model_name!r} has no tool-call parser for its architecture, so "
+                'tool_choice "auto" cannot find calls in its output; set tool_call_parser in its '
+                'models.yaml entry, or use tool_choice "required" or a named function',
+                param="tool_choice",
+            )
         if request.received_at:
             self.latencies.add("router_to_replica", time.time() - request.received_at)
         started = time.perf_counter()
@@ -247,6 +279,12 @@ def _start_info(engine: Engine) -> dict[str, Any] | None:
     """Cold/warm start facts an engine reports (the vLLM engine's compile cache), if any."""
     info = getattr(engine, "start_info", None)
     return info.as_dict() if info is not None else None
+
+
+def _checkpoint_config(config: EngineConfig) -> dict[str, Any]:
+    """The checkpoint's config.json (architectures, model_type); {} when it has none."""
+    path = config.checkpoint / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _load_tokenizer(config: EngineConfig) -> Any:

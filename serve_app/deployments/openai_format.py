@@ -20,6 +20,7 @@ from serve_app.deployments.logprobs import (
     vllm_prompt_logprobs,
 )
 from serve_app.deployments.requests import InferenceRequest
+from serve_app.deployments.tool_parsers import ToolCall, new_call_id
 from serve_app.engines.protocol import TokenLogprob
 
 DONE = "data: [DONE]\n\n"
@@ -31,12 +32,15 @@ def _dumps(value: Any) -> str:
 
 @dataclass
 class ChoiceResult:
-    """One finished choice of a non-streamed response. ``positions`` is None without logprobs."""
+    """One finished choice of a non-streamed response. ``positions`` is None without logprobs.
+
+    ``tool_calls`` (chat with tools): the parsed calls; ``text`` is then the content or None."""
 
     index: int
-    text: str
+    text: str | None
     finish_reason: str | None
     positions: list[Position] | None = None
+    tool_calls: list[ToolCall] | None = None
     prompt_logprobs: list[TokenLogprob | None] | None = None  # vLLM's field, when asked for
 
 
@@ -89,6 +93,30 @@ class ResponseFormatter:
             return f'{self._choice_head(index)}"delta":{_dumps(delta)}{tail}'
         return f'{self._choice_head(index)}"text":{_dumps(text)}{tail}'
 
+    def tool_chunk(
+        self,
+        content: str,
+        tool_calls: list[dict[str, Any]],
+        finish_reason: str | None,
+        index: int = 0,
+        positions: list[Position] | None = None,
+    ) -> str:
+        """A chat chunk of a request with tools: ``delta.content`` and/or ``delta.tool_calls``
+        (pieces from tool_parsers.CallStream). Empty string when there is nothing to send."""
+        delta: dict[str, Any] = {}
+        if content:
+            delta["content"] = content
+        if tool_calls:
+            delta["tool_calls"] = tool_calls
+        if index not in self._sent_role:
+            delta = {"role": "assistant", **delta}
+            self._sent_role.add(index)
+        elif not delta and finish_reason is None and not positions:
+            return ""
+        logprobs = "null" if positions is None else _dumps(self._logprobs(index, positions))
+        tail = f',"logprobs":{logprobs},"finish_reason":{_dumps(finish_reason)}}}]}}\n\n'
+        return f'{self._choice_head(index)}"delta":{_dumps(delta)}{tail}'
+
     def _logprobs(self, index: int, positions: list[Position]) -> dict[str, Any]:
         if self.strings is None:
             raise ValueError("logprobs need the formatter's token strings")
@@ -121,7 +149,7 @@ class ResponseFormatter:
                 rendered.append(
                     {
                         "index": choice.index,
-                        "message": {"role": "assistant", "content": choice.text},
+                        "message": _message(choice),
                         "logprobs": logprobs,
                         "finish_reason": choice.finish_reason,
                     }
@@ -153,3 +181,17 @@ class ResponseFormatter:
         if choice.prompt_logprobs is None or self.strings is None:
             return None
         return vllm_prompt_logprobs(choice.prompt_logprobs, self.strings)
+
+
+def _message(choice: ChoiceResult) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": choice.text}
+    if choice.tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": new_call_id(),
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in choice.tool_calls
+        ]
+    return message

@@ -21,6 +21,7 @@ from serve_app.deployments.template_render import (
     accepted_kwargs,
     check_template_kwargs,
     template_errors,
+    template_variables,
 )
 from serve_app.errors import (
     ChatTemplateError,
@@ -61,6 +62,7 @@ class RequestTemplates:
             request.chat_template_kwargs,
             special_tokens,
             self.model_name,
+            request.tools,
         )
         try:
             return await self.pool.call(
@@ -91,9 +93,12 @@ class PromptRenderer:
         templates = list(template.values()) if isinstance(template, dict) else [template] if template else []
         try:
             self.accepted_kwargs = accepted_kwargs(templates, self.special_tokens)
+            # A template that never reads `tools` would drop them (vLLM renders it anyway).
+            self.supports_tools = any("tools" in template_variables(t) for t in templates)
         except Exception as exc:  # a checkpoint template jinja cannot parse: requests get the 400
             logger.warning("chat template of %s does not parse: %s", model_name, exc)
             self.accepted_kwargs = accepted_kwargs([], self.special_tokens)
+            self.supports_tools = False
         self.request_templates = (
             RequestTemplates(model_name, self.policy.chat_template_timeout_s)
             if self.policy.allow_request_chat_template
@@ -155,9 +160,18 @@ class PromptRenderer:
                 "continue_final_message needs the last message to be the assistant's", param="messages"
             )
         check_template_kwargs(request.chat_template_kwargs, self.accepted_kwargs, self.special_tokens)
+        tools = getattr(request, "tools", None)
+        if tools and not self.supports_tools:
+            raise ChatTemplateError(
+                f"model {self.model_name!r} has a chat template without tool support (it never reads "
+                "`tools`), so tools cannot be shown to the model; leave tools out, or give the "
+                "checkpoint a chat template that renders them",
+                param="tools",
+            )
         with template_errors(self.model_name):
             text = self.tokenizer.apply_chat_template(
                 messages,
+                tools=tools or None,
                 add_generation_prompt=request.add_generation_prompt,
                 continue_final_message=request.continue_final_message,
                 tokenize=False,

@@ -39,6 +39,10 @@ class InferenceRequest:
     truncate_prompt_tokens: int | None = None  # keep the prompt's last k tokens; -1: the context
     return_tokens_as_token_ids: bool = False  # logprobs name tokens "token_id:<id>"
     chat_template: str | None = None  # a request's own template (only if the model allows it)
+    tools: list[dict[str, Any]] | None = None  # OpenAI tools, passed to the chat template
+    tool_choice: Literal["none", "auto", "required", "function"] = "none"  # function: tool_name
+    tool_name: str | None = None
+    parallel_tool_calls: bool = True  # False: at most one call per choice (vLLM's rule)
     received_at: float = 0.0  # time.time() when the router took the request; 0: unknown
 
     @property

@@ -130,6 +130,7 @@ def render_request_template(
     kwargs: dict[str, Any],
     special_tokens: dict[str, str],
     model_name: str,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
     """Render a request-supplied template (in a worker process): check, render, return the text.
 
@@ -143,6 +144,7 @@ def render_request_template(
         rendered, _ = render_jinja_template(
             conversations=[messages],
             chat_template=template,
+            tools=tools,
             add_generation_prompt=True,
             **{**special_tokens, **kwargs},
         )

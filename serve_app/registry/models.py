@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_app.registry.tool_call_parsers import TOOL_CALL_PARSERS, check_parser_name
+
 EngineKind = Literal["auto", "vllm", "cpu"]
 KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "bfloat16"]
 
@@ -136,6 +138,13 @@ class ModelSpec(StrictModel):
         "gets 400 and the render process is replaced. Other requests are not held up.",
     )
 
+    tool_call_parser: str | None = Field(
+        default=None,
+        description="vLLM's --tool-call-parser name for this model's tool-call output ("
+        + ", ".join(TOOL_CALL_PARSERS)
+        + "). Default: chosen from the checkpoint's architecture (registry/tool_call_parsers.py).",
+    )
+
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     max_ongoing_requests: int = Field(
@@ -158,6 +167,11 @@ class ModelSpec(StrictModel):
         if value.strip() != value or any(ch.isspace() for ch in value):
             raise ValueError("must not contain whitespace")
         return value
+
+    @field_validator("tool_call_parser")
+    @classmethod
+    def tool_call_parser_is_known(cls, value: str | None) -> str | None:
+        return None if value is None else check_parser_name(value)
 
     @property
     def served_names(self) -> list[str]:

@@ -21,6 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from serve_app.deployments.requests import SEED_MAX, SEED_MIN, InferenceRequest
 from serve_app.engines.protocol import SamplingOptions, StructuredOutput
 from serve_app.errors import InvalidRequestError
+from serve_app.router.tools import (
+    AssistantToolCall,
+    NamedToolChoice,
+    Tool,
+    ToolChoice,
+    check_tool_choice,
+    tool_structured,
+)
 
 MAX_N = 16  # choices per request; each is a sequence in the engine's batch
 MAX_CHAT_TOP_LOGPROBS = 20  # OpenAI's chat limit, and vLLM's default max_logprobs
@@ -142,17 +150,44 @@ class ContentPart(_Strict):
 
 
 class ChatMessage(BaseModel):
-    # Message fields for tools and images belong to their own features; refused until then.
+    """One message; ``tool_calls`` only on assistant messages, ``tool_call_id`` only (and always)
+    on tool messages. Image parts belong to their own feature; refused until then."""
+
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[AssistantToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def tool_fields_fit_the_role(self) -> ChatMessage:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError(f"tool_calls is only allowed on assistant messages, not {self.role}")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a tool message needs tool_call_id (the id of the call it answers)")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError(f"tool_call_id is only allowed on tool messages, not {self.role}")
+        return self
 
     def as_template_input(self) -> dict[str, Any]:
+        """The message as transformers' chat templates take it (vLLM's conversation format):
+        content joined to a string, ``developer`` as ``system`` (OpenAI's meaning), tool-call
+        arguments as dicts."""
         content = self.content
         if isinstance(content, list):
             content = "".join(part.text for part in content)
-        return {"role": self.role, "content": content or ""}
+        message: dict[str, Any] = {
+            "role": "system" if self.role == "developer" else self.role,
+            "content": content or "",
+        }
+        if self.name is not None:
+            message["name"] = self.name
+        if self.tool_calls:
+            message["tool_calls"] = [call.as_template_input() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
 
 # Fields of OpenAI's or vLLM's request that this server does not implement: refused with 400
@@ -161,10 +196,8 @@ _OFF: tuple[Any, ...] = (None,)
 REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
     # OpenAI
     "audio": (_OFF, "audio output is not supported"),
-    "function_call": ((*_OFF, "none"), "function calling is not supported yet"),
-    "functions": (_OFF, "function calling is not supported yet"),
-    "tools": ((*_OFF, ()), "tool calling is not supported yet"),
-    "tool_choice": ((*_OFF, "none"), "tool calling is not supported yet"),
+    "function_call": ((*_OFF, "none"), "deprecated function calling is not supported; use tool_choice"),
+    "functions": (_OFF, "deprecated function calling is not supported; use tools"),
     "prediction": (_OFF, "predicted outputs are not supported"),
     "reasoning_effort": (_OFF, "reasoning_effort is not supported by these models"),
     "verbosity": (_OFF, "verbosity is not supported by these models"),
@@ -198,8 +231,6 @@ CHAT_ONLY_REFUSED = (
     "audio",
     "function_call",
     "functions",
-    "tools",
-    "tool_choice",
     "prediction",
     "reasoning_effort",
     "verbosity",
@@ -383,6 +414,8 @@ class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool | None = False
     max_completion_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    tools: list[Tool] | None = None  # [] means no tools
+    tool_choice: ToolChoice | None = None  # default: "auto" with tools, "none" without
     parallel_tool_calls: bool | None = None
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
@@ -396,8 +429,6 @@ class ChatCompletionRequest(_SamplingFields):
     audio: Any = None
     function_call: Any = None
     functions: Any = None
-    tools: Any = None
-    tool_choice: Any = None
     prediction: Any = None
     reasoning_effort: Any = None
     verbosity: Any = None
@@ -420,14 +451,44 @@ class ChatCompletionRequest(_SamplingFields):
             )
         if self.echo:
             raise InvalidRequestError("echo is not supported for chat completions", param="echo")
+        check_tool_choice(self.tools, self.tool_choice)
+        if self._tool_choice() in ("required", "function") and (
+            self.structured_outputs or (self.response_format and self.response_format.type != "text")
+        ):
+            raise InvalidRequestError(
+                "tool_choice 'required' or a named function constrains the output to tool calls; "
+                "it cannot be combined with response_format or structured_outputs",
+                param="tool_choice",
+            )
         return self
+
+    def _tool_choice(self) -> str:
+        """none, auto, required, or function (a named one); vLLM's default is auto with tools."""
+        if not self.tools:
+            return "none"
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "function"
+        return self.tool_choice or "auto"
+
+    def _structured(self) -> StructuredOutput | None:
+        if self.tools and self.tool_choice is not None:
+            parallel = self.parallel_tool_calls is not False
+            constraint = tool_structured(self.tools, self.tool_choice, parallel)
+            if constraint is not None:
+                return constraint
+        return super()._structured()
 
     def to_inference(self) -> InferenceRequest:
         max_tokens = self.max_completion_tokens if self.max_tokens is None else self.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        named = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
         return InferenceRequest(
             kind="chat",
             messages=[message.as_template_input() for message in self.messages],
+            tools=[tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None,
+            tool_choice=self._tool_choice(),
+            tool_name=named,
+            parallel_tool_calls=self.parallel_tool_calls is not False,
             chat_template_kwargs=dict(self.chat_template_kwargs or {}),
             add_generation_prompt=self.add_generation_prompt,
             continue_final_message=self.continue_final_message,

@@ -82,8 +82,6 @@ def test_a_field_outside_both_lists_is_400_naming_it(two_model_app, endpoint):
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("tools", []),
-        ("tool_choice", "none"),
         ("store", False),
         ("service_tier", "auto"),
         ("modalities", ["text"]),
