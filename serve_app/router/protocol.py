@@ -159,6 +159,12 @@ class ChatMessage(BaseModel):
     name: str | None = None
     tool_calls: list[AssistantToolCall] | None = None
     tool_call_id: str | None = None
+    # OpenAI puts these on the assistant messages it returns, so clients replay them; null (what
+    # this server returns) is accepted, a value is refused: no template here renders them.
+    refusal: None = None
+    annotations: None = None
+    audio: None = None
+    function_call: None = None
 
     @model_validator(mode="after")
     def tool_fields_fit_the_role(self) -> ChatMessage:

@@ -495,3 +495,16 @@ def test_chat_cross_field_errors_name_the_field(two_model_app, body, param):
     )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == param
+
+
+def test_an_assistant_message_replayed_as_the_sdk_dumps_it_is_accepted(client):
+    first = client.chat.completions.create(model="qwen", messages=CHAT, max_tokens=3)
+    replayed = first.choices[0].message.model_dump()  # refusal, annotations, audio ... all null
+    history = [*CHAT, replayed, {"role": "user", "content": "And then?"}]
+    reply = client.chat.completions.create(model="qwen", messages=history, max_tokens=3)
+    assert reply.choices[0].message.role == "assistant"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="qwen", messages=[*CHAT, {**replayed, "refusal": "I can't"}], max_tokens=3
+        )
+    assert info.value.body["param"] == "messages.1.refusal"
