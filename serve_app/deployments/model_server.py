@@ -20,11 +20,13 @@ from serve_app.deployments.choices import Choice, plan_choices
 from serve_app.deployments.fan_in import fan_in
 from serve_app.deployments.latency import StageLatencies
 from serve_app.deployments.logprobs import Position, TokenStrings, output_positions
+from serve_app.deployments.node_check import CheckpointManifest, verify_on_this_node
 from serve_app.deployments.openai_format import DONE, ChoiceResult, ResponseFormatter
 from serve_app.deployments.pacing import paced
 from serve_app.deployments.prompts import PromptRenderer, TemplatePolicy
 from serve_app.deployments.requests import InferenceRequest
 from serve_app.engines.protocol import Engine, EngineConfig, GenerationDelta, GenerationRequest
+from serve_app.engines.selection import node_label
 from serve_app.errors import EngineDeadError, InvalidRequestError
 
 logger = logging.getLogger("ray.serve")
@@ -41,8 +43,15 @@ class ModelServer:
         config: EngineConfig,
         stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S,
         template_policy: TemplatePolicy | None = None,
+        checkpoint_manifest: CheckpointManifest | None = None,
     ) -> None:
+        """``checkpoint_manifest``: what preflight saw of the checkpoint; when given, this node's
+        copy is compared with it first (``CheckpointLoadError`` naming the node on a difference)."""
         started = time.perf_counter()
+        if checkpoint_manifest is not None:
+            import ray
+
+            verify_on_this_node(config.model_name, checkpoint_manifest, node_label(ray))
         self.config = config
         self.stream_interval_s = stream_interval_s
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
