@@ -124,6 +124,9 @@ def run_preflight_gate(registry: RegistrySpec) -> Report:
     raise_for_failures(report)
     for name, reason in report.unavailable().items():
         logger.warning("model %s left out (on_preflight_failure: skip): %s", name, reason)
+    for result in report.cluster:
+        if result.status == "warn":
+            logger.warning("preflight %s: %s; %s", result.name, result.detail, result.fix)
     return report
 
 

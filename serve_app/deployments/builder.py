@@ -10,6 +10,7 @@ from ray import serve
 from ray.serve import Application
 
 from serve_app.deployments.model_server import ModelServer
+from serve_app.deployments.node_check import record_manifest
 from serve_app.deployments.prompts import TemplatePolicy
 from serve_app.engines.selection import Platform, ResolvedEngine, engine_class, engine_config, resolve_engine
 from serve_app.registry.models import ModelSpec
@@ -40,6 +41,8 @@ def deployment_options(spec: ModelSpec, engine: ResolvedEngine) -> dict[str, Any
     actor_options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
     if spec.resources.accelerator_type:
         actor_options["accelerator_type"] = spec.resources.accelerator_type
+    if spec.resources.resources:
+        actor_options["resources"] = dict(spec.resources.resources)
     scaling = spec.autoscaling
     autoscaling_config: dict[str, Any] = {
         "min_replicas": scaling.min_replicas,
@@ -80,10 +83,13 @@ def bind_model(planned: PlannedModel) -> Application:
         allow_request_chat_template=planned.spec.allow_request_chat_template,
         chat_template_timeout_s=planned.spec.chat_template_timeout_s,
     )
+    # What preflight saw of the checkpoint here; each replica compares its own node's copy.
+    manifest = record_manifest(planned.spec.checkpoint)
     return deployment.bind(
         engine_class(planned.engine),
         engine_config(planned.spec),
         interval_s,
         policy,
         planned.spec.tool_call_parser,
+        manifest,
     )

@@ -21,12 +21,14 @@ from serve_app.deployments.choices import Choice, plan_choices
 from serve_app.deployments.fan_in import fan_in
 from serve_app.deployments.latency import StageLatencies
 from serve_app.deployments.logprobs import Position, TokenStrings, output_positions
+from serve_app.deployments.node_check import CheckpointManifest, verify_on_this_node
 from serve_app.deployments.openai_format import DONE, ChoiceResult, ResponseFormatter
 from serve_app.deployments.pacing import paced
 from serve_app.deployments.prompts import PromptRenderer, TemplatePolicy
 from serve_app.deployments.requests import InferenceRequest
 from serve_app.deployments.tool_parsers import call_stream, parse_choice, stream_finish_reason
 from serve_app.engines.protocol import Engine, EngineConfig, GenerationDelta, GenerationRequest
+from serve_app.engines.selection import node_label
 from serve_app.errors import EngineDeadError, InvalidRequestError
 from serve_app.registry.tool_call_parsers import default_parser
 
@@ -45,8 +47,15 @@ class ModelServer:
         stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S,
         template_policy: TemplatePolicy | None = None,
         tool_call_parser: str | None = None,
+        checkpoint_manifest: CheckpointManifest | None = None,
     ) -> None:
+        """``checkpoint_manifest``: what preflight saw of the checkpoint; when given, this node's
+        copy is compared with it first (``CheckpointLoadError`` naming the node on a difference)."""
         started = time.perf_counter()
+        if checkpoint_manifest is not None:
+            import ray
+
+            verify_on_this_node(config.model_name, checkpoint_manifest, node_label(ray))
         self.config = config
         self.stream_interval_s = stream_interval_s
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")

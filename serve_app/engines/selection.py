@@ -31,10 +31,47 @@ def cluster_gpus() -> float | None:
     Ray is looked up in ``sys.modules``, never imported: a process that has not imported Ray
     cannot be connected to a cluster, and preflight must not pay Ray's import.
     """
+    resources = cluster_resources()
+    return None if resources is None else float(resources.get("GPU", 0))
+
+
+def _connected_ray():
     ray = sys.modules.get("ray")
     if ray is None or not getattr(ray, "is_initialized", lambda: False)():
         return None
-    return float(ray.cluster_resources().get("GPU", 0))
+    return ray
+
+
+def cluster_resources() -> dict[str, float] | None:
+    """Every resource of the Ray cluster this process is connected to, custom ones included
+    (``ray.cluster_resources()``: {"CPU": 8.0, "node_a": 1.0, ...}); None when not connected."""
+    ray = _connected_ray()
+    return None if ray is None else dict(ray.cluster_resources())
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """Where this process runs in its Ray cluster: ``here`` is "node <id> (<ip>)"."""
+
+    here: str
+    alive_nodes: int
+
+
+def node_view() -> NodeView | None:
+    """This process's Ray node and how many nodes are alive (``ray.nodes()``, read from the GCS);
+    None when not connected to a Ray cluster."""
+    ray = _connected_ray()
+    if ray is None:
+        return None
+    alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+    return NodeView(node_label(ray), alive)
+
+
+def node_label(ray) -> str:
+    """ "node <hex node id> (<ip>)", from ``ray.get_runtime_context()``, as replicas name their node."""
+    from ray.util import get_node_ip_address
+
+    return f"node {ray.get_runtime_context().get_node_id()} ({get_node_ip_address()})"
 
 
 def resolve_engine(spec: ModelSpec, platform: Platform) -> ResolvedEngine:

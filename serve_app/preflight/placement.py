@@ -8,6 +8,8 @@ sequence (vLLM refuses to start otherwise) and a fixed headroom; against GPU mem
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -211,9 +213,87 @@ def gpus_per_replica(spec: ModelSpec, engine: str) -> float:
 
 
 def check_cluster_fit(
+    demands: list[tuple[ModelSpec, str]],
+    gpu: GpuInfo | None,
+    cluster_gpus: float | None,
+    cluster_resources: Mapping[str, float] | None = None,
+) -> CheckResult:
+    """demands: (spec, resolved engine) of every model that will be deployed.
+
+    GPUs, then custom resources (``resources.resources``) against ``cluster_resources`` (default:
+    the connected Ray cluster's, ``ray.cluster_resources()``). A custom resource no node offers
+    fails: Ray would keep those replicas pending forever. Totals only: that one node holds all
+    of a replica's resources at once is Ray's to find out."""
+    result = _gpu_fit(demands, gpu, cluster_gpus)
+    custom = _custom_fit(demands, cluster_resources)
+    if custom is None:
+        return result
+    status, detail, fix = custom
+    if status == "fail":
+        return failed(result.name, detail, fix, **result.data)
+    return CheckResult(result.name, result.status, f"{result.detail}; {detail}", result.fix, result.data)
+
+
+def _custom_fit(
+    demands: list[tuple[ModelSpec, str]], available: Mapping[str, float] | None
+) -> tuple[str, str, str] | None:
+    """(status, detail, fix) for the custom resources min_replicas need; None when none asks."""
+    need: dict[str, float] = {}
+    for spec, _ in demands:
+        for resource, amount in spec.resources.resources.items():
+            need[resource] = need.get(resource, 0.0) + spec.autoscaling.min_replicas * amount
+    if not need:
+        return None
+    asked = ", ".join(f"{r}: {n:g}" for r, n in sorted(need.items()))
+    if available is None:
+        available = selection.cluster_resources()
+    if available is None:
+        return "pass", f"custom resources ({asked}) not checked: not connected to a Ray cluster", ""
+    short = [r for r, n in sorted(need.items()) if n > available.get(r, 0.0) + 1e-9]
+    if short:
+        have = ", ".join(f"{r}: {available.get(r, 0.0):g}" for r in short)
+        return (
+            "fail",
+            f"min_replicas need custom resources {asked} but the Ray cluster has {have}; "
+            "replicas beyond that wait for a node with the resource forever",
+            "start nodes with the resource (`ray start --resources '{\"NAME\": AMOUNT}'`), or change "
+            "resources.resources or autoscaling.min_replicas",
+        )
+    return (
+        "pass",
+        f"custom resources {asked} of the Ray cluster's "
+        + ", ".join(f"{r}: {available[r]:g}" for r in sorted(need)),
+        "",
+    )
+
+
+def check_checkpoint_nodes(view: selection.NodeView | None) -> CheckResult:
+    """Say where the checkpoints were read: preflight sees only the filesystem of the node it
+    runs on (the driver, or where ``serve run`` built the app). Warns on a multi-node cluster,
+    where a replica may land on a node whose copy is missing; the replica checks it there
+    (deployments/node_check.py) and fails naming its node."""
+    name = "checkpoint_nodes"
+    if view is None:
+        return skipped(
+            name,
+            f"checkpoints read on host {socket.gethostname()} only (not connected to a Ray cluster); "
+            "each replica checks its checkpoint again on the node where it starts",
+        )
+    if view.alive_nodes <= 1:
+        return passed(name, f"checkpoints read on {view.here}, the Ray cluster's only node")
+    return warned(
+        name,
+        f"checkpoints read on {view.here} only; the Ray cluster has {view.alive_nodes} nodes, and "
+        "each replica checks its checkpoint again on the node where it starts",
+        "make each checkpoint exist at the same path on every node that may run its replicas "
+        "(a shared filesystem, or a copy per node), or pin the model to such nodes with "
+        "resources.resources",
+    )
+
+
+def _gpu_fit(
     demands: list[tuple[ModelSpec, str]], gpu: GpuInfo | None, cluster_gpus: float | None
 ) -> CheckResult:
-    """demands: (spec, resolved engine) of every model that will be deployed."""
     name = "cluster_fit"
     parts = [
         (spec.name, spec.autoscaling.min_replicas, gpus_per_replica(spec, engine)) for spec, engine in demands

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from serve_app.engines import selection
 from serve_app.preflight import checkpoint_checks as cc
 from serve_app.preflight import environment_checks, placement, tensor_checks, tokenizer_check
 from serve_app.preflight.checkpoint import load_checkpoint
@@ -48,7 +49,7 @@ CHECKS: tuple[tuple[str, Check, tuple[str, ...]], ...] = (
     ("memory_fit", placement.check_memory_fit, ("config", "shards")),
     ("parallelism", placement.check_parallelism, ("config",)),
 )
-CHECK_NAMES = (*(name for name, _, _ in CHECKS), "cluster_fit")
+CHECK_NAMES = (*(name for name, _, _ in CHECKS), "cluster_fit", "checkpoint_nodes")
 
 
 class _Probe(enum.Enum):
@@ -96,7 +97,10 @@ def run_preflight(
         for ctx, report in done
         if report.ok or ctx.spec.on_preflight_failure == "fail"
     ]
-    cluster = [placement.check_cluster_fit(deployed, gpu_info, cluster_gpus)]
+    cluster = [
+        placement.check_cluster_fit(deployed, gpu_info, cluster_gpus),
+        placement.check_checkpoint_nodes(selection.node_view()),
+    ]
     elapsed = time.perf_counter() - started
     return Report(models=[r for _, r in done], cluster=cluster, elapsed_s=elapsed, platform=platform)
 

@@ -21,6 +21,20 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+# Resources Ray names itself; a custom resource must not use these names (Ray refuses "CPU" and
+# "GPU" in ray_actor_options.resources and counts memory through its own options).
+RAY_BUILTIN_RESOURCES = {
+    "CPU": "resources.num_cpus",
+    "GPU": "resources.num_gpus",
+    "memory": "Ray's memory option",
+    "object_store_memory": "Ray's object_store_memory option",
+}
+
+
+# Ray counts resources in units of 1/10000 (ray._raylet.RESOURCE_UNIT_SCALING).
+RAY_RESOURCE_PRECISION = 0.0001
+
+
 class ResourcesSpec(StrictModel):
     num_gpus: float | None = Field(
         default=None,
@@ -37,6 +51,31 @@ class ResourcesSpec(StrictModel):
     accelerator_type: str | None = Field(
         default=None, description="Ray accelerator type to pin replicas to, e.g. 'H100'."
     )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per replica, {name: amount}, as in Ray Serve's "
+        "ray_actor_options.resources: a replica goes only to a node started with that resource "
+        "(`ray start --resources '{\"node_a\": 1}'`), which pins a model to chosen nodes.",
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def custom_resources_as_ray_accepts(cls, value: dict[str, float]) -> dict[str, float]:
+        """Ray's own rules (ray/_common/ray_option_utils.py in Ray 2.60, ``_validate_resources``
+        and ``_validate_resource_quantity``), checked at load time instead of at deploy time."""
+        for name, amount in value.items():
+            if not name.strip() or name.strip() != name:
+                raise ValueError(f"resource name {name!r} must be non-empty, without surrounding spaces")
+            if name in RAY_BUILTIN_RESOURCES:
+                raise ValueError(
+                    f"{name!r} is a built-in Ray resource; use {RAY_BUILTIN_RESOURCES[name]} instead"
+                )
+            if amount < RAY_RESOURCE_PRECISION:
+                raise ValueError(
+                    f"resource {name!r}: amount must be at least {RAY_RESOURCE_PRECISION:g} "
+                    f"(Ray's precision; 0 would pin nothing), got {amount:g}"
+                )
+        return value
 
 
 class AutoscalingSpec(StrictModel):

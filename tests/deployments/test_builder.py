@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+import pytest
 
 from serve_app.deployments.builder import deployment_name, deployment_options, plan_models
 from serve_app.engines.selection import Platform
@@ -47,3 +50,21 @@ def test_auto_engine_picks_vllm_only_with_vllm_and_a_gpu():
 
 def test_deployment_name_keeps_safe_names():
     assert deployment_name("llama-3.1_8b") == "llama-3.1_8b"
+
+
+def test_custom_resources_pass_through_to_ray_actor_options():
+    options = deployment_options(spec(resources={"num_cpus": 0.5, "resources": {"node_a": 0.1}}), "cpu")
+    assert options["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.0, "resources": {"node_a": 0.1}}
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ({"GPU": 1}, "'GPU' is a built-in Ray resource; use resources.num_gpus instead"),
+        ({"node_a": 0}, "resource 'node_a': amount must be at least 0.0001 (Ray's precision; 0 would pin"),
+        ({" node_a": 1}, "resource name ' node_a' must be non-empty, without surrounding spaces"),
+    ],
+)
+def test_custom_resources_are_checked_at_load(resources, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        spec(resources={"resources": resources})

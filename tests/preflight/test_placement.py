@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from serve_app.engines.selection import cluster_gpus
+from serve_app.engines.selection import NodeView, cluster_gpus
 from serve_app.preflight import GpuInfo, preflight_model, run_preflight, spec_for_checkpoint
 from serve_app.preflight.gpu import parse_nvidia_smi, probe_gpu
-from serve_app.preflight.placement import HEADROOM_BYTES
+from serve_app.preflight.placement import HEADROOM_BYTES, check_checkpoint_nodes, check_cluster_fit
 from tests.preflight.conftest import A100, GIB, GOOD_ENV, H100, NO_VLLM, check, edit_tensors, failures
 
 GPU_CHECKS = ("gpu_capability", "memory_fit", "parallelism", "vllm_environment", "arch_extras")
@@ -97,7 +97,7 @@ def test_cluster_fit_counts_every_models_min_replicas(qwen2_checkpoint):
     models = specs(qwen2_checkpoint, 3, autoscaling={"min_replicas": 3, "max_replicas": 3})
     report = run_preflight(models, gpu=H100, env=GOOD_ENV, read_data=False)
     assert all(m.ok for m in report.models) and not report.ok and report.exit_code == 1
-    (cluster,) = report.cluster
+    cluster, _ = report.cluster
     assert cluster.detail.startswith(
         "min_replicas need 9 GPUs (m0: 3 x 1, m1: 3 x 1, m2: 3 x 1) but this node has 8"
     )
@@ -167,3 +167,39 @@ def test_engine_auto_on_a_head_node_without_a_gpu_follows_the_clusters_gpus(qwen
     local = run_preflight([spec], gpu=None, env=GOOD_ENV)
     assert [p.engine for p in plan_models([spec], local.platform)] == ["cpu"]
     assert local.models[0].result("parallelism").detail == "CPU engine (engine auto, no CUDA GPU visible)"
+
+
+def test_cluster_fit_counts_custom_resources(qwen2_checkpoint):
+    pinned = specs(
+        qwen2_checkpoint,
+        2,
+        engine="cpu",
+        autoscaling={"min_replicas": 2, "max_replicas": 2},
+        resources={"resources": {"node_b": 0.5}},
+    )
+    demands = [(s, "cpu") for s in pinned]
+    short = check_cluster_fit(demands, None, None, {"CPU": 8.0, "node_b": 1.0})
+    assert short.status == "fail"
+    assert short.detail == (
+        "min_replicas need custom resources node_b: 2 but the Ray cluster has node_b: 1; "
+        "replicas beyond that wait for a node with the resource forever"
+    )
+    fits = check_cluster_fit(demands, None, None, {"node_b": 2.0})
+    assert fits.status == "pass"
+    assert fits.detail == (
+        "no model needs a GPU at min_replicas; custom resources node_b: 2 of the Ray cluster's node_b: 2"
+    )
+
+
+def test_checkpoint_nodes_says_where_checkpoints_were_read():
+    many = check_checkpoint_nodes(NodeView("node abc (10.0.0.1)", 3))
+    assert many.status == "warn"
+    assert many.detail == (
+        "checkpoints read on node abc (10.0.0.1) only; the Ray cluster has 3 nodes, and each replica "
+        "checks its checkpoint again on the node where it starts"
+    )
+    assert check_checkpoint_nodes(NodeView("node abc (10.0.0.1)", 1)).status == "pass"
+    assert check_checkpoint_nodes(None).detail.endswith(
+        "only (not connected to a Ray cluster); each replica checks its checkpoint again on the node "
+        "where it starts"
+    )
