@@ -119,7 +119,10 @@ def analyse(
     for fused_prefix, shards in sorted(packs.items()):
         _resolve_pack(resolver, fused_prefix, shards, result)
     _overbroad(resolver, result)
-    _unused(resolver, [*all_modules, *packs], result)
+    # Modules vLLM builds without a tensor of their own (a tied lm_head) count as modules: a
+    # pattern that excludes one is used, not stray.
+    built = [pattern for pattern, _ in required if not any(ch in pattern for ch in "*?[")]
+    _unused(resolver, [*all_modules, *packs, *built], result)
     _required(resolver, linear, required, result)
     return result
 
