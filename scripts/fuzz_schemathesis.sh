@@ -22,6 +22,7 @@ curl -fsS "$BASE/readyz" >/dev/null || { echo "nothing ready at $BASE/readyz: st
     --phases examples,fuzzing \
     --max-examples "$MAX_EXAMPLES" \
     --mode all \
+    --continue-on-failure \
     --workers 4 \
     --request-timeout 120 \
     --report-vcr-path "$OUT/cassette.yaml" \

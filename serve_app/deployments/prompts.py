@@ -84,6 +84,10 @@ class PromptRenderer:
         self.model_name = model_name
         self.max_model_len = max_model_len
         self.vocab_size = len(tokenizer)
+        # The longest token's text: a prompt of more characters than this times the context
+        # cannot fit, whatever it says, so it is refused without tokenizing it (a 4 MiB prompt
+        # held this model's tokenizer thread, and every request behind it, for 5-7 s).
+        self.max_token_chars = max((len(token) for token in tokenizer.get_vocab()), default=1) or 1
         self.policy = policy or TemplatePolicy()
         template = getattr(tokenizer, "chat_template", None)
         self.has_chat_template = bool(template)
@@ -127,6 +131,8 @@ class PromptRenderer:
         Raises ChatTemplateMissingError, InvalidRequestError (empty prompt, ids outside the
         vocabulary) or ContextLengthError (the prompt, or prompt + max_tokens, exceeds the context).
         """
+        if request.truncate_prompt_tokens is None:
+            self._check_chars(request, rendered)
         if rendered is not None:
             prompts = [self.tokenizer.encode(rendered, add_special_tokens=bool(request.add_special_tokens))]
         elif request.kind == "chat":
@@ -146,6 +152,27 @@ class PromptRenderer:
         for ids in prompts:
             self._check_fits(len(ids), request)
         return prompts
+
+    def _check_chars(self, request: InferenceRequest, rendered: str | None) -> None:
+        """ContextLengthError, before tokenizing, for text too long to fit in any tokenization."""
+        if rendered is not None:
+            texts: list[Any] = [rendered]
+        elif request.kind == "chat":  # every message lands in one prompt
+            texts = [
+                "".join(m["content"] for m in request.messages or [] if isinstance(m.get("content"), str))
+            ]
+        else:
+            texts = list(request.prompts)
+        limit = self.max_model_len * self.max_token_chars
+        for text in texts:
+            if isinstance(text, str) and len(text) > limit:
+                at_least = -(-len(text) // self.max_token_chars)
+                raise ContextLengthError(
+                    f"This model's maximum context length is {self.max_model_len} tokens. However, your "
+                    f"request has {len(text)} characters of input, at least {at_least} tokens for this "
+                    "tokenizer. Please reduce the length of the input.",
+                    param="messages" if request.kind == "chat" else "prompt",
+                )
 
     def chat_ids(self, messages: list[dict[str, Any]], request: Any) -> list[int]:
         """The chat template applied to ``messages``; ``request`` carries the template options."""

@@ -33,7 +33,12 @@ from typing import Any
 import torch
 
 from serve_app.engines.context_length import effective_max_model_len, read_text_config
-from serve_app.engines.cpu_sampling import LogitsPipeline, prompt_logprobs, validate_sampling
+from serve_app.engines.cpu_sampling import (
+    LogitsPipeline,
+    NoTokenAllowedError,
+    prompt_logprobs,
+    validate_sampling,
+)
 from serve_app.engines.delta_merge import merging
 from serve_app.engines.fp8_loading import load_dequantized_model
 from serve_app.engines.protocol import (
@@ -370,6 +375,12 @@ class CPUReferenceEngine:
             raise EngineDeadError(f"CPU engine {name} is dead: {self._dead_reason}") from error
         try:
             return await future
+        except NoTokenAllowedError as error:  # the request's own constraints admit no token: a 4xx
+            structured = state.request.sampling.structured
+            param = structured.param if structured is not None else "allowed_token_ids"
+            raise InvalidRequestError(
+                f"{error}; the request cannot produce any output", param=param
+            ) from error
         except Exception as error:
             raise EngineGenerateError(f"request {state.request_id} failed: {error!r}") from error
 

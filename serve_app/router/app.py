@@ -28,7 +28,15 @@ from serve_app.deployments.requests import InferenceRequest
 from serve_app.errors import ModelNotFoundError, ServeAppError
 from serve_app.registry.models import RouterSpec
 from serve_app.router.errors import error_response, http_error_response, sse_error, validation_error_response
-from serve_app.router.limits import INLINE_PARSE_BYTES, BodySizeLimit, RequestLimits, parse_request
+from serve_app.router.limits import (
+    INLINE_PARSE_BYTES,
+    BodySizeLimit,
+    RequestLimits,
+    check_document,
+    load_json,
+    parse_request,
+    validate_document,
+)
 from serve_app.router.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -42,7 +50,7 @@ from serve_app.workers import WorkerPool
 logger = logging.getLogger("ray.serve")
 READY_TIMEOUT_S = 5.0
 PARSE_WORKERS = 2  # processes per router replica that parse bodies over INLINE_PARSE_BYTES
-REQUEST_MODELS = (ChatCompletionRequest, CompletionRequest)
+REQUEST_MODELS = (ChatCompletionRequest, CompletionRequest, TokenizeCompletionRequest, TokenizeChatRequest)
 
 api = FastAPI(title="modelopt-serve", description="OpenAI-compatible router for ModelOpt FP8 models")
 
@@ -58,10 +66,11 @@ def _body_limit() -> int:
 api.add_middleware(BodySizeLimit, limit_bytes=_body_limit)
 
 
-def _body_schema(model: type) -> dict[str, Any]:
-    """``openapi_extra`` for a route that reads its body itself: the model's schema by reference."""
-    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+def _body_schema(*models: type) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads its body itself: its models' schemas by reference."""
+    refs = [{"$ref": f"#/components/schemas/{model.__name__}"} for model in models]
+    schema = refs[0] if len(refs) == 1 else {"oneOf": refs}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def _openapi() -> dict[str, Any]:
@@ -71,12 +80,23 @@ def _openapi() -> dict[str, Any]:
             title=api.title, version=api.version, description=api.description, routes=api.routes
         )
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        served = _served_ids()
         for model in REQUEST_MODELS:
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(schema.pop("$defs", {}))
+            if served:  # the ids this router serves: what `model` may be (and what fuzzers try)
+                schema["properties"]["model"]["enum"] = served
             schemas[model.__name__] = schema
         api.openapi_schema = document
     return api.openapi_schema
+
+
+def _served_ids() -> list[str]:
+    """The model ids (names and aliases) of this replica's Router; [] outside a replica."""
+    try:
+        return sorted(serve.get_replica_context().servable_object.routes)
+    except Exception:
+        return []
 
 
 api.openapi = _openapi  # type: ignore[method-assign]
@@ -204,8 +224,18 @@ class Router:
         return await self._serve(body.model, body.to_inference())
 
     # --- vLLM's tokenizer endpoints -----------------------------------------------------------
-    @api.post("/tokenize")
-    async def tokenize(self, body: TokenizeChatRequest | TokenizeCompletionRequest) -> Any:
+    @api.post("/tokenize", openapi_extra=_body_schema(TokenizeCompletionRequest, TokenizeChatRequest))
+    async def tokenize(self, request: Request) -> Any:
+        # vLLM's two shapes: messages (rendered by the chat template) or a prompt. The limits walk
+        # runs first, as for completions; then the shape the body names is validated, alone.
+        document = load_json(await request.body(), self.limits)
+        check_document(document, self.limits)
+        chat = isinstance(document, dict) and "messages" in document
+        body, problems = validate_document(
+            document, TokenizeChatRequest if chat else TokenizeCompletionRequest
+        )
+        if body is None:
+            raise RequestValidationError(problems)
         served = self._route(body.model)
         try:
             return JSONResponse(await served.handle.tokenize.remote(tokenize_job(body)))

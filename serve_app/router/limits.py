@@ -182,6 +182,11 @@ def parse_request(
     its results are plain picklable values."""
     document = load_json(raw, limits)
     check_document(document, limits)
+    return validate_document(document, model)
+
+
+def validate_document(document: Any, model: type[BaseModel]) -> tuple[BaseModel | None, list[dict[str, Any]]]:
+    """``(model.model_validate(document), [])``, or ``(None, pydantic errors)`` located in the body."""
     try:
         return model.model_validate(document), []
     except ValidationError as exc:

@@ -55,22 +55,35 @@ class JsonSchema(_Strict):
     strict: bool | None = False
 
 
-def external_ref(schema: Any, path: str = "$") -> str | None:
+MAX_SCHEMA_DEPTH = 64  # as the body's own nesting limit (router/limits.py max_json_depth)
+MAX_CONSTRAINT_CHARS = 262_144  # a schema, regex or grammar: compiling is CPU time per request
+MAX_CHOICES = 1024  # structured_outputs.choice: each alternative is compiled into the grammar
+MAX_CHOICE_CHARS = 1024
+
+
+def external_ref(schema: Any) -> str | None:
     """Where ``schema`` has a ``$ref`` outside itself (not ``#...``), or None.
 
     Neither xgrammar nor vLLM fetches such a reference: xgrammar logs a warning and leaves that
     part unconstrained, so the output would not follow the schema the client sent. Refused here,
-    for both engines, instead."""
-    if isinstance(schema, list):
-        found = (external_ref(item, f"{path}[{i}]") for i, item in enumerate(schema))
-        return next((where for where in found if where), None)
-    if not isinstance(schema, dict):
-        return None
-    ref = schema.get("$ref")
-    if isinstance(ref, str) and not ref.startswith("#"):
-        return f"{path}.$ref = {ref[:200]!r}"
-    found = (external_ref(value, f"{path}.{key}") for key, value in schema.items())
-    return next((where for where in found if where), None)
+    for both engines, instead. Iterative, so a deep schema cannot exhaust the stack; nesting past
+    ``MAX_SCHEMA_DEPTH`` raises InvalidRequestError (a schema sent as a string escapes the body's
+    own depth limit)."""
+    stack: list[tuple[Any, str, int]] = [(schema, "$", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            raise InvalidRequestError(
+                f"the JSON schema is nested more than {MAX_SCHEMA_DEPTH} levels deep", param=None
+            )
+        if isinstance(node, list):
+            stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(node))
+        elif isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and not ref.startswith("#"):
+                return f"{path}.$ref = {ref[:200]!r}"
+            stack.extend((value, f"{path}.{key}", depth + 1) for key, value in node.items())
+    return None
 
 
 def _loads_or_none(value: Any) -> Any:
@@ -78,12 +91,24 @@ def _loads_or_none(value: Any) -> Any:
         return value
     try:
         return json.loads(value)
+    except RecursionError:
+        raise InvalidRequestError(
+            f"the JSON schema is nested more than {MAX_SCHEMA_DEPTH} levels deep", param=None
+        ) from None
     except ValueError:
         return None  # the engine names what is wrong with it
 
 
 def _check_refs(schema: Any, param: str) -> None:
-    where = external_ref(schema)
+    """400 naming ``param`` for a schema that is too large, too deep or refers outside itself."""
+    try:
+        if len(schema if isinstance(schema, str) else json.dumps(schema)) > MAX_CONSTRAINT_CHARS:
+            raise InvalidRequestError(
+                f"the JSON schema is longer than {MAX_CONSTRAINT_CHARS} characters", param=param
+            )
+        where = external_ref(_loads_or_none(schema))
+    except InvalidRequestError as error:
+        raise InvalidRequestError(error.message, param=param) from None
     if where:
         raise InvalidRequestError(
             f"the JSON schema refers outside itself ({where}); only references within the schema "
@@ -116,9 +141,11 @@ class StructuredOutputs(_Strict):
     """vLLM's ``structured_outputs`` request field: exactly one constraint."""
 
     json_: dict[str, Any] | str | None = Field(default=None, alias="json")
-    regex: str | None = None
-    choice: list[str] | None = Field(default=None, min_length=1)
-    grammar: str | None = None
+    regex: str | None = Field(default=None, max_length=MAX_CONSTRAINT_CHARS)
+    choice: list[Annotated[str, Field(max_length=MAX_CHOICE_CHARS)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_CHOICES
+    )
+    grammar: str | None = Field(default=None, max_length=MAX_CONSTRAINT_CHARS)
     json_object: bool | None = None
 
     def structured(self) -> StructuredOutput:
@@ -132,7 +159,7 @@ class StructuredOutputs(_Strict):
             )
         param = "structured_outputs"
         if self.json_ is not None:
-            _check_refs(_loads_or_none(self.json_), param)
+            _check_refs(self.json_, param)
             schema = self.json_ if isinstance(self.json_, str) else json.dumps(self.json_)
             return StructuredOutput("json", schema, param=param)
         if self.regex is not None:

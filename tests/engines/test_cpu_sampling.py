@@ -22,7 +22,7 @@ from serve_app.engines.cpu_sampling import (
 )
 from serve_app.engines.fp8_loading import load_dequantized_model
 from serve_app.engines.protocol import SamplingOptions
-from serve_app.errors import EngineGenerateError, InvalidRequestError
+from serve_app.errors import InvalidRequestError
 from tests.engines.cpu_helpers import PROMPT, collect, generate, request, run, text, tokens
 
 ENDOFTEXT = 0  # <|endoftext|>: a special token that is not EOS (<|im_end|> is 2)
@@ -201,8 +201,9 @@ def test_include_stop_str_in_output_keeps_the_stop_string(qwen2_checkpoint):
 
 def test_no_token_left_fails_the_request_with_a_clear_error(qwen2_checkpoint):
     async def scenario(engine):
-        with pytest.raises(EngineGenerateError, match="no token can be sampled"):
+        with pytest.raises(InvalidRequestError, match="no token can be sampled") as info:
             await collect(engine, request(allowed_token_ids=(2,), min_tokens=2, ignore_eos=False))
+        assert info.value.param == "allowed_token_ids"  # the client's constraints: a 400, not a 500
         return await collect(engine, request("after"))  # the engine is still fine
 
     assert run(qwen2_checkpoint, scenario)[-1].finish_reason == "length"

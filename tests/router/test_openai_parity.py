@@ -508,3 +508,60 @@ def test_an_assistant_message_replayed_as_the_sdk_dumps_it_is_accepted(client):
             model="qwen", messages=[*CHAT, {**replayed, "refusal": "I can't"}], max_tokens=3
         )
     assert info.value.body["param"] == "messages.1.refusal"
+
+
+# --- found by attacking it ------------------------------------------------------------------------
+
+
+def _completion_error(base: str, **fields) -> dict:
+    body = {"model": "qwen", "prompt": "hi", "max_tokens": 4, **fields}
+    response = httpx.post(f"{base}/v1/completions", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    return response.json()["error"]
+
+
+def test_a_schema_nested_past_the_limit_inside_a_string_is_400(two_model_app):
+    deep = '{"type":"array","items":' * 330 + '{"type":"string"}' + "}" * 330
+    error = _completion_error(two_model_app, structured_outputs={"json": deep})
+    assert error["param"] == "structured_outputs"
+    assert error["message"] == "the JSON schema is nested more than 64 levels deep"
+
+
+def test_choice_lists_are_bounded(two_model_app):
+    error = _completion_error(two_model_app, structured_outputs={"choice": [f"c{i}" for i in range(1025)]})
+    assert error["param"] == "structured_outputs.choice"
+    assert "at most 1024 items" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "loop", "schema": {"$ref": "#"}},
+            }
+        },
+        {"structured_outputs": {"grammar": "root ::= x\nx ::= x"}},
+    ],
+)
+def test_a_constraint_no_output_can_satisfy_is_400_not_500(two_model_app, constraint):
+    error = _completion_error(two_model_app, **constraint)
+    assert error["param"] == next(iter(constraint))
+    assert "no token can be sampled" in error["message"]
+
+
+def test_a_prompt_too_long_for_any_tokenization_is_refused_without_tokenizing(two_model_app):
+    error = _completion_error(two_model_app, prompt="x" * 100_000)
+    assert error["code"] == "context_length_exceeded"
+    assert error["param"] == "prompt"
+    assert "your request has 100000 characters of input, at least" in error["message"]
+
+
+def test_tokenize_takes_either_shape_with_clear_errors(two_model_app):
+    both = {"model": "qwen", "prompt": "hi", "messages": CHAT}
+    response = httpx.post(f"{two_model_app}/tokenize", json=both, timeout=30)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "prompt"
+    assert "unknown field" in error["message"] and "TokenizeCompletionRequest" not in error["message"]
