@@ -32,10 +32,7 @@ from serve_app.router.limits import (
     INLINE_PARSE_BYTES,
     BodySizeLimit,
     RequestLimits,
-    check_document,
-    load_json,
     parse_request,
-    validate_document,
 )
 from serve_app.router.protocol import (
     ChatCompletionRequest,
@@ -44,6 +41,7 @@ from serve_app.router.protocol import (
     TokenizeChatRequest,
     TokenizeCompletionRequest,
     tokenize_job,
+    tokenize_model,
 )
 from serve_app.workers import WorkerPool
 
@@ -163,8 +161,9 @@ class Router:
             f"model {model[:200]!r} does not exist; served models: {names}", param="model"
         )
 
-    async def _parse(self, request: Request, model: type) -> Any:
-        """The body as ``model``; 413/400 from ``router/limits.py``, 400 from validation."""
+    async def _parse(self, request: Request, model: Any) -> Any:
+        """The body as ``model`` (a request model, or a function of the parsed body choosing one,
+        as ``tokenize_model``); 413/400 from ``router/limits.py``, 400 from validation."""
         raw = await request.body()
         if len(raw) <= INLINE_PARSE_BYTES:
             body, problems = parse_request(raw, model, self.limits)
@@ -226,16 +225,7 @@ class Router:
     # --- vLLM's tokenizer endpoints -----------------------------------------------------------
     @api.post("/tokenize", openapi_extra=_body_schema(TokenizeCompletionRequest, TokenizeChatRequest))
     async def tokenize(self, request: Request) -> Any:
-        # vLLM's two shapes: messages (rendered by the chat template) or a prompt. The limits walk
-        # runs first, as for completions; then the shape the body names is validated, alone.
-        document = load_json(await request.body(), self.limits)
-        check_document(document, self.limits)
-        chat = isinstance(document, dict) and "messages" in document
-        body, problems = validate_document(
-            document, TokenizeChatRequest if chat else TokenizeCompletionRequest
-        )
-        if body is None:
-            raise RequestValidationError(problems)
+        body = await self._parse(request, tokenize_model)  # vLLM's two shapes: messages or prompt
         served = self._route(body.model)
         try:
             return JSONResponse(await served.handle.tokenize.remote(tokenize_job(body)))

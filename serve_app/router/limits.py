@@ -19,6 +19,7 @@ stall every other request on the router.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -174,7 +175,7 @@ def load_json(raw: bytes, limits: RequestLimits) -> Any:
 
 
 def parse_request(
-    raw: bytes, model: type[BaseModel], limits: RequestLimits
+    raw: bytes, model: type[BaseModel] | Callable[[Any], type[BaseModel]], limits: RequestLimits
 ) -> tuple[BaseModel | None, list[dict[str, Any]]]:
     """Parse, check and validate a body: ``(request, [])`` or ``(None, pydantic errors)``.
 
@@ -182,6 +183,8 @@ def parse_request(
     its results are plain picklable values."""
     document = load_json(raw, limits)
     check_document(document, limits)
+    if not isinstance(model, type):  # a route with several shapes picks one from the body
+        model = model(document)
     return validate_document(document, model)
 
 

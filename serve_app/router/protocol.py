@@ -627,6 +627,15 @@ class DetokenizeRequest(_Strict):
     tokens: list[TokenId] = Field(max_length=1_000_000)
 
 
+def tokenize_model(document: Any) -> type[TokenizeChatRequest] | type[TokenizeCompletionRequest]:
+    """vLLM's two /tokenize shapes: ``messages`` (rendered by the chat template) or a ``prompt``."""
+    return (
+        TokenizeChatRequest
+        if isinstance(document, dict) and "messages" in document
+        else TokenizeCompletionRequest
+    )
+
+
 def tokenize_job(body: TokenizeCompletionRequest | TokenizeChatRequest) -> dict[str, Any]:
     """The plain dict a model server's ``tokenize`` takes."""
     job: dict[str, Any] = {
