@@ -18,10 +18,16 @@
 #   CKPT=/tmp/ck/qwen2.5-3b  MODEL=qwen2.5-3b-fp8  RESULTS=/tmp/bench-results  PHASES="bare router"
 #   CONCURRENCY="128 1 256"  PROMPTS_128=512 PROMPTS_1=32 PROMPTS_256=512  (PROMPTS_<c> for others)
 #   INPUT_LEN=512 OUTPUT_LEN=256  BARE_PORT=8001  ROUTER_PORT=8000  READY_TIMEOUT=480
-#   ROUTER_REPLICAS (router.num_replicas in the generated registry; default: the registry's default)
+#   ROUTER_REPLICAS, ROUTER_BODY_BYTES (router.num_replicas, router.max_request_body_bytes in the
+#            generated registry; default: the registry's defaults)
 #   BENCH_EXTRA (more `vllm bench serve` flags for every run)
 #   FIELDS=1 (after each phase's runs, scripts/gpu/openai_fields.py against that server:
 #            $RESULTS/<target>-fields.json and .log; bare `vllm serve` is the reference)
+#   PROFILE=1 (py-spy, if installed: during each run, 12 s of on-CPU stacks at 100 Hz, per
+#            thread, of every server process - the API server and engine core of bare
+#            `vllm serve`; the router replica, model replica and engine core behind the router -
+#            as $RESULTS/<target>-c<c>-<process>-<pid>.pyspy (raw, collapsed); PROFILE_DELAY=6 s
+#            after the run starts. Summarise with scripts/pyspy_summary.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/gpu/lib.sh
@@ -85,6 +91,7 @@ bench() { # bench TARGET PORT CONCURRENCY
     return 0
   fi
   log "$target c=$c: $n prompts"
+  profile "$target" "$c"
   # shellcheck disable=SC2086
   vllm_cli bench serve --backend openai --base-url "http://127.0.0.1:$port" --endpoint /v1/completions \
     --model "$MODEL" --tokenizer "$CKPT" --dataset-name random \
@@ -99,6 +106,22 @@ bench() { # bench TARGET PORT CONCURRENCY
   if [ "$target" != bare ]; then
     curl -s "http://127.0.0.1:$port/readyz" >"$RESULTS/$target-c$c-readyz.json" || true
   fi
+}
+
+profile() { # profile TARGET CONCURRENCY: background py-spy of the server processes (PROFILE=1)
+  [ "${PROFILE:-0}" = 1 ] || return 0
+  command -v py-spy >/dev/null || { log "PROFILE=1 but no py-spy on PATH"; return 0; }
+  (
+    sleep "${PROFILE_DELAY:-6}"
+    # Process titles: Ray names actors ray::ServeReplica:<app>:<deployment>; vLLM's engine core
+    # sets VLLM::EngineCore; bare `vllm serve`'s API server is the vllm CLI process.
+    pgrep -af "ServeReplica:|EngineCore|vllm.entrypoints.cli.main serve" | while read -r pid cmd; do
+      name=$(echo "$cmd" | grep -oE "ServeReplica:[^ ]+|EngineCore|cli.main serve" | head -n 1 | tr ':/ ' '___')
+      py-spy record --threads --nonblocking --rate 100 --duration 12 --format raw \
+        --output "$RESULTS/$1-c$2-$name-$pid.pyspy" --pid "$pid" >/dev/null 2>&1 &
+    done
+    wait
+  ) &
 }
 
 warm_up() { # warm_up TARGET PORT: 64 short requests at c=64, not saved
@@ -142,17 +165,22 @@ run_bare() {
 }
 
 write_registry() { # the project's registry for the same checkpoint, one replica on the whole GPU
-  "$PY" - "$RESULTS/router-models.yaml" "$CKPT" "$MODEL" "$ROUTER_PORT" "$COMPILE_CACHE" "${ROUTER_REPLICAS:-}" <<'PY'
+  "$PY" - "$RESULTS/router-models.yaml" "$CKPT" "$MODEL" "$ROUTER_PORT" "$COMPILE_CACHE" "${ROUTER_REPLICAS:-}" "${ROUTER_BODY_BYTES:-}" <<'PY'
 import sys
 import yaml
-path, ckpt, model, port, cache, replicas = sys.argv[1:]
+path, ckpt, model, port, cache, replicas, body_bytes = sys.argv[1:]
 args = {"models": [{
     "name": model, "checkpoint": ckpt, "engine": "vllm",
     # vllm serve's defaults: no max_model_len, max_num_seqs or enforce_eager of our own.
     "gpu_memory_utilization": 0.9, "resources": {"num_gpus": 1}, "compile_cache_dir": cache,
 }]}
+router = {}
 if replicas:
-    args["router"] = {"num_replicas": int(replicas)}
+    router["num_replicas"] = int(replicas)
+if body_bytes:
+    router["max_request_body_bytes"] = int(body_bytes)
+if router:
+    args["router"] = router
 doc = {"proxy_location": "EveryNode", "http_options": {"host": "127.0.0.1", "port": int(port)},
        "applications": [{"name": "llm", "route_prefix": "/", "import_path": "serve_app.app:build_app",
                          "args": args}]}
@@ -197,9 +225,13 @@ for phase in $PHASES; do
     router_proxy) run_router router_proxy ;;
     # Throughput mode without HAProxy: Ray's proxy keeps the port, the replica opens its own.
     router_fast) run_router router_fast RAY_SERVE_THROUGHPUT_OPTIMIZED=1 ;;
+    # As router, without the app's raised replica gRPC message limit (Ray's 4 MiB default): the
+    # A/B for the concurrency-128 regression of docs/benchmarks.md run 3.
+    # (The body limit must then fit 4 MiB: serve_app/app.py check_grpc_message_limit.)
+    router_grpc4m) ROUTER_BODY_BYTES=3000000 run_router router_grpc4m "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1" ;;
     # As router, with two router replicas, which HAProxy balances between.
     router2) ROUTER_REPLICAS=2 run_router router2 "$FAST_INGRESS_ENV" ;;
-    *) log "unknown phase '$phase' (expected bare, router, router_proxy, router_fast, router2)"; exit 2 ;;
+    *) log "unknown phase '$phase' (expected bare, router, router_proxy, router_fast, router_grpc4m, router2)"; exit 2 ;;
   esac
 done
 log "done; results:"
