@@ -26,8 +26,10 @@
 #   PROFILE=1 (py-spy, if installed: during each run, 12 s of on-CPU stacks at 100 Hz, per
 #            thread, of every server process - the API server and engine core of bare
 #            `vllm serve`; the router replica, model replica and engine core behind the router -
-#            as $RESULTS/<target>-c<c>-<process>-<pid>.pyspy (raw, collapsed); PROFILE_DELAY=6 s
-#            after the run starts. Summarise with scripts/pyspy_summary.py)
+#            as $RESULTS/<target>-c<c>-<process>-<pid>.pyspy (raw, collapsed), from PROFILE_DELAY=24 s
+#            after `vllm bench serve` starts: it spends about 20 s loading and sampling before it
+#            sends (on an H200 host), so give it PROMPTS_<c> for at least 40 s of traffic, e.g.
+#            PROMPTS_128=3072. Summarise with scripts/pyspy_summary.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/gpu/lib.sh
@@ -112,7 +114,7 @@ profile() { # profile TARGET CONCURRENCY: background py-spy of the server proces
   [ "${PROFILE:-0}" = 1 ] || return 0
   command -v py-spy >/dev/null || { log "PROFILE=1 but no py-spy on PATH"; return 0; }
   (
-    sleep "${PROFILE_DELAY:-6}"
+    sleep "${PROFILE_DELAY:-24}"
     # Process titles: Ray names actors ray::ServeReplica:<app>:<deployment>; vLLM's engine core
     # sets VLLM::EngineCore; bare `vllm serve`'s API server is the vllm CLI process.
     pgrep -af "ServeReplica:|EngineCore|vllm.entrypoints.cli.main serve" | while read -r pid cmd; do

@@ -19,6 +19,7 @@ from typing import Any
 
 from serve_app.deployments.choices import Choice, plan_choices
 from serve_app.deployments.fan_in import fan_in
+from serve_app.deployments.gc_heap import freeze_startup_heap
 from serve_app.deployments.latency import StageLatencies
 from serve_app.deployments.logprobs import Position, TokenStrings, output_positions
 from serve_app.deployments.node_check import CheckpointManifest, verify_on_this_node
@@ -70,6 +71,7 @@ class ModelServer:
             await self.prompts.request_templates.pool.start()
         # models.yaml's tool_call_parser, else the architecture's row (registry/tool_call_parsers.py)
         self.tool_call_parser = tool_call_parser or default_parser(_checkpoint_config(config))
+        freeze_startup_heap(f"model {config.model_name}")
         self.start_seconds = time.perf_counter() - started
         logger.info("model %s ready in %.1f s", config.model_name, self.start_seconds)
 

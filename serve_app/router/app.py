@@ -23,6 +23,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve_app.deployments.gc_heap import freeze_startup_heap
 from serve_app.deployments.openai_format import DONE
 from serve_app.deployments.requests import InferenceRequest
 from serve_app.errors import ModelNotFoundError, ServeAppError
@@ -147,6 +148,7 @@ class Router:
         self.routes: dict[str, ServedModel] = dict(self.models)
         for alias, name in (aliases or {}).items():
             self.routes[alias] = self.models[name]
+        freeze_startup_heap("router")
 
     def _route(self, model: str) -> ServedModel:
         served = self.routes.get(model)
