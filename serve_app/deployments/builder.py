@@ -92,4 +92,5 @@ def bind_model(planned: PlannedModel) -> Application:
         policy,
         planned.spec.tool_call_parser,
         manifest,
+        stream_items_per_s=planned.spec.stream_items_per_s,
     )

@@ -24,7 +24,7 @@ from serve_app.deployments.latency import StageLatencies
 from serve_app.deployments.logprobs import Position, TokenStrings, output_positions
 from serve_app.deployments.node_check import CheckpointManifest, verify_on_this_node
 from serve_app.deployments.openai_format import DONE, ChoiceResult, ResponseFormatter
-from serve_app.deployments.pacing import paced
+from serve_app.deployments.pacing import StreamPace, paced
 from serve_app.deployments.prompts import PromptRenderer, TemplatePolicy
 from serve_app.deployments.requests import InferenceRequest
 from serve_app.deployments.tool_parsers import call_stream, parse_choice, stream_finish_reason
@@ -36,6 +36,7 @@ from serve_app.registry.tool_call_parsers import default_parser
 logger = logging.getLogger("ray.serve")
 
 DEFAULT_STREAM_INTERVAL_S = 0.05
+DEFAULT_STREAM_ITEMS_PER_S = 2560.0  # 128 streams at 50 ms: the pace measured as fast on an H200
 
 
 class ModelServer:
@@ -49,16 +50,18 @@ class ModelServer:
         template_policy: TemplatePolicy | None = None,
         tool_call_parser: str | None = None,
         checkpoint_manifest: CheckpointManifest | None = None,
+        stream_items_per_s: float = DEFAULT_STREAM_ITEMS_PER_S,
     ) -> None:
         """``checkpoint_manifest``: what preflight saw of the checkpoint; when given, this node's
-        copy is compared with it first (``CheckpointLoadError`` naming the node on a difference)."""
+        copy is compared with it first (``CheckpointLoadError`` naming the node on a difference).
+        ``stream_interval_s`` and ``stream_items_per_s``: the streams' pace (``StreamPace``)."""
         started = time.perf_counter()
         if checkpoint_manifest is not None:
             import ray
 
             verify_on_this_node(config.model_name, checkpoint_manifest, node_label(ray))
         self.config = config
-        self.stream_interval_s = stream_interval_s
+        self.pace = StreamPace(stream_interval_s, stream_items_per_s)
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self.latencies = StageLatencies()
         self.engine: Engine = engine_cls(config)
@@ -126,7 +129,7 @@ class ModelServer:
         """
         formatter, choices = await self._prepare(request)
         streams = [
-            paced(self._generate(c.generation), self.stream_interval_s, c.generation.sampling.max_tokens)
+            paced(self._generate(c.generation), self.pace.interval_s, c.generation.sampling.max_tokens)
             for c in choices
         ]
         tokens = [0] * len(choices)
@@ -134,30 +137,31 @@ class ModelServer:
         tools = request.tool_choice != "none"
         calls = [call_stream(request, self.tool_call_parser) for _ in choices] if tools else None
         merged = fan_in(streams) if len(streams) > 1 else _single(streams[0])
-        async with contextlib.aclosing(merged):
-            async for index, delta in merged:
-                choice = choices[index]
-                choice.observe(delta)
-                finish = delta.finish_reason
-                if request.echo_only and finish is None:
-                    continue  # wait for the scoring token's end; nothing of it is output
-                text, shown_finish, positions = choice.chunk_parts(delta, request)
-                if calls is None:  # the plain hot path
-                    out = formatter.chunk(text, shown_finish, choice.index, positions)
-                else:
-                    content, pieces = calls[index].feed(text, final=finish is not None)
-                    if shown_finish is not None:
-                        shown_finish = stream_finish_reason(calls[index], request, shown_finish)
-                    out = formatter.tool_chunk(content, pieces, shown_finish, choice.index, positions)
-                if finish is not None:
-                    tokens[index] = 0 if request.echo_only else delta.completion_tokens
-                    unfinished -= 1
-                    if not unfinished:
-                        if request.include_usage:
-                            out += formatter.usage_chunk(sum(tokens))
-                        out += DONE
-                if out:
-                    yield out
+        with self.pace.streaming(len(choices)):
+            async with contextlib.aclosing(merged):
+                async for index, delta in merged:
+                    choice = choices[index]
+                    choice.observe(delta)
+                    finish = delta.finish_reason
+                    if request.echo_only and finish is None:
+                        continue  # wait for the scoring token's end; nothing of it is output
+                    text, shown_finish, positions = choice.chunk_parts(delta, request)
+                    if calls is None:  # the plain hot path
+                        out = formatter.chunk(text, shown_finish, choice.index, positions)
+                    else:
+                        content, pieces = calls[index].feed(text, final=finish is not None)
+                        if shown_finish is not None:
+                            shown_finish = stream_finish_reason(calls[index], request, shown_finish)
+                        out = formatter.tool_chunk(content, pieces, shown_finish, choice.index, positions)
+                    if finish is not None:
+                        tokens[index] = 0 if request.echo_only else delta.completion_tokens
+                        unfinished -= 1
+                        if not unfinished:
+                            if request.include_usage:
+                                out += formatter.usage_chunk(sum(tokens))
+                            out += DONE
+                    if out:
+                        yield out
 
     async def _generate(self, generation: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         """The engine's stream, timing its first output (``engine_first_output`` in /readyz).

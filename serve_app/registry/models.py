@@ -160,7 +160,17 @@ class ModelSpec(StrictModel):
         description="After a stream's first chunk (sent at once), read the engine's stream at most "
         "this often; the engine merges the tokens in between into one chunk. Each chunk crosses "
         "the Ray hops with its own cost, which is what limits throughput under load "
-        "(docs/benchmarks.md). 0 sends every engine output on its own.",
+        "(docs/benchmarks.md). 0 sends every engine output on its own. The most a stream waits: "
+        "under light load it waits less (stream_items_per_s).",
+    )
+    stream_items_per_s: float = Field(
+        default=2560.0,
+        ge=0,
+        le=1_000_000,
+        description="Chunks per second one replica's streams may yield together before they are "
+        "coalesced: each stream's interval is its replica's streams in flight / this, at most "
+        "stream_interval_ms. One stream gets every engine output (inter-token latency as bare "
+        "vLLM); 128 streams get 50 ms. 0 always waits stream_interval_ms.",
     )
 
     allow_request_chat_template: bool = Field(

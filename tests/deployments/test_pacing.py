@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from serve_app.deployments.pacing import paced
+from serve_app.deployments.pacing import StreamPace, paced
 from serve_app.engines.delta_merge import merging
 from serve_app.engines.protocol import GenerationDelta
 
@@ -91,3 +91,29 @@ def test_an_engine_error_arrives_after_the_output_before_it():
 
     with pytest.raises(ValueError, match="engine broke"):
         asyncio.run(run())
+
+
+def test_pace_follows_the_streams_in_flight():
+    """One stream is read at every engine output; many share the item budget, up to the cap."""
+    pace = StreamPace(max_interval_s=0.05, items_per_s=2560)
+    with pace.streaming():
+        assert pace.interval_s() == pytest.approx(1 / 2560)
+        with pace.streaming(63):
+            assert pace.interval_s() == pytest.approx(64 / 2560)
+            with pace.streaming(200):
+                assert pace.interval_s() == 0.05
+    assert pace.in_flight == 0
+    assert StreamPace(max_interval_s=0.05, items_per_s=0).interval_s() == 0.05
+
+
+def test_a_lone_stream_gets_every_engine_output():
+    """At concurrency 1 the client sees the engine's own token pace, not 50 ms chunks (issue 13)."""
+    pace = StreamPace(max_interval_s=0.05, items_per_s=2560)
+
+    async def run():
+        with pace.streaming():
+            return await timed(paced(merging(engine_stream(20, 0.005, [])), pace.interval_s))
+
+    deltas = [delta for _, delta in asyncio.run(run())]
+    assert [t for d in deltas for t in d.token_ids] == list(range(1, 21))
+    assert len(deltas) >= 15  # (nearly) one chunk per token; a fixed 50 ms interval gives 2-3
