@@ -14,51 +14,19 @@ and normalises the images. transformers' ``AutoProcessor`` would also load a vid
 which needs torchvision; the CPU build of torch has no matching torchvision, so this module
 combines the image processor and the tokenizer itself.
 
-Facts per architecture are the rows of ``VISION_MODELS``; an architecture without a row is
-text-only here, and an image sent to it is a 400 naming the model.
+Facts per architecture are the rows of ``registry/vision_models.py``; an architecture without a
+row is text-only here, and an image sent to it is a 400 naming the model.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from serve_app.engines.protocol import PromptMedia
 from serve_app.errors import InvalidRequestError
-
-
-@dataclass(frozen=True)
-class VisionModel:
-    """How one architecture takes images: its placeholder token (config.json key) and why."""
-
-    image_token_key: str
-    reason: str
-    source: str
-
-
-VISION_MODELS: dict[str, VisionModel] = {
-    "Qwen2_5_VLForConditionalGeneration": VisionModel(
-        image_token_key="image_token_id",
-        reason="one <|image_pad|> per image in the rendered template, expanded to "
-        "image_grid_thw.prod() // merge_size**2 tokens",
-        source="transformers models/qwen2_5_vl/processing_qwen2_5_vl.py replace_image_token; "
-        "vllm/model_executor/models/qwen2_vl.py Qwen2VLMultiModalProcessor._get_prompt_updates",
-    ),
-}
-
-
-def vision_model(checkpoint: Path) -> tuple[str, VisionModel] | None:
-    """(architecture, its row) when the checkpoint's architecture takes images, else None."""
-    try:
-        config = json.loads((Path(checkpoint) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    for architecture in config.get("architectures") or ():
-        if architecture in VISION_MODELS:
-            return architecture, VISION_MODELS[architecture]
-    return None
+from serve_app.registry.vision_models import vision_model
 
 
 class ImagePrompts:

@@ -32,6 +32,9 @@ class EngineConfig:
     trust_remote_code: bool = False
     compile_cache_dir: Path | None = None
     engine_args: dict[str, Any] = field(default_factory=dict)
+    # Vision-language checkpoints: most images per prompt (vLLM's limit_mm_per_prompt["image"]);
+    # None for text-only ones, which get no multimodal arguments.
+    limit_images_per_prompt: int | None = None
 
 
 StructuredKind = Literal["json", "json_object", "regex", "choice", "grammar"]

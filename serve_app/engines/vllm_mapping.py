@@ -45,6 +45,7 @@ FIRST_CLASS_FIELDS = (
     "enforce_eager",
     "kv_cache_dtype",
     "trust_remote_code",
+    "limit_mm_per_prompt",  # the registry's media.limit_per_prompt
 )
 # AsyncEngineArgs fields this app sets itself: the checkpoint is the model, always ModelOpt.
 RESERVED_FIELDS = ("model", "quantization")
@@ -97,6 +98,9 @@ def engine_kwargs(
         kwargs["max_model_len"] = config.max_model_len
     if config.max_num_seqs is not None:
         kwargs["max_num_seqs"] = config.max_num_seqs
+    if config.limit_images_per_prompt is not None:
+        # Only images are sent; other modalities keep vLLM's default limit.
+        kwargs["limit_mm_per_prompt"] = {"image": config.limit_images_per_prompt}
 
     _check_known(config.model_name, config.engine_args, valid)
     _check_no_conflicts(config.model_name, config.engine_args)
