@@ -127,11 +127,15 @@ def decode_image(data: bytes, index: int, policy: ImagePolicy) -> Any:
                     f"({policy.max_image_pixels} pixels)",
                 )
             return image.convert("RGB")
+    except Image.DecompressionBombError:  # Pillow's own bound (2 x Image.MAX_IMAGE_PIXELS), at open
+        raise _refuse(
+            index, f"the image has more pixels than this model accepts ({policy.max_image_pixels} pixels)"
+        ) from None
     except UnidentifiedImageError:
         raise _refuse(
             index, f"the data could not be decoded as an image ({', '.join(IMAGE_FORMATS)})"
         ) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except (OSError, SyntaxError, ValueError) as error:
         raise _refuse(index, f"the image could not be decoded: {str(error)[:200]}") from None
 
 
