@@ -99,8 +99,9 @@ def engine_kwargs(
     if config.max_num_seqs is not None:
         kwargs["max_num_seqs"] = config.max_num_seqs
     if config.limit_images_per_prompt is not None:
-        # Only images are sent; other modalities keep vLLM's default limit.
-        kwargs["limit_mm_per_prompt"] = {"image": config.limit_images_per_prompt}
+        # This app sends no video: 0 skips vLLM's start-up profiling of it (examples/gpu.yaml
+        # passed {image: 1, video: 0} to vLLM 0.24 on an H200 before this field existed).
+        kwargs["limit_mm_per_prompt"] = {"image": config.limit_images_per_prompt, "video": 0}
 
     _check_known(config.model_name, config.engine_args, valid)
     _check_no_conflicts(config.model_name, config.engine_args)
