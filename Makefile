@@ -6,7 +6,7 @@ EXTRAS ?= cpu,quantize,dev
 comma := ,
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
-DEMO := checkpoints/qwen2-small/config.json checkpoints/llama-small/config.json
+DEMO := checkpoints/qwen2-small/config.json checkpoints/llama-small/config.json checkpoints/qwen2.5-vl-tiny/config.json
 # INGRESS=haproxy (default): Ray Serve's throughput mode with its HAProxy ingress, which
 # forwards HTTP straight to the router replica (no proxy actor hop, gRPC between deployments).
 # On an H200 it reached 1.01x bare `vllm serve`'s throughput at concurrency 128, against 0.69x
@@ -33,6 +33,8 @@ checkpoints/qwen2-small/config.json: | $(STAMP)
 	$(PY) scripts/make_checkpoint.py --arch qwen2 --size small --out checkpoints/qwen2-small
 checkpoints/llama-small/config.json: | $(STAMP)
 	$(PY) scripts/make_checkpoint.py --arch llama --size small --seed 1 --out checkpoints/llama-small
+checkpoints/qwen2.5-vl-tiny/config.json: | $(STAMP)
+	$(PY) scripts/make_vl_checkpoint.py --size tiny --out checkpoints/qwen2.5-vl-tiny
 
 serve: setup demo-checkpoints
 	$(PY) -m serve_app preflight models.yaml

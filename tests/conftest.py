@@ -21,6 +21,7 @@ def _load_script(name: str):
 
 
 make_checkpoint_module = _load_script("make_checkpoint")
+make_vl_checkpoint_module = _load_script("make_vl_checkpoint")
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +47,14 @@ def qwen2_checkpoint(checkpoint_factory) -> Path:
 @pytest.fixture(scope="session")
 def llama_checkpoint(checkpoint_factory) -> Path:
     return checkpoint_factory("llama", "tiny")
+
+
+@pytest.fixture(scope="session")
+def vl_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random-weight Qwen2.5-VL ModelOpt FP8 checkpoint (vision tower and lm_head BF16)."""
+    out = tmp_path_factory.mktemp("ckpt-qwen2.5-vl-tiny")
+    make_vl_checkpoint_module.make_vl_checkpoint(out, "tiny", 0, "cpu")
+    return out
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make the GPU-sized ModelOpt FP8 checkpoints (random weights, nothing downloaded) under OUTDIR:
 #   OUTDIR/qwen2.5-3b     Qwen2.5-3B geometry      (scripts/make_checkpoint.py --arch qwen2 --size 3b)
-#   OUTDIR/qwen2.5-vl-3b  Qwen2.5-VL-3B geometry   (scripts/gpu/make_vl_checkpoint.py; vision + lm_head BF16)
+#   OUTDIR/qwen2.5-vl-3b  Qwen2.5-VL-3B geometry   (scripts/make_vl_checkpoint.py; vision + lm_head BF16)
 #   OUTDIR/llama3-8b      Llama-3-8B geometry      (scripts/make_checkpoint.py --arch llama --size 8b)
 # Usage: bash scripts/gpu/make_checkpoints.sh [OUTDIR=/tmp/ck] [WHICH="qwen3b vl llama8b"]
 # Existing checkpoints are kept (delete the folder to remake one). Prints each one's timing.
@@ -18,7 +18,7 @@ for item in $which; do
   start=$SECONDS
   case $item in
     qwen3b) "$PY" scripts/make_checkpoint.py --arch qwen2 --size 3b --device cuda --out "$out/qwen2.5-3b" ;;
-    vl) "$PY" scripts/gpu/make_vl_checkpoint.py --size 3b --device cuda --out "$out/qwen2.5-vl-3b" ;;
+    vl) "$PY" scripts/make_vl_checkpoint.py --size 3b --device cuda --out "$out/qwen2.5-vl-3b" ;;
     llama8b) "$PY" scripts/make_checkpoint.py --arch llama --size 8b --device cuda --out "$out/llama3-8b" ;;
     *) log "unknown checkpoint '$item' (expected qwen3b, vl, llama8b)"; exit 2 ;;
   esac

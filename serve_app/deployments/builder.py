@@ -9,6 +9,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from serve_app.deployments.media import image_policy
 from serve_app.deployments.model_server import ModelServer
 from serve_app.deployments.node_check import record_manifest
 from serve_app.deployments.prompts import TemplatePolicy
@@ -92,5 +93,6 @@ def bind_model(planned: PlannedModel) -> Application:
         policy,
         planned.spec.tool_call_parser,
         manifest,
+        image_policy(planned.spec.media),
         stream_items_per_s=planned.spec.stream_items_per_s,
     )

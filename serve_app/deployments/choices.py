@@ -15,7 +15,7 @@ from typing import Any
 
 from serve_app.deployments.logprobs import Position, output_positions, prompt_positions
 from serve_app.deployments.requests import InferenceRequest
-from serve_app.engines.protocol import GenerationDelta, GenerationRequest, TokenLogprob
+from serve_app.engines.protocol import GenerationDelta, GenerationRequest, PromptMedia, TokenLogprob
 
 
 @dataclass
@@ -54,11 +54,14 @@ class Choice:
         return text, finish, positions
 
 
-def plan_choices(request: InferenceRequest, prompts: list[list[int]], renderer: Any) -> list[Choice]:
+def plan_choices(
+    request: InferenceRequest, prompts: list[list[int]], renderer: Any, media: PromptMedia | None = None
+) -> list[Choice]:
     """The choices for ``prompts`` (token ids, one list per prompt), in index order.
 
     ``renderer`` (a PromptRenderer) gives the room left in the context for requests without
-    ``max_tokens`` and the tokenizer that decodes token-id prompts for ``echo``.
+    ``max_tokens`` and the tokenizer that decodes token-id prompts for ``echo``. ``media``: the
+    images of a chat prompt, which every choice's engine request carries.
     """
     single = len(prompts) * request.n == 1
     choices = []
@@ -73,7 +76,7 @@ def plan_choices(request: InferenceRequest, prompts: list[list[int]], renderer: 
         for i in range(request.n):
             index = p * request.n + i
             request_id = request.request_id if single else f"{request.request_id}-{index}"
-            generation = GenerationRequest(request_id, ids, request.sample_sampling(i, max_tokens))
+            generation = GenerationRequest(request_id, ids, request.sample_sampling(i, max_tokens), media)
             wants = request.sampling.logprobs is not None
             choices.append(Choice(index, generation, ids, echo_text, wants))
     return choices

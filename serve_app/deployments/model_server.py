@@ -22,16 +22,19 @@ from serve_app.deployments.fan_in import fan_in
 from serve_app.deployments.gc_heap import freeze_startup_heap
 from serve_app.deployments.latency import StageLatencies
 from serve_app.deployments.logprobs import Position, TokenStrings, output_positions
+from serve_app.deployments.media import ImagePolicy, load_images
 from serve_app.deployments.node_check import CheckpointManifest, verify_on_this_node
 from serve_app.deployments.openai_format import DONE, ChoiceResult, ResponseFormatter
 from serve_app.deployments.pacing import StreamPace, paced
 from serve_app.deployments.prompts import PromptRenderer, TemplatePolicy
 from serve_app.deployments.requests import InferenceRequest
 from serve_app.deployments.tool_parsers import call_stream, parse_choice, stream_finish_reason
+from serve_app.deployments.vision import ImagePrompts
 from serve_app.engines.protocol import Engine, EngineConfig, GenerationDelta, GenerationRequest
 from serve_app.engines.selection import node_label
 from serve_app.errors import EngineDeadError, InvalidRequestError
 from serve_app.registry.tool_call_parsers import default_parser
+from serve_app.registry.vision_models import vision_model
 
 logger = logging.getLogger("ray.serve")
 
@@ -50,10 +53,12 @@ class ModelServer:
         template_policy: TemplatePolicy | None = None,
         tool_call_parser: str | None = None,
         checkpoint_manifest: CheckpointManifest | None = None,
+        image_policy: ImagePolicy | None = None,
         stream_items_per_s: float = DEFAULT_STREAM_ITEMS_PER_S,
     ) -> None:
         """``checkpoint_manifest``: what preflight saw of the checkpoint; when given, this node's
         copy is compared with it first (``CheckpointLoadError`` naming the node on a difference).
+        ``image_policy``: the registry's ``media`` rules (vision-language checkpoints).
         ``stream_interval_s`` and ``stream_items_per_s``: the streams' pace (``StreamPace``)."""
         started = time.perf_counter()
         if checkpoint_manifest is not None:
@@ -72,6 +77,12 @@ class ModelServer:
         )
         if self.prompts.request_templates is not None:
             await self.prompts.request_templates.pool.start()
+        self.image_policy = image_policy or ImagePolicy()
+        self.image_prompts: ImagePrompts | None = None
+        if vision_model(config.checkpoint) is not None:
+            self.image_prompts = await asyncio.to_thread(
+                ImagePrompts, config.checkpoint, tokenizer, config.trust_remote_code
+            )
         # models.yaml's tool_call_parser, else the architecture's row (registry/tool_call_parsers.py)
         self.tool_call_parser = tool_call_parser or default_parser(_checkpoint_config(config))
         freeze_startup_heap(f"model {config.model_name}")
@@ -197,10 +208,11 @@ class ModelServer:
             )
         if request.received_at:
             self.latencies.add("router_to_replica", time.time() - request.received_at)
+        images = await self._load_images(request)
         started = time.perf_counter()
         rendered = await self.prompts.render_request_template(request)  # in a worker process
         loop = asyncio.get_running_loop()
-        plan = (self._plan, request, rendered)
+        plan = (self._plan, request, rendered, images)
         prompts, choices = await loop.run_in_executor(self._tokenizer_thread, *plan)
         self.latencies.add("tokenize", time.perf_counter() - started)
         strings = None
@@ -213,10 +225,29 @@ class ModelServer:
         formatter = ResponseFormatter(request, sum(len(ids) for ids in prompts), strings)
         return formatter, choices
 
-    def _plan(self, request: InferenceRequest, rendered: str | None) -> tuple[list[list[int]], list[Choice]]:
+    async def _load_images(self, request: InferenceRequest) -> list[Any]:
+        """The request's images, fetched and decoded (deployments/media.py); 400 for a model
+        that takes none, past the model's limit, or for an image that cannot be had."""
+        if not request.images:
+            return []
+        if self.image_prompts is None:
+            raise InvalidRequestError(
+                f"model {self.config.model_name!r} is a text-only model and does not take images; "
+                "send image_url parts to a vision-language model",
+                param="messages",
+            )
+        return await load_images(list(request.images), self.image_policy, self.config.model_name)
+
+    def _plan(
+        self, request: InferenceRequest, rendered: str | None, images: list[Any]
+    ) -> tuple[list[list[int]], list[Choice]]:
         """Prompt ids and choices, in one trip to the tokenizer thread."""
-        prompts = self.prompts.prompt_ids(request, rendered)
-        return prompts, plan_choices(request, prompts, self.prompts)
+        if not images:
+            prompts = self.prompts.prompt_ids(request, rendered)
+            return prompts, plan_choices(request, prompts, self.prompts)
+        tensors = bool(getattr(self.engine, "needs_image_tensors", True))
+        ids, media = self.prompts.image_prompt(request, rendered, images, self.image_prompts, tensors)
+        return [ids], plan_choices(request, [ids], self.prompts, media)
 
     # --- tokenizer endpoints (vLLM's /tokenize and /detokenize) ---------------------------------
     async def tokenize(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -270,6 +301,7 @@ class ModelServer:
             "model": self.config.model_name,
             "max_model_len": self.engine.max_model_len,
             "chat_template": self.prompts.has_chat_template,
+            "images": self.image_prompts is not None,
             "start_seconds": round(self.start_seconds, 2),
             "stats": self.engine.stats().as_dict(),
             "latency": self.latencies.summary(),

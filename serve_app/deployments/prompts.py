@@ -23,6 +23,7 @@ from serve_app.deployments.template_render import (
     template_errors,
     template_variables,
 )
+from serve_app.engines.protocol import PromptMedia
 from serve_app.errors import (
     ChatTemplateError,
     ChatTemplateMissingError,
@@ -152,6 +153,27 @@ class PromptRenderer:
         for ids in prompts:
             self._check_fits(len(ids), request)
         return prompts
+
+    def image_prompt(
+        self, request: InferenceRequest, rendered: str | None, images: list[Any], prompts: Any, tensors: bool
+    ) -> tuple[list[int], PromptMedia]:
+        """A chat prompt with images: (its ids with each image's placeholder expanded, the
+        ``PromptMedia`` for the engine). ``prompts`` is the model's ``ImagePrompts``.
+
+        Raises InvalidRequestError for ``truncate_prompt_tokens`` (cutting the prompt could cut
+        an image apart) and ContextLengthError when the expanded prompt does not fit."""
+        if request.truncate_prompt_tokens is not None:
+            raise InvalidRequestError(
+                "truncate_prompt_tokens cannot be combined with images", param="truncate_prompt_tokens"
+            )
+        self._check_chars(request, rendered)
+        if rendered is not None:
+            ids = self.tokenizer.encode(rendered, add_special_tokens=bool(request.add_special_tokens))
+        else:
+            ids = self.chat_ids(request.messages or [], request)
+        expanded, media = prompts.media(ids, images, tensors)
+        self._check_fits(len(expanded), request)
+        return expanded, media
 
     def _check_chars(self, request: InferenceRequest, rendered: str | None) -> None:
         """ContextLengthError, before tokenizing, for text too long to fit in any tokenization."""

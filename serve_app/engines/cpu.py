@@ -15,6 +15,11 @@ the vLLM engine's output against), one token at a time:
   as vLLM). A token that ends the request (EOS unless ``ignore_eos``, a ``stop_token_ids`` id, or
   the one completing a grammar) is in ``token_ids`` but its text is not, unless
   ``include_stop_str_in_output`` (vllm/v1/engine/detokenizer.py).
+- Vision-language checkpoints (Qwen2.5-VL) run as transformers' ``Qwen2_5_VLForConditionalGeneration``:
+  a request's ``media.tensors`` (the image processor's output) go into its prefill. The model's
+  3-D rotary positions (M-RoPE) are computed per request (``get_rope_index`` at the prefill, its
+  offset kept for the decode steps) and passed explicitly: the model would otherwise keep one
+  request's offset on itself (``rope_deltas``) and use it for the next request's steps.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class _Request:
     token_ids: list[int] = field(default_factory=list)
     emitted_chars: int = 0
     cache: Any = None
+    rope_delta: int = 0  # M-RoPE models: position offset of the decode steps (get_rope_index)
     aborted: bool = False
     finish_reason: FinishReason | None = None
     admitted: asyncio.Future[None] | None = None  # set while waiting for a slot
@@ -100,6 +106,8 @@ class _Model:
     eos_token_ids: frozenset[int]
     max_model_len: int  # engines/context_length.py: vLLM's rule for this checkpoint and config
     grammars: GrammarBackend
+    vision: bool = False  # takes images (PromptMedia.tensors)
+    rope_index: Any = None  # M-RoPE models: model.model.get_rope_index; positions are then explicit
 
 
 @dataclass
@@ -115,6 +123,8 @@ class _StepOutput:
 
 class CPUReferenceEngine:
     """The engine protocol on CPU with transformers; see the module docstring."""
+
+    needs_image_tensors = True  # it runs the model on the image processor's pixel values
 
     def __init__(self, config: EngineConfig, dtype: torch.dtype | str | None = None) -> None:
         """``dtype`` overrides the checkpoint's dtype (e.g. ``"float32"``); None keeps it."""
@@ -161,6 +171,8 @@ class CPUReferenceEngine:
     def _load(self) -> _Model:
         from transformers import AutoTokenizer
 
+        from serve_app.engines.fp8_loading import is_vision_language
+
         checkpoint = Path(self.config.checkpoint)
         trust = self.config.trust_remote_code
         context = effective_max_model_len(
@@ -173,6 +185,7 @@ class CPUReferenceEngine:
         params = inspect.signature(model.forward).parameters
         vocab_size = model.get_input_embeddings().num_embeddings
         eos_token_ids = _eos_token_ids(checkpoint, model.config, tokenizer)
+        inner = getattr(model, "model", None)
         return _Model(
             model=model,
             tokenizer=tokenizer,
@@ -182,6 +195,8 @@ class CPUReferenceEngine:
             eos_token_ids=eos_token_ids,
             max_model_len=context.value,
             grammars=GrammarBackend(tokenizer, vocab_size, eos_token_ids),
+            vision=is_vision_language(model.config),
+            rope_index=getattr(inner, "get_rope_index", None),
         )
 
     async def shutdown(self) -> None:
@@ -258,6 +273,13 @@ class CPUReferenceEngine:
                 f"the prompt has {len(prompt)} tokens; this model's context is {self._max_model_len} tokens "
                 "including at least one generated token",
                 param="prompt",
+            )
+        if request.media is not None and not (self._loaded.vision and request.media.tensors):
+            raise InvalidRequestError(
+                f"model {self.config.model_name!r} does not take images"
+                if not self._loaded.vision
+                else "an image request reached the CPU engine without the image processor's tensors",
+                param="messages",
             )
         validate_sampling(sampling, vocab)
         if sampling.structured is not None:
@@ -436,6 +458,7 @@ def _step(loaded: _Model, state: _Request) -> _StepOutput:
     else:
         input_ids = torch.tensor([[state.token_ids[-1]]], dtype=torch.long)
     kwargs: dict[str, Any] = {loaded.cache_kwarg: state.cache, "use_cache": True}
+    kwargs.update(_vision_inputs(loaded, state, input_ids, prefill))
     if loaded.keep_last_logits and not want_prompt_logprobs:
         kwargs["logits_to_keep"] = 1  # every position's logits only when prompt logprobs are asked for
     output = loaded.model(input_ids=input_ids, **kwargs)
@@ -458,6 +481,29 @@ def _step(loaded: _Model, state: _Request) -> _StepOutput:
         shown, skip_special_tokens=sampling.skip_special_tokens, clean_up_tokenization_spaces=False
     )
     return _StepOutput(token, text, stopped, logprob, prompt)
+
+
+def _vision_inputs(loaded: _Model, state: _Request, input_ids: torch.Tensor, prefill: bool) -> dict[str, Any]:
+    """A vision-language model's extra forward arguments for one step: the image tensors at the
+    prefill, and explicit M-RoPE ``position_ids`` [3, 1, tokens] at every step (module docstring)."""
+    if loaded.rope_index is None:
+        return {}
+    media = state.request.media
+    extra: dict[str, Any] = {}
+    if prefill and media is not None:
+        tensors = media.tensors
+        grid = tensors["image_grid_thw"]
+        extra = {"pixel_values": tensors["pixel_values"], "image_grid_thw": grid}
+        positions, deltas = loaded.rope_index(
+            input_ids, mm_token_type_ids=tensors["mm_token_type_ids"], image_grid_thw=grid
+        )
+        state.rope_delta = int(deltas.reshape(-1)[0])
+    else:
+        start = 0 if prefill else len(state.request.prompt_token_ids) + len(state.token_ids) - 1
+        steps = torch.arange(start, start + input_ids.shape[1], dtype=torch.long) + state.rope_delta
+        positions = steps.view(1, 1, -1).expand(3, 1, -1)
+    extra["position_ids"] = positions
+    return extra
 
 
 # --------------------------------------------------------------------------------- helpers

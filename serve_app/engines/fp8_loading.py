@@ -10,12 +10,18 @@ scales, and loads the result strictly: a missing or unexpected tensor is an erro
 It reads the files vLLM's loader would (engines/weight_files.py) and, like vLLM's model classes,
 ignores a stored ``lm_head`` when ``tie_word_embeddings`` is set (``ties_word_embeddings``).
 
+A config with a ``vision_config`` (Qwen2.5-VL) is built as transformers' image-text-to-text model
+(``AutoModelForImageTextToText``). Its checkpoint keeps the tensor names vLLM reads
+(``model.layers.*``, ``visual.*``), which transformers 5 renames on load (``model.language_model.*``,
+``model.visual.*``); the same renaming is applied here (``checkpoint_key_renamer``).
+
 Used by the CPU reference engine; needs torch, safetensors and transformers but not vLLM or Ray.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +68,7 @@ def load_dequantized_model(
     expected = model.state_dict()
     tied = _tied_groups(model)
     skip = TIED_SKIP_PREFIXES if ties_word_embeddings(config) else ()
-    state_dict = _read_dequantized(checkpoint, expected, skip)
+    state_dict = _read_dequantized(checkpoint, expected, skip, checkpoint_key_renamer(model))
     _check_keys(checkpoint, state_dict, expected, tied)
     model.load_state_dict(state_dict, strict=False, assign=True)
     _retie(model, tied, state_dict.keys())
@@ -137,15 +143,21 @@ def _pop_quantization_config(config: Any) -> Any:
     return found
 
 
+def is_vision_language(config: Any) -> bool:
+    """True for a config with a vision tower (``vision_config``), e.g. Qwen2.5-VL."""
+    return getattr(config, "vision_config", None) is not None
+
+
 def _build_empty_model(config: Any, dtype: torch.dtype | None, trust_remote_code: bool) -> Any:
     """The model with allocated but uninitialised weights (random init is skipped: we overwrite it)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
+    auto = AutoModelForImageTextToText if is_vision_language(config) else AutoModelForCausalLM
     with _no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, **kwargs)
+        model = auto.from_config(config, **kwargs)
     model.tie_weights()  # skipping init skips the tying too; _tied_groups needs it
     return model
 
@@ -197,32 +209,75 @@ def _iter_tensors(checkpoint: Path, skip_prefixes: tuple[str, ...]) -> Iterator[
                     yield key, handle.get_tensor(key)
 
 
+def checkpoint_key_renamer(model: Any) -> Callable[[str], str]:
+    """checkpoint tensor name -> the model's name, as transformers' own loader renames it.
+
+    transformers 5: the model's conversion mapping (``conversion_mapping.get_model_conversion_mapping``
+    and ``core_model_loading.rename_source_key``, what ``from_pretrained`` applies); for
+    Qwen2.5-VL ``^visual`` -> ``model.visual`` and ``^model`` -> ``model.language_model``.
+    transformers 4: the model's ``_checkpoint_conversion_mapping`` (regex -> replacement).
+    Identity for models without either (Llama, Qwen2)."""
+    legacy = getattr(model, "_checkpoint_conversion_mapping", None)
+    if legacy:
+        rules = [(re.compile(source), target) for source, target in legacy.items()]
+
+        def rename_legacy(key: str) -> str:
+            for pattern, target in rules:
+                key, count = pattern.subn(target, key)
+                if count:
+                    break
+            return key
+
+        return rename_legacy
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, rename_source_key
+    except ImportError:
+        return lambda key: key
+    transforms = get_model_conversion_mapping(model)
+    if not transforms:
+        return lambda key: key
+    renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    meta = model.state_dict()
+    prefix = getattr(model, "base_model_prefix", None)
+    return lambda key: rename_source_key(key, renamings, converters, prefix, meta)[0]
+
+
 def _read_dequantized(
-    checkpoint: Path, expected: dict[str, torch.Tensor], skip_prefixes: tuple[str, ...] = ()
+    checkpoint: Path,
+    expected: dict[str, torch.Tensor],
+    skip_prefixes: tuple[str, ...] = (),
+    rename: Callable[[str], str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors with FP8 weights dequantized and scales dropped.
+    """The checkpoint's tensors with FP8 weights dequantized and scales dropped, under the model's
+    names (``rename``: checkpoint name -> model name; default unchanged).
 
     Tensors whose names start with ``skip_prefixes`` are not read. Each tensor takes the dtype of
     the model's tensor of that name; unknown names are kept as they are so that the key check can
     report them.
     """
+    rename = rename or (lambda key: key)
     weights: dict[str, torch.Tensor] = {}
     scales: dict[str, torch.Tensor] = {}
     for key, tensor in _iter_tensors(checkpoint, skip_prefixes):
-        if key not in expected and key.endswith(SCALE_SUFFIXES):
+        if rename(key) not in expected and key.endswith(SCALE_SUFFIXES):
             scales[key] = tensor
         else:
             weights[key] = tensor
+    loaded: dict[str, torch.Tensor] = {}
     for key, tensor in weights.items():
-        target = expected[key].dtype if key in expected else None
+        name = rename(key)
+        target = expected[name].dtype if name in expected else None
         if tensor.dtype in FP8_DTYPES:
             scale_key = key.removesuffix("weight") + "weight_scale"
             if scale_key not in scales:
                 raise CheckpointLoadError(f"{checkpoint}: FP8 tensor {key} has no {scale_key}")
-            weights[key] = dequantize_fp8(tensor, scales[scale_key], target or torch.float32)
+            tensor = dequantize_fp8(tensor, scales[scale_key], target or torch.float32)
         elif target is not None and tensor.dtype != target:
-            weights[key] = tensor.to(target)
-    return weights
+            tensor = tensor.to(target)
+        loaded[name] = tensor
+    return loaded
 
 
 def _check_keys(

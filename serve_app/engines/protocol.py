@@ -32,6 +32,9 @@ class EngineConfig:
     trust_remote_code: bool = False
     compile_cache_dir: Path | None = None
     engine_args: dict[str, Any] = field(default_factory=dict)
+    # Vision-language checkpoints: most images per prompt (vLLM's limit_mm_per_prompt["image"]);
+    # None for text-only ones, which get no multimodal arguments.
+    limit_images_per_prompt: int | None = None
 
 
 StructuredKind = Literal["json", "json_object", "regex", "choice", "grammar"]
@@ -103,10 +106,32 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True)
+class PromptMedia:
+    """The images of one prompt (vision-language models only; deployments/vision.py builds it).
+
+    ``images``: decoded RGB ``PIL.Image.Image`` objects in prompt order, as vLLM's
+    ``multi_modal_data["image"]`` takes them. ``prompt_token_ids``: the chat template's ids, with
+    one placeholder token per image, which vLLM's multimodal processor expands itself (vLLM's own
+    chat server passes the same ``TokensPrompt`` plus ``multi_modal_data``). ``tensors``: the image
+    processor's outputs for a transformers model (``pixel_values`` [patches, channels * patch
+    volume], ``image_grid_thw`` [images, 3], ``mm_token_type_ids`` [1, expanded prompt length]);
+    empty for engines that process images themselves.
+    """
+
+    images: tuple[Any, ...]
+    prompt_token_ids: list[int]
+    tensors: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
+    """One sequence to generate. ``prompt_token_ids`` is the prompt as the model sees it, image
+    placeholders expanded (what vLLM reports as ``RequestOutput.prompt_token_ids``)."""
+
     request_id: str
     prompt_token_ids: list[int]
     sampling: SamplingOptions
+    media: PromptMedia | None = None
 
 
 @dataclass
@@ -146,6 +171,9 @@ class Engine(Protocol):
     """An LLM engine behind a model server. Calls before ``start()`` raise EngineNotStartedError."""
 
     config: EngineConfig
+    # True when generate() needs PromptMedia.tensors (the image processor's pixel values); an
+    # engine that runs the checkpoint's processor itself (vLLM) sets False.
+    needs_image_tensors: bool
 
     async def start(self) -> None:
         """Load the checkpoint; return when the engine can generate."""

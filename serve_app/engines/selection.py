@@ -13,6 +13,7 @@ from typing import Literal
 
 from serve_app.engines.protocol import Engine, EngineConfig
 from serve_app.registry.models import ModelSpec
+from serve_app.registry.vision_models import vision_model
 
 ResolvedEngine = Literal["vllm", "cpu"]
 
@@ -103,4 +104,5 @@ def engine_config(spec: ModelSpec) -> EngineConfig:
         trust_remote_code=spec.trust_remote_code,
         compile_cache_dir=spec.compile_cache_dir,
         engine_args=dict(spec.engine_args),
+        limit_images_per_prompt=spec.media.limit_per_prompt if vision_model(spec.checkpoint) else None,
     )

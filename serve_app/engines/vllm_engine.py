@@ -16,6 +16,13 @@ torch.compile's cache goes to one persistent folder per model (``compile_cache_d
 engine starts. vLLM keys its compiled graphs under ``<root>/torch_compile_cache/<hash>`` and points
 Inductor's and Triton's caches inside it, so a restarted replica with the same settings skips
 compilation. ``start_info`` records how long the start took and whether that cache was warm.
+
+Images (vision-language checkpoints) go in through the public prompt dict, as vLLM's own chat
+server passes them: ``TokensPrompt(prompt_token_ids=<the chat template's ids, one placeholder per
+image>, multi_modal_data={"image": [PIL images]})``. vLLM's multimodal processor (the checkpoint's
+own Hugging Face image processor) sizes the images and expands each placeholder; its
+``RequestOutput.prompt_token_ids`` is then the expanded prompt, which the model server has
+computed by the same rule (deployments/vision.py) for usage and the context check.
 """
 
 from __future__ import annotations
@@ -92,6 +99,8 @@ class VLLMEngine:
     fails to load the model. ``generate`` raises InvalidRequestError for a request vLLM rejects,
     EngineGenerateError when one request fails and EngineDeadError when the engine is gone.
     """
+
+    needs_image_tensors = False  # vLLM runs the checkpoint's image processor itself
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -195,17 +204,33 @@ class VLLMEngine:
             params = SamplingParams(**kwargs, output_kind=RequestOutputKind.DELTA)
         except ValueError as error:  # vLLM's own range checks (VLLMValidationError names some fields)
             raise InvalidRequestError(str(error), param=getattr(error, "parameter", None)) from error
-        return self._stream(
-            llm, request.request_id, TokensPrompt(prompt_token_ids=prompt_ids), params, request.sampling
-        )
+        if request.media is None:
+            prompt = TokensPrompt(prompt_token_ids=prompt_ids)
+        elif self.config.limit_images_per_prompt is None:
+            raise InvalidRequestError(
+                f"model {self.config.model_name!r} does not take images", param="messages"
+            )
+        else:
+            prompt = TokensPrompt(
+                prompt_token_ids=list(request.media.prompt_token_ids),
+                multi_modal_data={"image": list(request.media.images)},
+            )
+        return self._stream(llm, request.request_id, prompt, params, request.sampling, len(prompt_ids))
 
     async def _stream(
-        self, llm: Any, request_id: str, prompt: Any, params: Any, sampling: SamplingOptions
+        self,
+        llm: Any,
+        request_id: str,
+        prompt: Any,
+        params: Any,
+        sampling: SamplingOptions,
+        prompt_tokens: int,
     ) -> AsyncIterator[GenerationDelta]:
+        """``prompt_tokens``: the prompt's length as the model sees it (images expanded)."""
         if request_id in self._in_flight:  # two streams made for one id before either started
             raise InvalidRequestError(f"request id {request_id!r} is already running")
         counters = StreamCounters(
-            prompt_tokens=len(prompt["prompt_token_ids"]),
+            prompt_tokens=prompt_tokens,
             num_logprobs=sampling.logprobs,
             num_prompt_logprobs=sampling.prompt_logprobs,
         )

@@ -45,6 +45,7 @@ FIRST_CLASS_FIELDS = (
     "enforce_eager",
     "kv_cache_dtype",
     "trust_remote_code",
+    "limit_mm_per_prompt",  # the registry's media.limit_per_prompt
 )
 # AsyncEngineArgs fields this app sets itself: the checkpoint is the model, always ModelOpt.
 RESERVED_FIELDS = ("model", "quantization")
@@ -97,6 +98,10 @@ def engine_kwargs(
         kwargs["max_model_len"] = config.max_model_len
     if config.max_num_seqs is not None:
         kwargs["max_num_seqs"] = config.max_num_seqs
+    if config.limit_images_per_prompt is not None:
+        # This app sends no video: 0 skips vLLM's start-up profiling of it (examples/gpu.yaml
+        # passed {image: 1, video: 0} to vLLM 0.24 on an H200 before this field existed).
+        kwargs["limit_mm_per_prompt"] = {"image": config.limit_images_per_prompt, "video": 0}
 
     _check_known(config.model_name, config.engine_args, valid)
     _check_no_conflicts(config.model_name, config.engine_args)

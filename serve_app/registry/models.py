@@ -116,6 +116,49 @@ class AutoscalingSpec(StrictModel):
         return self
 
 
+class MediaSpec(StrictModel):
+    """Images in chat requests (vision-language checkpoints only; a text-only model refuses them)."""
+
+    limit_per_prompt: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Most images in one request; more get 400. Passed to vLLM as "
+        "limit_mm_per_prompt={'image': N}, which also bounds its start-up memory profiling.",
+    )
+    allowed_media_domains: list[str] = Field(
+        default_factory=list,
+        description="Hosts whose http(s) image URLs the server may fetch (vLLM's "
+        "--allowed-media-domains). Empty (the default): remote images are refused and clients "
+        "send data URLs, so no request can make the server fetch a URL. file:// is never allowed.",
+    )
+    max_image_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1024,
+        description="Largest encoded image (a data URL's or a download's bytes).",
+    )
+    max_image_pixels: int = Field(
+        default=4096 * 4096,
+        ge=64,
+        description="Most pixels (width x height) of one decoded image, read from its header before "
+        "decoding, so a decompression bomb is refused without decoding it.",
+    )
+    fetch_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="Time for one remote image's whole download (vLLM's default: 5 s).",
+    )
+
+    @field_validator("allowed_media_domains")
+    @classmethod
+    def domains_are_host_names(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not host or host != host.strip().lower() or any(c in host for c in "/:@ "):
+                raise ValueError(f"{host!r} is not a lower-case host name (no scheme, port or path)")
+        return value
+
+
 class ModelSpec(StrictModel):
     """One served model: a ModelOpt FP8 checkpoint and how to run it."""
 
@@ -194,6 +237,7 @@ class ModelSpec(StrictModel):
         + "). Default: chosen from the checkpoint's architecture (registry/tool_call_parsers.py).",
     )
 
+    media: MediaSpec = Field(default_factory=MediaSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     max_ongoing_requests: int = Field(

@@ -176,13 +176,30 @@ class ContentPart(_Strict):
     text: str
 
 
+class ImageURL(_Strict):
+    """OpenAI's ``image_url`` object. ``url``: a ``data:image/...;base64,`` URL, or http(s) where
+    the model allows the host (deployments/media.py). ``detail`` is accepted and, as in vLLM,
+    changes nothing: the checkpoint's image processor decides the resolution."""
+
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+Part = Annotated[ContentPart | ImagePart, Field(discriminator="type")]
+
+
 class ChatMessage(BaseModel):
     """One message; ``tool_calls`` only on assistant messages, ``tool_call_id`` only (and always)
-    on tool messages. Image parts belong to their own feature; refused until then."""
+    on tool messages. Content: a string, or text and (user messages) ``image_url`` parts."""
 
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[ContentPart] | None = None
+    content: str | list[Part] | None = None
     name: str | None = None
     tool_calls: list[AssistantToolCall] | None = None
     tool_call_id: str | None = None
@@ -201,15 +218,30 @@ class ChatMessage(BaseModel):
             raise ValueError("a tool message needs tool_call_id (the id of the call it answers)")
         if self.tool_call_id is not None and self.role != "tool":
             raise ValueError(f"tool_call_id is only allowed on tool messages, not {self.role}")
+        if self.image_urls() and self.role != "user":
+            raise ValueError(f"image_url parts are only allowed in user messages, not {self.role}")
         return self
+
+    def image_urls(self) -> list[str]:
+        """The URLs of this message's image parts, in order."""
+        if not isinstance(self.content, list):
+            return []
+        return [part.image_url.url for part in self.content if isinstance(part, ImagePart)]
 
     def as_template_input(self) -> dict[str, Any]:
         """The message as transformers' chat templates take it (vLLM's conversation format):
         content joined to a string, ``developer`` as ``system`` (OpenAI's meaning), tool-call
-        arguments as dicts."""
-        content = self.content
-        if isinstance(content, list):
-            content = "".join(part.text for part in content)
+        arguments as dicts. A message with images keeps its parts in order, as ``{"type": "text",
+        "text"}`` and ``{"type": "image"}`` (vLLM's "openai" content format), so the template
+        writes each image's placeholder where the image is."""
+        content: Any = self.content
+        if isinstance(content, list) and self.image_urls():
+            content = [
+                {"type": "image"} if isinstance(part, ImagePart) else {"type": "text", "text": part.text}
+                for part in content
+            ]
+        elif isinstance(content, list):
+            content = "".join(part.text for part in content if isinstance(part, ContentPart))
         message: dict[str, Any] = {
             "role": "system" if self.role == "developer" else self.role,
             "content": content or "",
@@ -247,7 +279,11 @@ REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
     "spaces_between_special_tokens": ((*_OFF, True), "spaces_between_special_tokens=false is not supported"),
     "logits_processors": ((*_OFF, ()), "custom logits processors are not supported"),
     "documents": (_OFF, "documents (RAG templates) are not supported"),
-    "mm_processor_kwargs": (_OFF, "multimodal inputs are not supported"),
+    "mm_processor_kwargs": (
+        _OFF,
+        "mm_processor_kwargs is not supported: the checkpoint's preprocessor_config.json "
+        "sets how images are processed",
+    ),
     "priority": ((*_OFF, 0), "priority scheduling is not enabled"),
     "request_id": (_OFF, "request_id is assigned by the server"),
     "cache_salt": (_OFF, "cache_salt is not supported"),
@@ -518,6 +554,7 @@ class ChatCompletionRequest(_SamplingFields):
         return InferenceRequest(
             kind="chat",
             messages=[message.as_template_input() for message in self.messages],
+            images=tuple(url for message in self.messages for url in message.image_urls()),
             tools=[tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None,
             tool_choice=self._tool_choice(),
             tool_name=named,
@@ -617,6 +654,12 @@ class TokenizeChatRequest(_Strict):
     def one_way_to_end(self) -> TokenizeChatRequest:
         if self.add_generation_prompt and self.continue_final_message:
             raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
+        if any(message.image_urls() for message in self.messages):
+            raise InvalidRequestError(
+                "/tokenize does not take image_url parts; send the request to /v1/chat/completions, "
+                "whose usage.prompt_tokens counts the image tokens",
+                param="messages",
+            )
         return self
 
 

@@ -204,10 +204,18 @@ def test_engine_kwargs_refuse_a_max_model_len_past_the_checkpoint_by_vllms_rule(
 
 
 def test_engine_kwargs_passes_engine_args_through():
-    config = make_config(engine_args={"max_num_batched_tokens": 8192, "limit_mm_per_prompt": {"image": 1}})
+    config = make_config(engine_args={"max_num_batched_tokens": 8192, "enable_prefix_caching": False})
     kwargs = engine_kwargs(config, VALID)
     assert kwargs["max_num_batched_tokens"] == 8192
-    assert kwargs["limit_mm_per_prompt"] == {"image": 1}
+    assert kwargs["enable_prefix_caching"] is False
+
+
+def test_the_image_limit_becomes_limit_mm_per_prompt_for_vision_models_only():
+    vision = engine_kwargs(make_config(limit_images_per_prompt=3), VALID)
+    assert vision["limit_mm_per_prompt"] == {"image": 3, "video": 0}
+    assert "limit_mm_per_prompt" not in engine_kwargs(make_config(), VALID)
+    with pytest.raises(RegistryError, match=r"engine_args repeat\(s\) \['limit_mm_per_prompt'\]"):
+        engine_kwargs(make_config(engine_args={"limit_mm_per_prompt": {"image": 1}}), VALID)
 
 
 def test_the_kwargs_construct_the_args_dataclass():

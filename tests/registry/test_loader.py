@@ -130,7 +130,7 @@ def test_invalid_yaml(tmp_path):
         load_registry(path)
 
 
-def test_committed_models_yaml_is_a_valid_registry_of_two_architectures():
+def test_committed_models_yaml_is_a_valid_registry_of_three_demo_models():
     document = yaml.safe_load((ROOT / "models.yaml").read_text())
     app = document["applications"][0]
     assert app["import_path"] == "serve_app.app:build_app"
@@ -138,4 +138,6 @@ def test_committed_models_yaml_is_a_valid_registry_of_two_architectures():
 
     registry = parse_registry(app["args"], base_dir=ROOT, check_paths=False)
     paths = {m.checkpoint.name for m in registry.models}
-    assert paths == {"qwen2-small", "llama-small"}
+    assert paths == {"qwen2-small", "llama-small", "qwen2.5-vl-tiny"}
+    makefile = (ROOT / "Makefile").read_text()
+    assert all(f"checkpoints/{path}/config.json:" in makefile for path in paths)

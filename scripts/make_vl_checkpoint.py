@@ -8,8 +8,8 @@ Qwen2.5-VL's vision special tokens, and the checkpoint carries a Qwen2.5-VL
 ``preprocessor_config.json`` so vLLM can build its multimodal processor (it profiles the vision
 tower with a dummy image at start-up).
 
-    python scripts/gpu/make_vl_checkpoint.py --size 3b --out /tmp/ck/qwen2.5-vl-3b --device cuda
-    python scripts/gpu/make_vl_checkpoint.py --size tiny --out /tmp/ck/qwen2.5-vl-tiny   # CPU, seconds
+    python scripts/make_vl_checkpoint.py --size 3b --out /tmp/ck/qwen2.5-vl-3b --device cuda
+    python scripts/make_vl_checkpoint.py --size tiny --out /tmp/ck/qwen2.5-vl-tiny   # CPU, seconds
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _make_checkpoint_module() -> Any:
