@@ -8,7 +8,9 @@ Reads RESULTS/meta.json and RESULTS/<target>-c<N>.json for each target in TARGET
      "main_concurrency": 128,
      "bare":   {<the c=128 metrics>, "by_concurrency": {"1": {...}, "128": {...}, "256": {...}}},
      "router": {...same...},
-     "ratios": {"128": {"output_throughput": router/bare, ...}, ...}}
+     "ratios": {"128": {"output_throughput": router/bare, ...}, ...},
+     "itl": {"bare": {"1": {"median_itl_ms", "p99_itl_ms", ...}, ...}, "router": {...}},
+     "shared": {...}}   # only when the shared phases ran: see shared_block()
 
 with the metric names ``vllm bench serve`` saves (output_throughput, request_throughput,
 median_ttft_ms, p99_ttft_ms, median_tpot_ms, p99_tpot_ms, ...). Prints a markdown table.
@@ -49,6 +51,7 @@ METRICS = [
     "mean_tpot_ms",
     "median_tpot_ms",
     "p99_tpot_ms",
+    "mean_itl_ms",
     "median_itl_ms",
     "p99_itl_ms",
     "median_e2el_ms",
@@ -62,7 +65,12 @@ TABLE = [
     ("p99_ttft_ms", "p99 TTFT ms"),
     ("median_tpot_ms", "median TPOT ms"),
     ("p99_tpot_ms", "p99 TPOT ms"),
+    ("median_itl_ms", "median ITL ms"),
 ]
+ITL = ("mean_itl_ms", "median_itl_ms", "p99_itl_ms")
+# bench_serve.sh's shared phases: <target>-m<i>-c<N>.json, one file per model and concurrency.
+SHARED_TARGETS = ("bare_shared", "router_shared")
+SHARED_NAME = re.compile(rf"^({'|'.join(SHARED_TARGETS)})-m(\d+)-c(\d+)\.json$")
 RESULT_NAME = re.compile(rf"^({'|'.join(TARGETS)})-c(\d+)\.json$")
 
 
@@ -81,7 +89,8 @@ def combine(results: Path, device: str | None, main_concurrency: int) -> dict[st
     meta_path = results / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     runs = load_runs(results)
-    if not any(runs.values()):
+    shared = shared_block(results)
+    if not any(runs.values()) and not shared:
         raise SystemExit(f"{results}: no bare-c<N>.json or router-c<N>.json result files")
     doc: dict[str, Any] = {
         "device": device or meta.get("device", "unknown"),
@@ -105,7 +114,48 @@ def combine(results: Path, device: str | None, main_concurrency: int) -> dict[st
         doc[target] = entry
     for target in list(TARGETS)[1:]:
         doc[ratio_key(target)] = ratios(runs, target)
+    # Inter-token latency as clients see it (chunk to chunk), per target and concurrency.
+    doc["itl"] = {
+        target: {str(c): {m: run[m] for m in ITL if m in run} for c, run in sorted(runs[target].items())}
+        for target in TARGETS
+        if runs[target]
+    }
+    if shared:
+        doc["shared"] = shared
     return doc
+
+
+def shared_block(results: Path) -> dict[str, Any]:
+    """The shared phases: per target and concurrency, each model's metrics and the aggregate;
+    ``ratios``: router_shared / bare_shared for the aggregate throughput and each model's TTFT.
+
+    ``{"bare_shared": {"64": {"models": {"m1": {...}, ...}, "output_throughput": sum}}, ...,
+    "ratios": {"64": {"output_throughput": x, "m1": {"median_ttft_ms": x, "p99_ttft_ms": x}}}}``
+    """
+    block: dict[str, Any] = {}
+    for path in sorted(results.glob("*.json")):
+        match = SHARED_NAME.match(path.name)
+        if not match:
+            continue
+        target, model, c = match.group(1), f"m{match.group(2)}", match.group(3)
+        data = json.loads(path.read_text())
+        entry = block.setdefault(target, {}).setdefault(c, {"models": {}})
+        entry["models"][model] = {m: data[m] for m in METRICS if m in data}
+    for by_c in block.values():
+        for entry in by_c.values():
+            entry["output_throughput"] = sum(m.get("output_throughput", 0) for m in entry["models"].values())
+    if set(SHARED_TARGETS) <= set(block):
+        bare, router = block["bare_shared"], block["router_shared"]
+        block["ratios"] = {}
+        for c in sorted(set(bare) & set(router), key=int):
+            row: dict[str, Any] = {
+                "output_throughput": round(router[c]["output_throughput"] / bare[c]["output_throughput"], 4)
+            }
+            for model in sorted(set(bare[c]["models"]) & set(router[c]["models"])):
+                b, r = bare[c]["models"][model], router[c]["models"][model]
+                row[model] = {m: round(r[m] / b[m], 4) for m in ("median_ttft_ms", "p99_ttft_ms") if b.get(m)}
+            block["ratios"][c] = row
+    return block
 
 
 def ratio_key(target: str) -> str:
@@ -128,6 +178,8 @@ def ratios(runs: dict[str, dict[int, dict[str, Any]]], target: str) -> dict[str,
 def markdown(doc: dict[str, Any]) -> str:
     """One row per concurrency and metric; a value and a ratio column per target that ran."""
     ran = [t for t in list(TARGETS)[1:] if doc[t]["by_concurrency"]]
+    if not doc["bare"]["by_concurrency"] and not ran:
+        return shared_markdown(doc)
     header = "| concurrency | metric | bare vllm serve | " + " | ".join(f"{t} | {t}/bare" for t in ran) + " |"
     lines = [
         f"{doc['device']}, vLLM {doc['versions'].get('vllm', '?')}, Ray {doc['versions'].get('ray', '?')}: "
@@ -152,6 +204,30 @@ def markdown(doc: dict[str, Any]) -> str:
         failed = [f"{t} {d['by_concurrency'][str(c)].get('failed')}" for t, d in _targets(doc, c)]
         if any(not entry.endswith(" 0") for entry in failed):
             lines.append(f"| {c} | failed requests | {' / '.join(failed)} |")
+    return "\n".join(lines) + ("\n\n" + shared_markdown(doc) if doc.get("shared") else "")
+
+
+def shared_markdown(doc: dict[str, Any]) -> str:
+    """Several models on one GPU: aggregate throughput, and each model's TTFT, bare vs router."""
+    shared = doc.get("shared", {})
+    lines = [
+        "| concurrency (each model) | model | metric | bare | router | router/bare |",
+        "| ---: | --- | --- | ---: | ---: | ---: |",
+    ]
+    bare, router = shared.get("bare_shared", {}), shared.get("router_shared", {})
+    for c in sorted(set(bare) | set(router), key=int):
+        b, r = bare.get(c, {}), router.get(c, {})
+        ratio = shared.get("ratios", {}).get(c, {})
+        lines.append(
+            f"| {c} | all | output tok/s | {_fmt(b.get('output_throughput'))} | "
+            f"{_fmt(r.get('output_throughput'))} | {_ratio(ratio.get('output_throughput'))} |"
+        )
+        for model in sorted(set(b.get("models", {})) | set(r.get("models", {}))):
+            for metric, label in (("median_ttft_ms", "median TTFT ms"), ("p99_ttft_ms", "p99 TTFT ms")):
+                bv = b.get("models", {}).get(model, {}).get(metric)
+                rv = r.get("models", {}).get(model, {}).get(metric)
+                rr = ratio.get(model, {}).get(metric)
+                lines.append(f"| {c} | {model} | {label} | {_fmt(bv)} | {_fmt(rv)} | {_ratio(rr)} |")
     return "\n".join(lines)
 
 

