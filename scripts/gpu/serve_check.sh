@@ -26,7 +26,7 @@ trap 'stop_bg "serve run" '"$pid"' 30; stop_ray' EXIT
 start=$SECONDS
 wait_http "serve run" "http://127.0.0.1:$PORT/readyz" "$pid" "$out/serve.log" "$READY_TIMEOUT"
 log "app ready after $((SECONDS - start)) s; GPU memory used/total: $(gpu_free_mib)"
-curl -s "http://127.0.0.1:$PORT/readyz" | tee "$out/readyz.json" | head -c 3000
+curl -s "http://127.0.0.1:$PORT/readyz" | tee "$out/readyz.json" | head -c 3000; curl -s "http://127.0.0.1:$PORT/stats" >"$out/stats.json"
 echo
 
 status=0

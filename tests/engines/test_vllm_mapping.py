@@ -40,6 +40,7 @@ class FakeEngineArgs:
     """Stands in for vllm.AsyncEngineArgs: a dataclass with some of its real field names."""
 
     model: str = "facebook/opt-125m"
+    served_model_name: str | None = None
     quantization: str | None = None
     max_model_len: int | None = None
     max_num_seqs: int | None = None
@@ -170,6 +171,7 @@ def test_engine_kwargs_maps_first_class_fields():
     )
     assert engine_kwargs(config, VALID) == {
         "model": "/ck/qwen",
+        "served_model_name": "qwen-3b",
         "quantization": "modelopt",
         "max_model_len": 4096,
         "max_num_seqs": 64,

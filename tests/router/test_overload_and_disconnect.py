@@ -69,8 +69,8 @@ def test_overload_is_503_with_retry_after(extra_app):
 
 def test_client_disconnect_aborts_the_request_in_the_engine(extra_app):
     def aborted() -> int:
-        ready = httpx.get(f"{extra_app}/readyz", timeout=30).json()
-        return ready["models"]["busy"]["stats"]["aborted_total"]
+        stats = httpx.get(f"{extra_app}/stats", timeout=30).json()
+        return stats["models"]["busy"]["stats"]["aborted_total"]
 
     before = aborted()
     body = {"model": "busy", "prompt": "Hello", "stream": True, "max_tokens": 400, "ignore_eos": True}
@@ -82,7 +82,7 @@ def test_client_disconnect_aborts_the_request_in_the_engine(extra_app):
     while aborted() == before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert aborted() == before + 1
-    stats = httpx.get(f"{extra_app}/readyz", timeout=30).json()["models"]["busy"]["stats"]
+    stats = httpx.get(f"{extra_app}/stats", timeout=30).json()["models"]["busy"]["stats"]
     assert stats["running"] == 0
 
 
