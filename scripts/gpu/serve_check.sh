@@ -39,6 +39,12 @@ log "compare_offline.py query"
 "$PY" scripts/gpu/compare_offline.py query --config "$config" --out "$out/compare" \
   --base-url "http://127.0.0.1:$PORT/v1" || status=1
 
+log "metrics: vLLM's RayPrometheusStatLogger series on the router's /metrics (docs/operations.md)"
+sleep 12  # Ray's metrics agents publish every 10 s
+curl -s "http://127.0.0.1:$PORT/metrics" >"$out/metrics.txt"
+grep -E '^vllm:(e2e_request_latency_seconds_count|generation_tokens_total|num_requests_running)\{' "$out/metrics.txt" \
+  || { echo "no vllm:* series on /metrics"; status=1; }
+
 stop_bg "serve run" "$pid" 90
 stop_ray
 trap - EXIT

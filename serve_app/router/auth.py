@@ -6,7 +6,7 @@ Off unless models.yaml's ``router.auth`` names a key source: an environment vari
 replica runs, never from models.yaml itself, and never travel in the app's config.
 
 Which paths need a key: ``/v1/*``, ``/tokenize``, ``/detokenize`` always; ``/metrics`` with
-``protect_metrics``; ``/readyz`` and ``/health`` with ``protect_readyz``; ``/healthz`` never.
+``protect_metrics`` (and ``/stats``); ``/readyz`` and ``/health`` with ``protect_readyz``; ``/healthz`` never.
 A missing or wrong key is 401 ``invalid_api_key`` in OpenAI's error shape. Keys are compared as
 SHA-256 digests with ``hmac.compare_digest`` against every configured key (no early exit), so
 the time taken says nothing about how much of a key was right or which key matched.
@@ -90,7 +90,7 @@ class ApiKeys:
     def needs_key(self, path: str) -> bool:
         if path.startswith(ALWAYS_PROTECTED):
             return True
-        if path == "/metrics":
+        if path in ("/metrics", "/stats"):
             return self.protect_metrics
         if path in ("/readyz", "/health"):
             return self.protect_readyz

@@ -48,6 +48,7 @@ def test_which_paths_need_a_key():
     for path in ("/v1/models", "/v1/chat/completions", "/tokenize", "/detokenize"):
         assert open_ops.needs_key(path)
     assert not open_ops.needs_key("/metrics") and closed_ops.needs_key("/metrics")
+    assert closed_ops.needs_key("/stats")
     assert not open_ops.needs_key("/readyz") and closed_ops.needs_key("/health")
     assert not closed_ops.needs_key("/healthz")
 

@@ -56,3 +56,30 @@ def test_retry_after_is_the_time_the_queue_needs_to_drain():
     assert load.retry_after_s(num_queued=1000) == 60
     load.ended(started[0])
     assert load.in_flight == 3
+
+
+def test_the_dashboard_queries_only_series_this_app_serves():
+    import json
+    import re
+    from pathlib import Path
+
+    from serve_app.deployments.metrics import VLLM_SERIES
+
+    dashboard = json.loads((Path(__file__).parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {
+        re.sub(r"_(bucket|total)$", "", n)
+        for e in exprs
+        for n in re.findall(r"(?:vllm:|modelopt_serve_)\w+", e)
+    }
+    served = {s.name for s in VLLM_SERIES.values()} | {
+        "modelopt_serve_http_requests",
+        "modelopt_serve_engine_start_seconds",
+        "modelopt_serve_compile_cache_warm",
+    }
+    assert used <= served, used - served
+    assert {
+        "vllm:time_to_first_token_seconds",
+        "vllm:kv_cache_usage_perc",
+        "modelopt_serve_http_requests",
+    } <= used
