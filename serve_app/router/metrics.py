@@ -161,19 +161,29 @@ class ClusterMetrics:
         return documents
 
 
+def _application() -> str:
+    from ray import serve
+
+    try:
+        return serve.get_replica_context().app_name
+    except Exception:  # outside a replica
+        return ""
+
+
 class RequestMetrics:
     """ASGI middleware: counts every answered request in ``modelopt_serve_http_requests_total``.
 
     Labels: ``route`` (the route's template, e.g. ``/v1/models/{model_id:path}``, or
     ``unmatched``), ``method``, ``status_code``, ``model_name`` (the served name a route resolved,
-    "" for none) and ``ReplicaId``. ``routes`` returns the app's routes, to name a request that
-    was answered before routing (401, 413)."""
+    "" for none), ``application`` (the Serve application) and ``ReplicaId``. ``routes`` returns
+    the app's routes, to name a request that was answered before routing (401, 413)."""
 
     def __init__(self, app: Any, routes: Callable[[], list[Any]]) -> None:
         self.app = app
         self.routes = routes
         self._counter: Any = None
         self._replica = ""
+        self._application = ""
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -202,14 +212,16 @@ class RequestMetrics:
 
             from serve_app.deployments.metrics import replica_id
 
-            keys = ("route", "method", "status_code", "model_name", "ReplicaId")
+            keys = ("route", "method", "status_code", "model_name", "application", "ReplicaId")
             self._counter = metrics.Counter(REQUESTS_NAME, REQUESTS_HELP, tag_keys=keys)
             self._replica = replica_id()
+            self._application = _application()
         tags = {
             "route": self._route(scope),
             "method": scope.get("method", ""),
             "status_code": str(status),
             "model_name": (scope.get("state") or {}).get("model_name", ""),
+            "application": self._application,
             "ReplicaId": self._replica,
         }
         self._counter.inc(1, tags)

@@ -84,7 +84,10 @@ def test_metrics_count_the_requests_sent(ops_app):
     while time.monotonic() < deadline:
         samples = scrape(ops_app)
         done = total(samples, "vllm:e2e_request_latency_seconds_count", model_name=m) >= 5
-        routed = total(samples, "modelopt_serve_http_requests_total", route="/v1/completions") >= 6
+        routed = (
+            total(samples, "modelopt_serve_http_requests_total", application="ops", route="/v1/completions")
+            >= 6
+        )
         if done and routed:
             break
         time.sleep(2)
@@ -109,7 +112,14 @@ def test_metrics_count_the_requests_sent(ops_app):
     )
     assert ok == 5
     assert (
-        total(samples, "modelopt_serve_http_requests_total", route="/v1/completions", status_code="404") == 1
+        total(
+            samples,
+            "modelopt_serve_http_requests_total",
+            route="/v1/completions",
+            status_code="404",
+            application="ops",
+        )
+        == 1
     )
     start = [s for s in samples["modelopt_serve_engine_start_seconds"] if s.labels["model_name"] == m]
     assert len(start) == 1 and start[0].value > 0 and start[0].labels["ReplicaId"]
