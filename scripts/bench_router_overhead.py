@@ -210,7 +210,7 @@ def cpu_seconds_by_component() -> dict[str, float]:
 
 
 class PeakRunning(threading.Thread):
-    """Polls /readyz while a variant runs: the most streams the engine ever had at once. Fewer
+    """Polls /stats while a variant runs: the most streams the engine ever had at once. Fewer
     than the client's concurrency means requests waited somewhere before the engine."""
 
     def __init__(self, base: str) -> None:
@@ -223,7 +223,7 @@ class PeakRunning(threading.Thread):
         with httpx.Client(timeout=5) as client:
             while not self._done.wait(0.1):
                 try:
-                    models = client.get(f"{self.base}/readyz").json()["models"]
+                    models = client.get(f"{self.base}/stats").json()["models"]
                 except (httpx.HTTPError, ValueError, KeyError):
                     continue
                 running = sum(m.get("stats", {}).get("running", 0) for m in models.values())

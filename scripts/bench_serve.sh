@@ -112,7 +112,7 @@ bench() { # bench TARGET PORT CONCURRENCY
   # The router's per-stage latencies (router -> replica, tokenize, engine first output) over the
   # replica's last 1024 requests: where this run's time to first token went.
   if [[ $target != bare* ]]; then
-    curl -s "http://127.0.0.1:$port/readyz" >"$RESULTS/$target-c$c-readyz.json" || true
+    curl -s "http://127.0.0.1:$port/stats" >"$RESULTS/$target-c$c-stats.json" || true
   fi
 }
 
@@ -294,7 +294,7 @@ run_router() { # run_router [TARGET=router] [ENV=...]: TARGET names the results;
   trap 'stop_bg "serve run" '"$pid"' 30; stop_ray' EXIT
   wait_http "serve run" "http://127.0.0.1:$ROUTER_PORT/readyz" "$pid" "$RESULTS/$target-server.log" "$READY_TIMEOUT"
   echo "$((SECONDS - start))" >"$RESULTS/$target-ready-seconds"
-  curl -s "http://127.0.0.1:$ROUTER_PORT/readyz" >"$RESULTS/$target-readyz.json" || true
+  curl -s "http://127.0.0.1:$ROUTER_PORT/stats" >"$RESULTS/$target-stats.json" || true
   warm_up "$target" "$ROUTER_PORT"
   local c
   for c in $CONCURRENCY; do bench "$target" "$ROUTER_PORT" "$c"; done

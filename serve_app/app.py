@@ -20,6 +20,8 @@ from serve_app.preflight.report import Report
 from serve_app.registry.loader import parse_registry
 from serve_app.registry.models import RegistrySpec
 from serve_app.router.app import Router
+from serve_app.router.auth import ApiKeys
+from serve_app.router.health import ModelTarget, RouterOps
 from serve_app.router.limits import RequestLimits
 
 logger = logging.getLogger("ray.serve")
@@ -34,6 +36,8 @@ def build_app(args: dict[str, Any]) -> Application:
     # checkpoints resolve against `base_dir`, else the folder the cluster started from.
     registry = parse_registry(args, source="build_app args")
     warn_if_slow_ingress(os.environ)
+    warn_if_haproxy_ports_open(os.environ)
+    ApiKeys.load(registry.router.auth)  # a named key source that is missing fails here, before deploying
     check_grpc_message_limit(registry, os.environ)
     report = run_preflight_gate(registry)
     unavailable = report.unavailable()
@@ -55,7 +59,12 @@ def build_router(
         max_ongoing_requests=registry.router.max_ongoing_requests,
         ray_actor_options={"num_cpus": registry.router.num_cpus},
     )
-    return router.bind(models, aliases, unavailable, RequestLimits.from_spec(registry.router))
+    targets = tuple(
+        ModelTarget(p.spec.name, p.deployment_name, scales_to_zero=p.spec.autoscaling.min_replicas == 0)
+        for p in served
+    )
+    ops = RouterOps(targets, registry.router.auth)
+    return router.bind(models, aliases, unavailable, RequestLimits.from_spec(registry.router), ops)
 
 
 # In throughput mode a deployment handle sends each request to the model replica as one gRPC
@@ -112,6 +121,25 @@ def warn_if_slow_ingress(environ: Mapping[str, str]) -> None:
         "`make serve` does).",
         " and ".join(missing),
         " ".join(f"{name}={value}" for name, value in FAST_INGRESS_ENV.items()),
+    )
+
+
+def warn_if_haproxy_ports_open(environ: Mapping[str, str]) -> None:
+    """Log where HAProxy's stats page and metrics listen when the HAProxy ingress is on.
+
+    Ray 2.60 binds them to every interface (``bind *:<stats_port>`` and ``bind :<metrics_port>``
+    in ray/serve/_private/haproxy_templates.py; only the ports can be set), without
+    authentication; docs/operations.md says how to close them."""
+    if environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
+        return
+    stats = environ.get("RAY_SERVE_HAPROXY_STATS_PORT", "8404")
+    metrics = environ.get("RAY_SERVE_HAPROXY_METRICS_PORT", "9101")
+    logger.warning(
+        "HAProxy ingress: its stats page (port %s) and Prometheus metrics (port %s) listen on all "
+        "interfaces without authentication (Ray 2.60 offers no bind address for them); block both "
+        'ports from outside this host with a firewall (docs/operations.md, "HAProxy\'s ports")',
+        stats,
+        metrics,
     )
 
 

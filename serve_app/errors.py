@@ -11,7 +11,9 @@
     │   ├── ChatTemplateMissingError chat request to a model without a template   -> 400
     │   ├── ChatTemplateError        the chat template refused, failed or ran out of time -> 400
     │   ├── RequestTooLargeError     the body is larger than the router accepts   -> 413
-    │   └── ModelNotFoundError       no served model has that name                -> 404
+    │   ├── ModelNotFoundError       no served model has that name                -> 404
+    │   ├── AuthenticationError      API keys are on and the key is missing or wrong -> 401
+    │   └── ModelNotAllowedError     the key may not use the requested model       -> 403
     └── EngineError              the engine failed
         ├── EngineNotStartedError    a call reached an engine before start(); a programming error
         ├── EngineGenerateError      one request failed; the engine is still fine (500)
@@ -90,6 +92,14 @@ class RequestTooLargeError(RequestError):
 
 class ModelNotFoundError(RequestError):
     """The ``model`` field names no served model (nor alias)."""
+
+
+class AuthenticationError(RequestError):
+    """API keys are configured and the request has no ``Authorization: Bearer`` key, or a wrong one."""
+
+
+class ModelNotAllowedError(RequestError):
+    """The request's key is valid but its allow-list does not include the requested model."""
 
 
 class EngineError(ServeAppError):

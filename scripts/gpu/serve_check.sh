@@ -26,7 +26,7 @@ trap 'stop_bg "serve run" '"$pid"' 30; stop_ray' EXIT
 start=$SECONDS
 wait_http "serve run" "http://127.0.0.1:$PORT/readyz" "$pid" "$out/serve.log" "$READY_TIMEOUT"
 log "app ready after $((SECONDS - start)) s; GPU memory used/total: $(gpu_free_mib)"
-curl -s "http://127.0.0.1:$PORT/readyz" | tee "$out/readyz.json" | head -c 3000
+curl -s "http://127.0.0.1:$PORT/readyz" | tee "$out/readyz.json" | head -c 3000; curl -s "http://127.0.0.1:$PORT/stats" >"$out/stats.json"
 echo
 
 status=0
@@ -38,6 +38,12 @@ log "chat_prompts.py: completions API, streamed"
 log "compare_offline.py query"
 "$PY" scripts/gpu/compare_offline.py query --config "$config" --out "$out/compare" \
   --base-url "http://127.0.0.1:$PORT/v1" || status=1
+
+log "metrics: vLLM's RayPrometheusStatLogger series on the router's /metrics (docs/operations.md)"
+sleep 12  # Ray's metrics agents publish every 10 s
+curl -s "http://127.0.0.1:$PORT/metrics" >"$out/metrics.txt"
+grep -E '^vllm:(e2e_request_latency_seconds_count|generation_tokens_total|num_requests_running)\{' "$out/metrics.txt" \
+  || { echo "no vllm:* series on /metrics"; status=1; }
 
 stop_bg "serve run" "$pid" 90
 stop_ray

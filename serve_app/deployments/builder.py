@@ -60,9 +60,11 @@ def deployment_options(spec: ModelSpec, engine: ResolvedEngine) -> dict[str, Any
         "autoscaling_config": autoscaling_config,
         "max_ongoing_requests": spec.max_ongoing_requests,
         "max_queued_requests": spec.max_queued_requests,
-        # A vLLM start (load + compile) takes minutes; Serve's health checks must not kill it.
-        "health_check_period_s": 10,
-        "health_check_timeout_s": 60,
+        # Serve checks a replica only once its constructor returned, so a vLLM start of minutes is
+        # not cut short; after that a dead or hung engine leaves routing within about 3 periods
+        # (three failures in a row; docs/operations.md, "Health").
+        "health_check_period_s": spec.health_check_period_s,
+        "health_check_timeout_s": spec.health_check_timeout_s,
         "graceful_shutdown_timeout_s": 30,
     }
 

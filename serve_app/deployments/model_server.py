@@ -23,6 +23,7 @@ from serve_app.deployments.gc_heap import freeze_startup_heap
 from serve_app.deployments.latency import StageLatencies
 from serve_app.deployments.logprobs import Position, TokenStrings, output_positions
 from serve_app.deployments.media import ImagePolicy, load_images
+from serve_app.deployments.metrics import engine_stat_loggers, record_engine_start
 from serve_app.deployments.node_check import CheckpointManifest, verify_on_this_node
 from serve_app.deployments.openai_format import DONE, ChoiceResult, ResponseFormatter
 from serve_app.deployments.pacing import StreamPace, paced
@@ -40,6 +41,9 @@ logger = logging.getLogger("ray.serve")
 
 DEFAULT_STREAM_INTERVAL_S = 0.05
 DEFAULT_STREAM_ITEMS_PER_S = 2560.0  # 128 streams at 50 ms: the pace measured as fast on an H200
+# An engine's check_health that has not answered by then is hung (docs/operations.md, "Health"):
+# below the deployments' health_check_timeout_s, so the log says which engine and why.
+ENGINE_HEALTH_TIMEOUT_S = 1.0
 
 
 class ModelServer:
@@ -69,8 +73,17 @@ class ModelServer:
         self.pace = StreamPace(stream_interval_s, stream_items_per_s)
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self.latencies = StageLatencies()
-        self.engine: Engine = engine_cls(config)
+        self.engine: Engine = engine_cls(
+            config, stat_loggers=engine_stat_loggers(engine_cls, config.model_name)
+        )
+        engine_started = time.perf_counter()
         await self.engine.start()
+        start_info = getattr(self.engine, "start_info", None)
+        record_engine_start(
+            config.model_name,
+            time.perf_counter() - engine_started,
+            start_info.compile_cache_warm if start_info is not None else None,
+        )
         tokenizer = await asyncio.to_thread(_load_tokenizer, config)
         self.prompts = PromptRenderer(
             tokenizer, config.model_name, self.engine.max_model_len, template_policy
@@ -286,9 +299,22 @@ class ModelServer:
 
     # --- health and introspection -----------------------------------------------------------
     async def check_health(self) -> None:
-        """Called by Ray Serve; raising marks the replica unhealthy so Serve replaces it."""
+        """Called by Ray Serve every ``health_check_period_s``; raising marks the replica unhealthy
+        (after three failures in a row) so Serve stops routing to it and replaces it. An engine
+        whose own check does not answer within ENGINE_HEALTH_TIMEOUT_S is hung."""
         try:
-            await self.engine.check_health()
+            await asyncio.wait_for(self.engine.check_health(), ENGINE_HEALTH_TIMEOUT_S)
+        except TimeoutError:
+            logger.error(
+                "engine of %s did not answer its health check within %g s: it hangs; asking Ray "
+                "Serve to replace this replica",
+                self.config.model_name,
+                ENGINE_HEALTH_TIMEOUT_S,
+            )
+            raise EngineDeadError(
+                f"the engine of {self.config.model_name!r} did not answer its health check within "
+                f"{ENGINE_HEALTH_TIMEOUT_S:g} s"
+            ) from None
         except EngineDeadError:
             logger.error(
                 "engine of %s is dead; asking Ray Serve to replace this replica", self.config.model_name

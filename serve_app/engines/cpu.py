@@ -10,6 +10,11 @@ the vLLM engine's output against), one token at a time:
   in arrival order and count in ``stats().waiting``.
 - EOS ids are the union of config.json's, generation_config.json's and the tokenizer's
   ``eos_token_id``. Text is decoded with the request's ``skip_special_tokens`` (vLLM's default True).
+- Stats go to the ``stat_loggers`` given to the constructor, in vLLM's terms
+  (engines/stats.py): scheduler state after each change, each step's tokens and latencies, each
+  finished request's phases. The KV cache has no fixed pool here: ``kv_cache_usage`` is the
+  tokens running requests hold over ``max_model_len x max_num_seqs`` (256 sequences when
+  ``max_num_seqs`` is unset, vLLM's default outside the OpenAI server on large GPUs).
 - Every ``SamplingOptions`` field is honoured with vLLM's meaning: the logits pipeline is
   engines/cpu_sampling.py (vLLM's v1 sampler), structured outputs engines/structured.py (xgrammar,
   as vLLM). A token that ends the request (EOS unless ``ignore_eos``, a ``stop_token_ids`` id, or
@@ -28,6 +33,7 @@ import asyncio
 import inspect
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +60,7 @@ from serve_app.engines.protocol import (
     GenerationRequest,
     TokenLogprob,
 )
+from serve_app.engines.stats import FinishedRequestStats, IterationStats, SchedulerStats, StatLogger
 from serve_app.engines.structured import GrammarBackend, GrammarConstraint, check_structured
 from serve_app.errors import (
     ContextLengthError,
@@ -66,6 +73,7 @@ from serve_app.errors import (
 logger = logging.getLogger(__name__)
 
 REPLACEMENT_CHAR = "\ufffd"  # what decoding an incomplete UTF-8 sequence ends with
+KV_CACHE_SEQS_WHEN_UNCAPPED = 256  # vLLM's default max_num_seqs (vllm/engine/arg_utils.py)
 
 
 @dataclass(eq=False)
@@ -84,6 +92,11 @@ class _Request:
     aborted: bool = False
     finish_reason: FinishReason | None = None
     admitted: asyncio.Future[None] | None = None  # set while waiting for a slot
+    # time.monotonic() of each phase, for the stats (engines/stats.py)
+    arrival: float = 0.0
+    scheduled: float | None = None
+    first_token: float | None = None
+    last_token: float | None = None
 
     @property
     def request_id(self) -> str:
@@ -126,9 +139,16 @@ class CPUReferenceEngine:
 
     needs_image_tensors = True  # it runs the model on the image processor's pixel values
 
-    def __init__(self, config: EngineConfig, dtype: torch.dtype | str | None = None) -> None:
-        """``dtype`` overrides the checkpoint's dtype (e.g. ``"float32"``); None keeps it."""
+    def __init__(
+        self,
+        config: EngineConfig,
+        dtype: torch.dtype | str | None = None,
+        stat_loggers: list[StatLogger] | tuple[StatLogger, ...] = (),
+    ) -> None:
+        """``dtype`` overrides the checkpoint's dtype (e.g. ``"float32"``); None keeps it.
+        ``stat_loggers`` receive the engine's stats (engines/stats.py) after every change."""
         self.config = config
+        self.stat_loggers = list(stat_loggers)
         self._dtype = dtype
         self._loaded: _Model | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -291,7 +311,9 @@ class CPUReferenceEngine:
     async def _stream(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         if self._is_known(request.request_id):
             raise InvalidRequestError(f"request id {request.request_id!r} is already running")
+        arrival = time.monotonic()
         state = await self._new_state(request)
+        state.arrival = arrival
         try:
             await self._admit(state)
             while not state.aborted:
@@ -340,6 +362,7 @@ class CPUReferenceEngine:
             return
         state.admitted = asyncio.get_running_loop().create_future()
         self._waiting.append(state)
+        self._report()
         try:
             await state.admitted
         finally:
@@ -353,7 +376,9 @@ class CPUReferenceEngine:
 
     def _start_running(self, state: _Request) -> None:
         self._running[state.request_id] = state
+        state.scheduled = time.monotonic()
         self._stats.prompt_tokens_total += state.prompt_tokens
+        self._report()
 
     def _release(self, state: _Request) -> None:
         """Free the request's slot and KV cache and wake the next waiting request; idempotent."""
@@ -370,6 +395,7 @@ class CPUReferenceEngine:
             if waiting.admitted is not None and not waiting.admitted.done():
                 waiting.admitted.set_result(None)
                 self._running[waiting.request_id] = waiting  # its slot, reserved until it wakes
+                waiting.scheduled = time.monotonic()
 
     def _finish(self, state: _Request, reason: FinishReason) -> None:
         state.finish_reason = reason
@@ -378,6 +404,20 @@ class CPUReferenceEngine:
         else:
             self._stats.finished_total += 1
         self._release(state)
+        self._report(IterationStats(finished_requests=[_finished_stats(state, reason)]))
+
+    def _report(self, iteration: IterationStats | None = None) -> None:
+        """Give the stat loggers the scheduler's state (and a step's stats, if any)."""
+        if not self.stat_loggers:
+            return
+        held = sum(s.prompt_tokens + len(s.token_ids) for s in self._running.values() if s.cache is not None)
+        capacity = max(self._max_model_len, 1) * (self._max_num_seqs or KV_CACHE_SEQS_WHEN_UNCAPPED)
+        scheduler = SchedulerStats(len(self._running), len(self._waiting), min(held / capacity, 1.0))
+        for stat_logger in self.stat_loggers:
+            try:
+                stat_logger.record(scheduler, iteration)
+            except Exception:  # a metrics failure must not fail the request; it is logged
+                logger.exception("stat logger %r failed", stat_logger)
 
     def _flag_abort(self, state: _Request) -> None:
         state.aborted = True
@@ -413,6 +453,7 @@ class CPUReferenceEngine:
         the length limit; stop strings as vllm/v1/engine/detokenizer.py."""
         state.token_ids.append(output.token)
         self._stats.generated_tokens_total += 1
+        self._report(_token_stats(state, time.monotonic()))
         sampling = state.request.sampling
         reason: FinishReason | None = None
         if output.stopped:
@@ -507,6 +548,34 @@ def _vision_inputs(loaded: _Model, state: _Request, input_ids: torch.Tensor, pre
 
 
 # --------------------------------------------------------------------------------- helpers
+
+
+def _token_stats(state: _Request, now: float) -> IterationStats:
+    """One new token of one request, as vLLM's IterationStats counts it: its first token brings the
+    prompt tokens and a time to first token (from arrival), later ones an inter-token latency."""
+    if state.first_token is None:
+        state.first_token = state.last_token = now
+        return IterationStats(state.prompt_tokens, 1, time_to_first_tokens_iter=[now - state.arrival])
+    latency = now - (state.last_token or now)
+    state.last_token = now
+    return IterationStats(0, 1, inter_token_latencies_iter=[latency])
+
+
+def _finished_stats(state: _Request, reason: FinishReason) -> FinishedRequestStats:
+    """The request's phases (vllm/v1/metrics/stats.py ``update_from_finished_request``)."""
+    now = time.monotonic()
+    scheduled = state.scheduled
+    first, last = state.first_token, state.last_token
+    return FinishedRequestStats(
+        finish_reason=reason,
+        e2e_latency=now - state.arrival,
+        num_prompt_tokens=state.prompt_tokens,
+        num_generation_tokens=len(state.token_ids),
+        queued_time=(scheduled - state.arrival) if scheduled is not None else now - state.arrival,
+        prefill_time=(first - scheduled) if first is not None and scheduled is not None else 0.0,
+        inference_time=(last - scheduled) if last is not None and scheduled is not None else 0.0,
+        decode_time=(last - first) if last is not None and first is not None else 0.0,
+    )
 
 
 def _new_text(

@@ -168,7 +168,10 @@ class EngineStats:
 
 @runtime_checkable
 class Engine(Protocol):
-    """An LLM engine behind a model server. Calls before ``start()`` raise EngineNotStartedError."""
+    """An LLM engine behind a model server. Calls before ``start()`` raise EngineNotStartedError.
+
+    Constructed as ``engine_cls(config, stat_loggers=[...])``: what the engine reports its metrics
+    to (engines/stats.py loggers for the CPU engine, vLLM's stat-logger factories for vLLM)."""
 
     config: EngineConfig
     # True when generate() needs PromptMedia.tensors (the image processor's pixel values); an
@@ -188,7 +191,8 @@ class Engine(Protocol):
         """Stop a request; its stream ends with finish_reason 'abort'. Unknown ids are ignored."""
 
     async def check_health(self) -> None:
-        """Return if healthy; raise EngineDeadError if the engine can no longer serve."""
+        """Return if healthy; raise EngineDeadError if the engine can no longer serve. An engine
+        that hangs may also never return: the model server bounds the wait (ENGINE_HEALTH_TIMEOUT_S)."""
 
     def stats(self) -> EngineStats:
         """Counters for /readyz and autoscaling diagnostics."""

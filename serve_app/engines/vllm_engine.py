@@ -23,10 +23,22 @@ image>, multi_modal_data={"image": [PIL images]})``. vLLM's multimodal processor
 own Hugging Face image processor) sizes the images and expands each placeholder; its
 ``RequestOutput.prompt_token_ids`` is then the expanded prompt, which the model server has
 computed by the same rule (deployments/vision.py) for usage and the context check.
+
+Metrics are vLLM's own: the ``stat_loggers`` given to the constructor (in a Ray Serve replica,
+``vllm.v1.metrics.ray_wrappers.RayPrometheusStatLogger``, as Ray Serve LLM uses) go to
+``AsyncLLM.from_engine_args(..., stat_loggers=...)``, vLLM's public hook; vLLM records every
+``vllm:*`` series through them, labelled with ``model_name`` (``served_model_name``, set to the
+registry's name) and ``ReplicaId``.
+
+``check_health`` asks the engine-core process a question (``AsyncLLM.is_sleeping``, which goes
+through the core's input queue between two steps), so a core that hangs (a stuck kernel or
+collective) fails the check within ``HEALTH_PROBE_TIMEOUT_S`` instead of passing it because the
+front end's ``errored`` flag is still False.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -65,6 +77,9 @@ from serve_app.errors import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_COMPILE_CACHE_ROOT = Path("~/.cache/modelopt-serve/compile")
+# The engine core answers a utility call between two steps; one step under full load takes tens to
+# a few hundred ms on an H100/H200 (chunked prefill bounds it by max_num_batched_tokens).
+HEALTH_PROBE_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -102,8 +117,11 @@ class VLLMEngine:
 
     needs_image_tensors = False  # vLLM runs the checkpoint's image processor itself
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, stat_loggers: list[Any] | tuple[Any, ...] = ()) -> None:
+        """``stat_loggers``: vLLM ``StatLoggerFactory`` objects (e.g. ``RayPrometheusStatLogger``)
+        passed to ``AsyncLLM.from_engine_args``."""
         self.config = config
+        self.stat_loggers = list(stat_loggers)
         self.start_info: StartInfo | None = None
         self._llm: Any = None
         self._closed = False
@@ -142,7 +160,11 @@ class VLLMEngine:
             args = AsyncEngineArgs(**kwargs)
             # Blocks this event loop until the engine core has loaded, compiled and profiled, as
             # in `vllm serve`; AsyncLLM starts its output handler on the running loop.
-            llm = AsyncLLMEngine.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
+            llm = AsyncLLMEngine.from_engine_args(
+                args,
+                usage_context=UsageContext.OPENAI_API_SERVER,
+                stat_loggers=self.stat_loggers or None,
+            )
         except (TypeError, ValueError) as error:
             raise RegistryError(
                 f"model {self.config.model_name!r}: vLLM rejected the engine arguments: {error}",
@@ -290,8 +312,14 @@ class VLLMEngine:
 
         try:
             await llm.check_health()
+            await asyncio.wait_for(llm.is_sleeping(), HEALTH_PROBE_TIMEOUT_S)
         except VLLMEngineDeadError as error:
             raise EngineDeadError(f"the vLLM engine of {self.config.model_name!r} died: {error}") from error
+        except TimeoutError as error:
+            raise EngineDeadError(
+                f"the vLLM engine core of {self.config.model_name!r} did not answer within "
+                f"{HEALTH_PROBE_TIMEOUT_S:g} s with {len(self._in_flight)} request(s) in flight: it hangs"
+            ) from error
 
     # -- introspection -----------------------------------------------------------------------
 

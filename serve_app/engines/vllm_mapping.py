@@ -48,7 +48,7 @@ FIRST_CLASS_FIELDS = (
     "limit_mm_per_prompt",  # the registry's media.limit_per_prompt
 )
 # AsyncEngineArgs fields this app sets itself: the checkpoint is the model, always ModelOpt.
-RESERVED_FIELDS = ("model", "quantization")
+RESERVED_FIELDS = ("model", "quantization", "served_model_name")
 
 # vLLM's _SAMPLING_EPS (vllm/sampling_params.py): below this temperature vLLM samples greedily.
 SAMPLING_EPS = 1e-5
@@ -86,6 +86,8 @@ def engine_kwargs(
     valid = set(valid_fields)
     kwargs: dict[str, Any] = {
         "model": str(config.checkpoint),
+        # vLLM's metrics label every series with it (model_name): the registry's name, not the path
+        "served_model_name": config.model_name,
         "quantization": QUANTIZATION,
         "gpu_memory_utilization": config.gpu_memory_utilization,
         "tensor_parallel_size": config.tensor_parallel_size,
@@ -152,7 +154,7 @@ def _check_no_conflicts(model_name: str, engine_args: dict[str, Any]) -> None:
     if reserved:
         raise RegistryError(
             f"model {model_name!r}: engine_args may not set {reserved}: the app loads `checkpoint` "
-            f"with quantization={QUANTIZATION!r}",
+            f"with quantization={QUANTIZATION!r} and serves it as the model's `name`",
             param="engine_args",
         )
 

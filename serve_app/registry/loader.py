@@ -78,6 +78,9 @@ def parse_registry(
                 f"{model.checkpoint} does not exist; point it at a ModelOpt FP8 export "
                 "(scripts/make_checkpoint.py makes one)"
             )
+    keys_file = registry.router.auth.api_keys_file
+    if keys_file is not None and not keys_file.is_absolute():
+        registry.router.auth.api_keys_file = (root / keys_file).resolve()
     if problems:
         raise RegistryError("\n".join(problems))
     return registry

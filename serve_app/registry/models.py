@@ -253,6 +253,19 @@ class ModelSpec(StrictModel):
         ge=-1,
         description="Requests waiting for a replica before new ones get 503 + Retry-After (-1: no limit).",
     )
+    health_check_period_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often Ray Serve calls a replica's check_health (only once it has started: a "
+        "long vLLM start is not cut short). Three failures in a row take the replica out of routing, "
+        "so a dead or hung engine leaves within about 3 x this plus the engine's 1 s answer limit.",
+    )
+    health_check_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How long Ray Serve waits for one check_health answer before counting a failure "
+        "(a backstop: the model server itself fails a check whose engine has not answered in 1 s).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -269,6 +282,36 @@ class ModelSpec(StrictModel):
     @property
     def served_names(self) -> list[str]:
         return [self.name, *self.aliases]
+
+
+class AuthSpec(StrictModel):
+    """API keys for the router. Off unless a key source is named; keys never live in the YAML."""
+
+    api_keys_env: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Name of an environment variable (where the Ray cluster started) holding the "
+        "accepted keys, comma-separated; each may use every model.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="A YAML file, readable where the router runs, with `keys: [{key: ..., models: "
+        "[...]}]`; `models` (optional) lists the model names and aliases that key may use.",
+    )
+    protect_metrics: bool = Field(default=False, description="Require a key for GET /metrics and GET /stats.")
+    protect_readyz: bool = Field(
+        default=False, description="Require a key for GET /readyz and GET /health (/healthz stays open)."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.api_keys_env is not None or self.api_keys_file is not None
+
+    @model_validator(mode="after")
+    def protection_needs_keys(self) -> AuthSpec:
+        if (self.protect_metrics or self.protect_readyz) and not self.enabled:
+            raise ValueError("protect_metrics / protect_readyz need api_keys_env or api_keys_file")
+        return self
 
 
 class RouterSpec(StrictModel):
@@ -304,6 +347,7 @@ class RouterSpec(StrictModel):
     max_json_depth: int = Field(
         default=64, ge=4, le=512, description="Deepest nesting of arrays and objects in a request body."
     )
+    auth: AuthSpec = Field(default_factory=AuthSpec, description="API keys (off by default).")
 
 
 class RegistrySpec(StrictModel):

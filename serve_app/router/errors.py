@@ -21,9 +21,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from serve_app.errors import (
+    AuthenticationError,
     ContextLengthError,
     EngineDeadError,
     EngineError,
+    ModelNotAllowedError,
     ModelNotFoundError,
     RequestError,
     RequestTooLargeError,
@@ -42,6 +44,8 @@ class ErrorKind:
 
 # Most specific first: the first matching class wins.
 ERROR_TABLE: list[tuple[type[BaseException], ErrorKind]] = [
+    (AuthenticationError, ErrorKind(401, "AuthenticationError", "invalid_api_key")),
+    (ModelNotAllowedError, ErrorKind(403, "PermissionDeniedError", "model_not_allowed")),
     (ModelNotFoundError, ErrorKind(404, "NotFoundError", "model_not_found")),
     (RequestTooLargeError, ErrorKind(413, "RequestTooLargeError", "request_too_large")),
     (ContextLengthError, ErrorKind(400, "BadRequestError", "context_length_exceeded")),
@@ -62,7 +66,7 @@ SERVER_MESSAGES = {
 }
 INTERNAL = ErrorKind(500, "InternalServerError", "internal_error")
 MAX_PROBLEMS = 5  # validation problems listed in one message
-RETRY_AFTER_S = 1
+RETRY_AFTER_S = 1  # 503s other than overload (a replica being replaced); overload's is estimated
 
 
 def _clean(text: str | None, limit: int = 2000) -> str | None:
@@ -85,12 +89,14 @@ def error_body(message: str, kind: ErrorKind, param: str | None = None) -> dict:
     }
 
 
-def error_response(error: BaseException) -> JSONResponse:
+def error_response(error: BaseException, retry_after_s: int | None = None) -> JSONResponse:
     """Any exception -> its status and OpenAI error JSON (the one mapping; see ERROR_TABLE).
 
     Client errors (``RequestError``) keep their message and ``param``. Everything else is
     answered with a fixed message and a request id; the log line has the same id and the
-    traceback. Unknown exception types are 500 ``internal_error``."""
+    traceback. Unknown exception types are 500 ``internal_error``. A 503 carries
+    ``Retry-After``: ``retry_after_s`` when given (the router's estimate for overload,
+    router/overload.py), else RETRY_AFTER_S."""
     error = unwrap(error)
     kind = next((k for cls, k in ERROR_TABLE if isinstance(error, cls)), INTERNAL)
     if isinstance(error, RequestError):
@@ -98,7 +104,7 @@ def error_response(error: BaseException) -> JSONResponse:
     request_id = uuid.uuid4().hex
     headers = {}
     if kind.status == 503:
-        headers["Retry-After"] = str(RETRY_AFTER_S)
+        headers["Retry-After"] = str(retry_after_s or RETRY_AFTER_S)
         logger.warning("request %s answered %d (%s): %s", request_id, kind.status, kind.code, error)
     else:
         logger.error("request %s failed (%s)", request_id, kind.code, exc_info=error)

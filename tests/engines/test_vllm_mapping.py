@@ -32,7 +32,13 @@ from serve_app.engines.vllm_mapping import (
     to_delta,
     token_logprob,
 )
-from serve_app.errors import EngineGenerateError, InvalidRequestError, MaxModelLenError, RegistryError
+from serve_app.errors import (
+    EngineDeadError,
+    EngineGenerateError,
+    InvalidRequestError,
+    MaxModelLenError,
+    RegistryError,
+)
 
 
 @dataclass
@@ -40,6 +46,7 @@ class FakeEngineArgs:
     """Stands in for vllm.AsyncEngineArgs: a dataclass with some of its real field names."""
 
     model: str = "facebook/opt-125m"
+    served_model_name: str | None = None
     quantization: str | None = None
     max_model_len: int | None = None
     max_num_seqs: int | None = None
@@ -170,6 +177,7 @@ def test_engine_kwargs_maps_first_class_fields():
     )
     assert engine_kwargs(config, VALID) == {
         "model": "/ck/qwen",
+        "served_model_name": "qwen-3b",
         "quantization": "modelopt",
         "max_model_len": 4096,
         "max_num_seqs": 64,
@@ -573,8 +581,9 @@ class FakeAsyncLLM:
 
     instances: ClassVar[list[FakeAsyncLLM]] = []
 
-    def __init__(self, args, usage_context):
-        self.args, self.usage_context = args, usage_context
+    def __init__(self, args, usage_context, stat_loggers=None):
+        self.args, self.usage_context, self.stat_loggers = args, usage_context, stat_loggers
+        self.core_hangs = False
         self.model_config = SimpleNamespace(max_model_len=args.max_model_len or 2048)
         self.aborted: list[str] = []
         self.abort_requested: set[str] = set()
@@ -584,10 +593,10 @@ class FakeAsyncLLM:
         FakeAsyncLLM.instances.append(self)
 
     @classmethod
-    def from_engine_args(cls, args, usage_context=None):
+    def from_engine_args(cls, args, usage_context=None, stat_loggers=None):
         if args.max_model_len == 13:
             raise RuntimeError("Engine core initialization failed. See root cause above.")
-        return cls(args, usage_context)
+        return cls(args, usage_context, stat_loggers)
 
     async def generate(self, prompt, params, request_id):
         try:
@@ -619,6 +628,11 @@ class FakeAsyncLLM:
     async def check_health(self):
         if self.dead:
             raise FakeVLLMEngineDead("EngineCore encountered an issue.")
+
+    async def is_sleeping(self):  # a utility call answered by the engine-core process
+        if self.core_hangs:
+            await asyncio.Event().wait()
+        return False
 
     def shutdown(self):
         self.shutdowns += 1
@@ -796,6 +810,24 @@ def test_vllm_errors_become_ours(fake_vllm, tmp_path):
     with pytest.raises(EngineDeadError, match="died"):
         asyncio.run(engine.check_health())
     assert engine.stats().running == 0
+
+
+def test_stat_loggers_go_to_vllm_and_a_core_that_does_not_answer_fails_the_health_check(fake_vllm, tmp_path):
+    from serve_app.engines.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(
+        make_config(compile_cache_dir=tmp_path / "c", max_model_len=64), stat_loggers=[FakeAsyncLLM]
+    )
+    asyncio.run(engine.start())
+    llm = FakeAsyncLLM.instances[-1]
+    assert llm.stat_loggers == [FakeAsyncLLM]
+    assert llm.args.served_model_name == "qwen-3b"
+    asyncio.run(engine.check_health())
+    llm.core_hangs = True
+    with pytest.raises(
+        EngineDeadError, match=r"engine core of 'qwen-3b' did not answer within 1 s .* it hangs"
+    ):
+        asyncio.run(engine.check_health())
 
 
 def test_engine_start_failures(fake_vllm, tmp_path):

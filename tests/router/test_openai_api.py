@@ -224,15 +224,17 @@ def test_health_and_readiness(two_model_app):
     ready = httpx.get(f"{two_model_app}/readyz", timeout=30).json()
     assert ready["status"] == "ready"
     assert set(ready["models"]) == {"qwen-tiny", "llama-tiny"}
-    assert ready["models"]["qwen-tiny"]["max_model_len"] == 256
+    assert ready["models"]["qwen-tiny"]["replicas"] == {"RUNNING": 1}
+    stats = httpx.get(f"{two_model_app}/stats", timeout=30).json()
+    assert stats["models"]["qwen-tiny"]["max_model_len"] == 256
 
 
-def test_readyz_reports_where_time_to_first_token_went(client, two_model_app):
+def test_stats_report_where_time_to_first_token_went(client, two_model_app):
     for stream in (False, True):
         reply = client.completions.create(model="qwen-tiny", prompt="Hi", max_tokens=2, stream=stream)
         if stream:
             list(reply)
-    latency = httpx.get(f"{two_model_app}/readyz", timeout=30).json()["models"]["qwen-tiny"]["latency"]
+    latency = httpx.get(f"{two_model_app}/stats", timeout=30).json()["models"]["qwen-tiny"]["latency"]
     assert set(latency) == {"router_to_replica", "tokenize", "engine_first_output"}
     for stage in latency.values():
         assert stage["count"] >= 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -63,14 +64,47 @@ def test_overload_is_503_with_retry_after(extra_app):
     assert 200 in statuses
     rejected = [r for r in responses if r.status_code == 503]
     assert rejected, statuses
-    assert rejected[0].headers["Retry-After"] == "1"
+    assert 1 <= int(rejected[0].headers["Retry-After"]) <= 60  # estimated from the queue (router/overload.py)
     assert rejected[0].json()["error"]["code"] == "overloaded"
+
+
+def test_the_openai_client_waits_retry_after_and_retries_until_served(extra_app):
+    """A 503 with Retry-After: the client waits that long, retries, and gets its answer."""
+    import openai
+
+    attempts: list[tuple[float, int, str | None]] = []
+
+    def record(response: httpx.Response) -> None:
+        attempts.append((time.monotonic(), response.status_code, response.headers.get("Retry-After")))
+
+    body = {"model": "busy", "prompt": "Hello", **LONG}
+    with ThreadPoolExecutor(2) as pool:  # one running, one queued: the queue (1) is full
+        busy = [
+            pool.submit(httpx.post, f"{extra_app}/v1/completions", json=body, timeout=120) for _ in range(2)
+        ]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ready = httpx.get(f"{extra_app}/readyz", params={"model": "busy"}, timeout=30)
+            assert ready.status_code == 200  # readiness never waits behind the full queue
+            probe = httpx.post(f"{extra_app}/v1/completions", json={**body, "max_tokens": 1}, timeout=60)
+            if probe.status_code == 503:
+                break
+        http = httpx.Client(event_hooks={"response": [record]}, timeout=120)
+        llm = openai.OpenAI(base_url=f"{extra_app}/v1", api_key="unused", max_retries=8, http_client=http)
+        reply = llm.completions.create(model="busy", prompt="Hi", max_tokens=1)
+        assert [f.result().status_code for f in busy] == [200, 200]
+    assert reply.choices[0].text is not None
+    statuses = [status for _, status, _ in attempts]
+    assert statuses[0] == 503 and statuses[-1] == 200, statuses
+    for (sent_at, status, retry_after), (next_at, _, _) in itertools.pairwise(attempts):
+        assert status == 503 and retry_after is not None
+        assert next_at - sent_at >= int(retry_after) - 0.05  # waited at least Retry-After
 
 
 def test_client_disconnect_aborts_the_request_in_the_engine(extra_app):
     def aborted() -> int:
-        ready = httpx.get(f"{extra_app}/readyz", timeout=30).json()
-        return ready["models"]["busy"]["stats"]["aborted_total"]
+        stats = httpx.get(f"{extra_app}/stats", timeout=30).json()
+        return stats["models"]["busy"]["stats"]["aborted_total"]
 
     before = aborted()
     body = {"model": "busy", "prompt": "Hello", "stream": True, "max_tokens": 400, "ignore_eos": True}
@@ -82,7 +116,7 @@ def test_client_disconnect_aborts_the_request_in_the_engine(extra_app):
     while aborted() == before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert aborted() == before + 1
-    stats = httpx.get(f"{extra_app}/readyz", timeout=30).json()["models"]["busy"]["stats"]
+    stats = httpx.get(f"{extra_app}/stats", timeout=30).json()["models"]["busy"]["stats"]
     assert stats["running"] == 0
 
 

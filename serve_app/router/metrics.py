@@ -1,0 +1,239 @@
+"""``GET /metrics``: the cluster's series in Prometheus text format, on the served port.
+
+How the numbers get here (docs/operations.md, "Metrics"): every process records with
+``ray.util.metrics`` (vLLM's ``RayPrometheusStatLogger`` in vLLM replicas, ``RayEngineStatLogger``
+in CPU replicas, the request counter below in router replicas). Ray's core worker hands them to its
+node's metrics agent every ``metrics_report_interval_ms`` (10 s by default), and the agent serves
+them at ``http://<node>:<MetricsExportPort>/metrics``. ``ClusterMetrics`` asks Ray for the alive
+nodes, scrapes every agent, keeps our families and renders them as one Prometheus document:
+
+- ``ray_vllm_*`` -> ``vllm:*`` (vLLM's own names; Ray refuses ``:`` so vLLM records ``vllm_*``),
+- ``ray_modelopt_serve_*`` -> ``modelopt_serve_*`` (this app's own series),
+- ``ray_serve_*`` unchanged (Ray Serve's replica and handle series, as Ray's dashboards name them).
+
+Series keep ``model_name``, ``ReplicaId`` (one per replica), ``NodeAddress`` and ``WorkerId``;
+Ray's bookkeeping labels (``SessionName``, ``Version``, ``Component``, ``otel_scope_*``) are
+dropped. Counters vLLM creates at zero (``vllm:num_preemptions_total``, prompt and generation
+tokens) but Ray exports only after a first increment get a 0 sample per replica, as in bare vLLM.
+
+Ray records a histogram's ``_sum`` from bucket midpoints (ray/_private/telemetry/
+open_telemetry_metric_recorder.py), so sums and the means made from them are approximate; counts
+and buckets are exact. That holds for vLLM under Ray Serve LLM too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
+from prometheus_client.samples import Sample
+
+from serve_app.deployments.metrics import VLLM_SERIES
+from serve_app.router.auth import route_path
+
+logger = logging.getLogger("ray.serve")
+
+RENAMES = (("ray_vllm_", "vllm:"), ("ray_modelopt_serve_", "modelopt_serve_"), ("ray_serve_", "ray_serve_"))
+DROPPED_LABELS = frozenset(
+    {"SessionName", "Version", "Component", "otel_scope_name", "otel_scope_schema_url", "otel_scope_version"}
+)
+ZERO_UNTIL_FIRST = tuple(VLLM_SERIES[key] for key in ("preemptions", "prompt_tokens", "generation_tokens"))
+REPLICA_GAUGE = VLLM_SERIES["running"].name  # every engine replica sets it; its label sets name them
+CACHE_S = 1.0  # one scrape of the cluster serves every /metrics call within this
+NODES_TTL_S = 10.0
+SCRAPE_TIMEOUT_S = 3.0
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+REQUESTS_NAME = "modelopt_serve_http_requests"
+REQUESTS_HELP = "HTTP requests the router answered, by route, method, status code and model."
+
+
+def _rename(name: str) -> str | None:
+    for prefix, replacement in RENAMES:
+        if name.startswith(prefix):
+            return replacement + name[len(prefix) :]
+    return None
+
+
+class _Families:
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+def merge(documents: list[str]) -> bytes:
+    """Several metrics agents' Prometheus text -> one document of our families (module docstring)."""
+    families: dict[str, Metric] = {}
+    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    for document in documents:
+        for family in text_string_to_metric_families(document):
+            name = _rename(family.name)
+            if name is None:
+                continue
+            merged = families.get(name)
+            if merged is None:
+                merged = families[name] = Metric(name, family.documentation, family.type)
+            for sample in family.samples:
+                labels = {k: v for k, v in sample.labels.items() if k not in DROPPED_LABELS}
+                sample_name = _rename(sample.name) or sample.name
+                key = (sample_name, tuple(sorted(labels.items())))
+                if key not in seen:  # the same series from two scrapes of one node: keep one
+                    seen.add(key)
+                    merged.samples.append(Sample(sample_name, labels, sample.value))
+    _zero_fill(families)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(families.values())))  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
+def _zero_fill(families: dict[str, Metric]) -> None:
+    """A 0 sample of each ZERO_UNTIL_FIRST counter for every engine replica that lacks one."""
+    replicas = families.get(REPLICA_GAUGE)
+    if replicas is None:
+        return
+    for series in ZERO_UNTIL_FIRST:
+        family = families.setdefault(series.name, Metric(series.name, series.help, "counter"))
+        present = {tuple(sorted(s.labels.items())) for s in family.samples}
+        for sample in replicas.samples:
+            if tuple(sorted(sample.labels.items())) not in present:
+                family.samples.append(Sample(f"{series.name}_total", dict(sample.labels), 0.0))
+
+
+def metrics_targets() -> list[str]:
+    """``http://<ip>:<MetricsExportPort>/metrics`` of every alive Ray node (``ray.nodes()``)."""
+    import ray
+
+    return [
+        f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+        for node in ray.nodes()
+        if node.get("Alive") and node.get("MetricsExportPort")
+    ]
+
+
+class ClusterMetrics:
+    """Scrapes every node's metrics agent; one scrape (single-flight) serves calls within CACHE_S.
+
+    ``targets`` returns the agents' URLs (``metrics_targets``; asked again every NODES_TTL_S). A
+    node that does not answer within SCRAPE_TIMEOUT_S is left out of that scrape and logged."""
+
+    def __init__(self, targets: Callable[[], list[str]] = metrics_targets) -> None:
+        self._targets_fn = targets
+        self._targets: list[str] = []
+        self._targets_at = -NODES_TTL_S
+        self._body = b""
+        self._body_at = -CACHE_S
+        self._lock = asyncio.Lock()
+        self._client: Any = None
+
+    async def render(self) -> bytes:
+        async with self._lock:
+            if time.monotonic() - self._body_at >= CACHE_S:
+                self._body = merge(await self._scrape_all())
+                self._body_at = time.monotonic()
+            return self._body
+
+    async def _scrape_all(self) -> list[str]:
+        import httpx
+
+        if time.monotonic() - self._targets_at >= NODES_TTL_S:
+            self._targets = await asyncio.to_thread(self._targets_fn)
+            self._targets_at = time.monotonic()
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=SCRAPE_TIMEOUT_S)
+        results = await asyncio.gather(
+            *(self._client.get(url) for url in self._targets), return_exceptions=True
+        )
+        documents = []
+        for url, result in zip(self._targets, results, strict=True):
+            if isinstance(result, BaseException) or result.status_code != 200:
+                logger.warning("metrics agent %s left out of /metrics: %s", url, result)
+                self._targets_at = -NODES_TTL_S  # a node may have gone; ask Ray again next time
+            else:
+                documents.append(result.text)
+        return documents
+
+
+def _application() -> str:
+    from ray import serve
+
+    try:
+        return serve.get_replica_context().app_name
+    except Exception:  # outside a replica
+        return ""
+
+
+class RequestMetrics:
+    """ASGI middleware: counts every answered request in ``modelopt_serve_http_requests_total``.
+
+    Labels: ``route`` (the route's template, e.g. ``/v1/models/{model_id:path}``, or
+    ``unmatched``), ``method``, ``status_code``, ``model_name`` (the served name a route resolved,
+    "" for none), ``application`` (the Serve application) and ``ReplicaId``. ``routes`` returns
+    the app's routes, to name a request that was answered before routing (401, 413)."""
+
+    def __init__(self, app: Any, routes: Callable[[], list[Any]]) -> None:
+        self.app = app
+        self.routes = routes
+        self._counter: Any = None
+        self._replica = ""
+        self._application = ""
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self._count(scope, status)
+
+    def _count(self, scope: dict, status: int) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            return
+        if self._counter is None:
+            from ray.util import metrics
+
+            from serve_app.deployments.metrics import replica_id
+
+            keys = ("route", "method", "status_code", "model_name", "application", "ReplicaId")
+            self._counter = metrics.Counter(REQUESTS_NAME, REQUESTS_HELP, tag_keys=keys)
+            self._replica = replica_id()
+            self._application = _application()
+        tags = {
+            "route": self._route(scope),
+            "method": scope.get("method", ""),
+            "status_code": str(status),
+            "model_name": (scope.get("state") or {}).get("model_name", ""),
+            "application": self._application,
+            "ReplicaId": self._replica,
+        }
+        self._counter.inc(1, tags)
+
+    def _route(self, scope: dict) -> str:
+        route = scope.get("route")
+        if route is not None:
+            return getattr(route, "path", "unmatched")
+        from starlette.routing import Match
+
+        probe = {**scope, "path": route_path(scope), "root_path": ""}
+        for candidate in self.routes():
+            if candidate.matches(probe)[0] == Match.FULL:
+                return candidate.path
+        return "unmatched"
