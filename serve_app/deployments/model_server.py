@@ -275,6 +275,7 @@ class ModelServer:
                 continue_final_message=job["continue_final_message"],
                 add_special_tokens=job["add_special_tokens"],
                 chat_template_kwargs=job["chat_template_kwargs"],
+                tools=job.get("tools"),
             )
             tokens = self.prompts.chat_ids(job["messages"], options)
         else:

@@ -649,6 +649,9 @@ class TokenizeChatRequest(_Strict):
     add_special_tokens: bool = False
     return_token_strs: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    # As vLLM's TokenizeChatRequest: the tools the chat template renders, so the count matches
+    # what a chat completion with the same tools sends the engine.
+    tools: list[Tool] | None = None
 
     @model_validator(mode="after")
     def one_way_to_end(self) -> TokenizeChatRequest:
@@ -691,6 +694,7 @@ def tokenize_job(body: TokenizeCompletionRequest | TokenizeChatRequest) -> dict[
             add_generation_prompt=body.add_generation_prompt,
             continue_final_message=body.continue_final_message,
             chat_template_kwargs=dict(body.chat_template_kwargs or {}),
+            tools=[tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None,
         )
     else:
         job["prompt"] = body.prompt

@@ -297,3 +297,18 @@ def test_developer_role_renders_as_system_and_text_parts_join(tools_app):
     assert prompt([{"role": "developer", "content": parts}]) == prompt(
         [{"role": "system", "content": "Be brief."}]
     )
+
+
+def test_tokenize_with_tools_counts_what_the_chat_completion_sends(tools_app, tools_client):
+    """vLLM's /tokenize takes `tools`: the count equals the chat completion's prompt_tokens."""
+    body = {"model": "qwen-tools", "messages": ASK}
+    plain = httpx.post(f"{tools_app}/tokenize", json=body, timeout=60).json()
+    with_tools = httpx.post(f"{tools_app}/tokenize", json={**body, "tools": TOOLS}, timeout=60).json()
+    reply = tools_client.chat.completions.create(
+        model="qwen-tools", messages=ASK, tools=TOOLS, tool_choice="none", max_tokens=1
+    )
+    assert with_tools["count"] == reply.usage.prompt_tokens > plain["count"]
+    text = httpx.post(
+        f"{tools_app}/detokenize", json={"model": "qwen-tools", "tokens": with_tools["tokens"]}, timeout=60
+    ).json()["prompt"]
+    assert '"name": "get_weather"' in text
