@@ -61,10 +61,11 @@ def _refuse(index: int, message: str) -> InvalidRequestError:
 
 def _data_url_bytes(url: str, index: int, policy: ImagePolicy) -> bytes:
     header, comma, data = url.partition(",")
-    media_type = header[len("data:") :].split(";")[0].strip().lower()
+    header = header.lower()  # RFC 2397's scheme, type and ";base64" are case-insensitive
+    media_type = header[len("data:") :].split(";")[0].strip()
     if not comma or not header.endswith(";base64"):
         raise _refuse(index, "a data URL must be base64: data:image/<type>;base64,<data>")
-    if not media_type.startswith("image/"):
+    if not media_type.startswith("image/") or media_type == "image/":
         raise _refuse(index, f"data URL media type {media_type[:64]!r} is not an image type")
     if len(data) * 3 // 4 > policy.max_image_bytes:
         raise _refuse(index, f"the image is larger than this model accepts ({policy.max_image_bytes} bytes)")
@@ -75,13 +76,23 @@ def _data_url_bytes(url: str, index: int, policy: ImagePolicy) -> bytes:
 
 
 async def _fetch(url: str, index: int, policy: ImagePolicy, model_name: str) -> bytes:
-    host = (urlsplit(url).hostname or "").lower()
     if not policy.allowed_media_domains:
         raise _refuse(
             index,
             f"model {model_name!r} does not fetch remote images; send the image as a data URL "
             "(data:image/png;base64,...), or list the host in the model's media.allowed_media_domains",
         )
+    # urlsplit drops tabs and newlines that httpx refuses, and raises on a broken IPv6 host: a URL
+    # with either is refused here, before the host is judged (the host httpx would contact must be
+    # the one checked).
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise _refuse(index, "the image URL contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as error:
+        raise _refuse(index, f"the image URL is not valid: {str(error)[:100]}") from None
     if host not in policy.allowed_media_domains:
         raise _refuse(
             index,
@@ -109,7 +120,7 @@ async def _fetch(url: str, index: int, policy: ImagePolicy, model_name: str) -> 
                 return bytes(body)
     except TimeoutError:
         raise _refuse(index, f"fetching the image took longer than {policy.fetch_timeout_s:g} s") from None
-    except httpx.HTTPError as error:
+    except (httpx.HTTPError, httpx.InvalidURL) as error:  # InvalidURL is not an HTTPError
         raise _refuse(index, f"the image could not be fetched: {type(error).__name__}") from None
 
 
@@ -148,7 +159,24 @@ async def load_image(url: str, index: int, policy: ImagePolicy, model_name: str)
         data = await _fetch(url, index, policy, model_name)
     else:
         raise _refuse(index, f"URL scheme {scheme[:20]!r} is not supported; send a data URL (data:image/...)")
-    return await asyncio.to_thread(decode_image, data, index, policy)
+    async with _decoding():
+        return await asyncio.to_thread(decode_image, data, index, policy)
+
+
+# A decoded image holds width x height x 3 bytes until the processor resizes it (48 MB for a 4096^2
+# image from a 1.4 KB PNG): a few decodes at a time per replica bound that memory and keep the
+# replica's threads free for its tokenizer and other requests.
+MAX_CONCURRENT_DECODES = 4
+_decode_slots: dict[int, asyncio.Semaphore] = {}
+
+
+def _decoding() -> asyncio.Semaphore:
+    """This event loop's decode semaphore (one per loop: a Semaphore belongs to one loop)."""
+    loop = id(asyncio.get_running_loop())
+    slots = _decode_slots.get(loop)
+    if slots is None:
+        slots = _decode_slots[loop] = asyncio.Semaphore(MAX_CONCURRENT_DECODES)
+    return slots
 
 
 async def load_images(urls: list[str], policy: ImagePolicy, model_name: str) -> list[Any]:

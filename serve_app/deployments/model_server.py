@@ -212,7 +212,8 @@ class ModelServer:
         # Tokenizing a long prompt takes milliseconds; on this event loop it would hold up every
         # other stream's output (vLLM's output handler runs here). One thread: a Hugging Face fast
         # tokenizer is not safe to call from several threads at once ("Already borrowed").
-        if request.tool_choice == "auto" and self.tool_call_parser is None:
+        # A template without tool support is the first thing to fix (prompts.chat_ids says so).
+        if request.tool_choice == "auto" and self.tool_call_parser is None and self.prompts.supports_tools:
             raise InvalidRequestError(
                 f"model {self.config.model_name!r} has no tool-call parser for its architecture, so "
                 'tool_choice "auto" cannot find calls in its output; set tool_call_parser in its '

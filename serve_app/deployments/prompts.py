@@ -226,8 +226,22 @@ class PromptRenderer:
                 tokenize=False,
                 **request.chat_template_kwargs,
             )
+        # The rendered text holds what _check_chars cannot count before rendering (text parts of
+        # messages with images, tools, tool-call arguments): check it before the tokenizer, whose
+        # one thread a 4 MB prompt would hold for seconds.
+        self._check_rendered_chars(text)
         add_special = bool(request.add_special_tokens)  # None: False, the template adds them
         return self.tokenizer.encode(text, add_special_tokens=add_special)
+
+    def _check_rendered_chars(self, text: str) -> None:
+        if len(text) > self.max_model_len * self.max_token_chars:
+            at_least = -(-len(text) // self.max_token_chars)
+            raise ContextLengthError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, your "
+                f"messages render to {len(text)} characters (tools included), at least {at_least} tokens "
+                "for this tokenizer. Please reduce the length of the messages or tools.",
+                param="messages",
+            )
 
     def completion_ids(self, prompt: str | list[int], add_special_tokens: bool | None) -> list[int]:
         if isinstance(prompt, list):

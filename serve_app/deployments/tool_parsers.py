@@ -134,8 +134,8 @@ def _key(text: str, i: int, allowed: tuple[str, ...]) -> tuple[str | None, int]:
     end = _string_end(text, i)
     if end < 0:
         return None, end
-    key = json.loads(text[i:end])
-    if key not in allowed:
+    key = _json_string(text[i:end])
+    if key is None or key not in allowed:
         return None, BAD
     return key, _expect(text, end, ":")
 
@@ -155,7 +155,9 @@ def _call_object(text: str, i: int, args_keys: tuple[str, ...]) -> tuple[Partial
     name_end = _string_end(text, j)
     if name_end < 0:
         return None, name_end
-    name = json.loads(text[j:name_end])
+    name = _json_string(text[j:name_end])
+    if name is None:
+        return None, BAD
     j = _expect(text, name_end, ",")
     if j >= 0:
         _, j = _key(text, j, args_keys)
@@ -318,9 +320,21 @@ def _well_formed(scan: Scan) -> bool:
         try:
             if not isinstance(json.loads(call.arguments), dict):
                 return False
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past Python's stack
             return False
     return True
+
+
+def _json_string(literal: str) -> str | None:
+    """A JSON string literal's value; None when it does not decode (an invalid escape such as
+    ``\\q``) or decodes to text that is not UTF-8 (a lone surrogate such as ``\\ud800``), which
+    then cannot be a call's name and the output stays content."""
+    try:
+        value = json.loads(literal)
+        value.encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def parse_choice(

@@ -21,6 +21,8 @@ row is text-only here, and an image sent to it is a 400 naming the model.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +53,16 @@ class ImagePrompts:
         self.merge_size = int(getattr(self.image_processor, "merge_size", 2))
 
     def tokens_per_image(self, images: list[Any]) -> list[int]:
-        """Image tokens each image becomes, from its size alone (no pixels are processed)."""
+        """Image tokens each image becomes, from its size alone (no pixels are processed).
+
+        Raises InvalidRequestError for a size the processor refuses (Qwen2-VL's ``smart_resize``:
+        an aspect ratio of 200 or more)."""
         merge = self.merge_size**2
-        return [
-            self.image_processor.get_number_of_image_patches(image.height, image.width, {}) // merge
-            for image in images
-        ]
+        with processor_errors():
+            return [
+                self.image_processor.get_number_of_image_patches(image.height, image.width, {}) // merge
+                for image in images
+            ]
 
     def media(self, prompt_ids: list[int], images: list[Any], tensors: bool) -> tuple[list[int], PromptMedia]:
         """(the expanded prompt ids, the ``PromptMedia`` engines take) for a rendered prompt.
@@ -74,7 +80,8 @@ class ImagePrompts:
             )
         processed: dict[str, Any] = {}
         if tensors:
-            processed = dict(self.image_processor(images=images, return_tensors="pt"))
+            with processor_errors():
+                processed = dict(self.image_processor(images=images, return_tensors="pt"))
             merge = self.merge_size**2
             counts = [int(grid.prod()) // merge for grid in processed["image_grid_thw"]]
         else:
@@ -93,3 +100,17 @@ class ImagePrompts:
             ids = torch.tensor([expanded])
             processed["mm_token_type_ids"] = (ids == self.image_token_id).to(torch.int32)
         return expanded, PromptMedia(tuple(images), list(prompt_ids), processed)
+
+
+@contextmanager
+def processor_errors() -> Iterator[None]:
+    """The image processor's refusals of an image (ValueError) as a 400 naming ``messages``.
+
+    Qwen2-VL's ``smart_resize`` raises "absolute aspect ratio must be smaller than 200" for a
+    1x300 image, on the CPU engine's path and on the size-only count for vLLM alike."""
+    try:
+        yield
+    except ValueError as error:
+        raise InvalidRequestError(
+            f"the image processor cannot take this image: {str(error)[:200]}", param="messages"
+        ) from None

@@ -82,37 +82,37 @@ def grammar_source(spec: StructuredOutput) -> str:
     Raises InvalidRequestError(param="response_format") for a value of the wrong type or empty, a
     schema that is not JSON, or one using a feature xgrammar does not support.
     """
-    kind, value = spec.kind, spec.value
+    kind, value, param = spec.kind, spec.value, spec.param
     if kind == "json_object":
         return JSON_OBJECT_SCHEMA
     if kind == "choice":
         if not isinstance(value, tuple) or not value or not all(isinstance(c, str) for c in value):
-            raise InvalidRequestError(f"{PARAM}: choice must be a non-empty list of strings", param=PARAM)
+            raise InvalidRequestError(f"{param}: choice must be a non-empty list of strings", param=param)
         return choice_grammar(value)
     if kind not in ("json", "regex", "grammar"):
-        raise InvalidRequestError(f"{PARAM}: unknown structured output kind {kind!r}", param=PARAM)
+        raise InvalidRequestError(f"{param}: unknown structured output kind {kind!r}", param=param)
     if not isinstance(value, str) or not value:
-        raise InvalidRequestError(f"{PARAM}: the {kind} must be a non-empty string", param=PARAM)
+        raise InvalidRequestError(f"{param}: the {kind} must be a non-empty string", param=param)
     if kind == "regex" and "\x00" in value:  # vLLM refuses it before xgrammar's native parser
-        raise InvalidRequestError(f"{PARAM}: the regex must not contain a NUL character", param=PARAM)
+        raise InvalidRequestError(f"{param}: the regex must not contain a NUL character", param=param)
     if kind == "json":
-        _check_schema(value)
+        _check_schema(value, param)
     return value
 
 
-def _check_schema(value: str) -> None:
+def _check_schema(value: str, param: str = PARAM) -> None:
     try:
         schema = json.loads(value)
     except json.JSONDecodeError as error:
         raise InvalidRequestError(
-            f"{PARAM}: the JSON schema is not valid JSON: {error}", param=PARAM
+            f"{param}: the JSON schema is not valid JSON: {error}", param=param
         ) from None
     if not isinstance(schema, dict | bool):
-        raise InvalidRequestError(f"{PARAM}: the JSON schema must be an object", param=PARAM)
+        raise InvalidRequestError(f"{param}: the JSON schema must be an object", param=param)
     if feature := unsupported_json_feature(schema):
         raise InvalidRequestError(
-            f"{PARAM}: the JSON schema uses {feature}, which structured outputs (xgrammar) do not support",
-            param=PARAM,
+            f"{param}: the JSON schema uses {feature}, which structured outputs (xgrammar) do not support",
+            param=param,
         )
 
 
@@ -199,8 +199,9 @@ def _as_request_error(spec: StructuredOutput) -> Iterator[None]:
         yield
     except RuntimeError as error:
         what = {"json": "JSON schema", "json_object": "JSON schema"}.get(spec.kind, spec.kind)
+        param = spec.param
         detail = _XGRAMMAR_PREFIX.sub("", str(error).strip()).strip()
-        raise InvalidRequestError(f"{PARAM}: invalid {what}: {detail}", param=PARAM) from None
+        raise InvalidRequestError(f"{param}: invalid {what}: {detail}", param=param) from None
 
 
 # --------------------------------------------------------------------------------- compiling

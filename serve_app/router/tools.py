@@ -66,12 +66,44 @@ class FunctionCallText(_Strict):
         if not value.strip():
             return value  # vLLM reads an empty string as {}
         try:
-            parsed = json.loads(value)
+            parsed = json.loads(value, parse_constant=_no_constant)
+        except RecursionError:
+            raise ValueError(f"is nested more than {MAX_ARGUMENT_DEPTH} levels deep") from None
         except ValueError as exc:
             raise ValueError(f"must be a JSON object encoded as a string ({exc})") from None
         if not isinstance(parsed, dict):
             raise ValueError("must be a JSON object encoded as a string")
+        _check_arguments(parsed)
         return value
+
+
+# The router's max_json_depth default: the arguments string is JSON inside the body's JSON, which
+# the body's depth check cannot see.
+MAX_ARGUMENT_DEPTH = 64
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # json.loads accepts NaN and Infinity by default
+
+
+def _check_arguments(parsed: dict[str, Any]) -> None:
+    """Depth at most MAX_ARGUMENT_DEPTH, and only UTF-8 text (a lone surrogate such as "\\ud800"
+    decodes in Python but fails later in the tokenizer)."""
+    stack: list[tuple[Any, int]] = [(parsed, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_ARGUMENT_DEPTH:
+            raise ValueError(f"is nested more than {MAX_ARGUMENT_DEPTH} levels deep")
+        items = list(node.items()) if isinstance(node, dict) else enumerate(node)
+        for key, item in items:
+            for text in (key, item):
+                if isinstance(text, str):
+                    try:
+                        text.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise ValueError("contains a lone surrogate; arguments must be UTF-8 text") from None
+            if isinstance(item, dict | list):
+                stack.append((item, depth + 1))
 
 
 class AssistantToolCall(_Strict):
@@ -124,13 +156,20 @@ def tool_structured(tools: list[Tool], choice: ToolChoice, parallel: bool = True
     model that keeps adding calls runs into max_tokens and its one call is lost with the rest."""
     if isinstance(choice, NamedToolChoice):
         tool = next(t for t in tools if t.function.name == choice.function.name)
-        return StructuredOutput("json", json.dumps(tool.function.parameters or EMPTY_PARAMETERS))
+        schema = json.dumps(tool.function.parameters or EMPTY_PARAMETERS)
+        return StructuredOutput("json", schema, param="tools")
     if choice != "required":
         return None
     items, defs = [], {}
     for tool in tools:
         parameters = copy.deepcopy(tool.function.parameters or EMPTY_PARAMETERS)
-        for name, schema in parameters.pop("$defs", {}).items():
+        tool_defs = parameters.pop("$defs", {})
+        if not isinstance(tool_defs, dict):
+            raise InvalidRequestError(
+                f"tools: function {tool.function.name!r}: parameters.$defs must be an object",
+                param="tools",
+            )
+        for name, schema in tool_defs.items():
             if defs.get(name, schema) != schema:
                 raise InvalidRequestError(
                     f"tools: the $defs entry {name!r} has different schemas in different tools",
@@ -151,4 +190,4 @@ def tool_structured(tools: list[Tool], choice: ToolChoice, parallel: bool = True
         schema["maxItems"] = 1
     if defs:
         schema["$defs"] = defs
-    return StructuredOutput("json", json.dumps(schema))
+    return StructuredOutput("json", json.dumps(schema), param="tools")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -117,3 +118,25 @@ def test_a_data_url_of_another_media_type_is_refused():
     url = "data:text/plain;base64," + base64.b64encode(b"hello").decode()
     with pytest.raises(InvalidRequestError, match="data URL media type 'text/plain' is not an image type"):
         load(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.1\t:9/ok.png", "image 1: the image URL contains whitespace or control characters"),
+        ("http://127.0.0.1/ok.png\n", "image 1: the image URL contains whitespace or control characters"),
+        ("http://127.0.0.1:abc/ok.png", "image 1: the image URL is not valid: "),
+        ("http://[127.0.0.1/ok.png", "image 1: the image URL is not valid: "),
+    ],
+)
+def test_urls_that_do_not_parse_are_refused_before_any_fetch(url, message):
+    """urlsplit drops tabs and newlines that httpx refuses; broken hosts and ports are 400 too."""
+    with pytest.raises(InvalidRequestError, match=re.escape(message)):
+        load(url)
+
+
+def test_data_url_scheme_and_type_are_case_insensitive_and_need_a_subtype():
+    data = base64.b64encode(png_bytes()).decode()
+    assert load(f"DATA:IMAGE/PNG;BASE64,{data}").size == (32, 24)
+    with pytest.raises(InvalidRequestError, match="data URL media type 'image/' is not an image type"):
+        load(f"data:image/;base64,{data}")

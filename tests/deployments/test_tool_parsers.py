@@ -83,6 +83,16 @@ MALFORMED = [
     ("mistral", "[TOOL_CALLS][{"),
     ("required", '[{"name": "weather", "parameters": {"city": "Paris"'),
     ("required", "[]"),
+    # Names or keys that are not valid JSON strings, or not UTF-8 once decoded: output the model
+    # can emit, returned as content, never an error (found by an attack run).
+    ("hermes", '<tool_call>\n{"name": "\\q", "arguments": {}}\n</tool_call>'),
+    ("hermes", '<tool_call>\n{"name": "\\ud800", "arguments": {}}\n</tool_call>'),
+    ("llama3_json", '{"name": "\\u12", "parameters": {}}'),
+    ("hermes", '<tool_call>\n{"na\\qme": "f", "arguments": {}}\n</tool_call>'),
+    (
+        "hermes",
+        '<tool_call>\n{"name": "f", "arguments": {"a": ' + "[" * 5000 + "]" * 5000 + "}}\n</tool_call>",
+    ),
 ]
 
 

@@ -173,3 +173,22 @@ def test_images_only_in_user_messages(vl_client):
     with pytest.raises(openai.BadRequestError) as caught:
         vl_client.chat.completions.create(model="vl-tiny", messages=messages, max_tokens=4)
     assert "image_url parts are only allowed in user messages, not assistant" in caught.value.body["message"]
+
+
+def test_an_image_the_processor_refuses_is_400(vl_client):
+    """Qwen2-VL's smart_resize refuses an aspect ratio of 200 or more (a 1x300 image)."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(vl_client, data_url(Image.new("RGB", (1, 300)), "PNG"))
+    assert caught.value.body["param"] == "messages"
+    assert "absolute aspect ratio must be smaller than 200" in caught.value.body["message"]
+
+
+def test_text_beside_an_image_counts_before_tokenizing(vl_client):
+    """A long text part next to an image is refused from its rendered length, before the tokenizer."""
+    parts = [image_part(PNG)] + [{"type": "text", "text": "ab " * 5000}] * 200
+    with pytest.raises(openai.BadRequestError) as caught:
+        vl_client.chat.completions.create(
+            model="vl-tiny", messages=[{"role": "user", "content": parts}], max_tokens=1
+        )
+    assert caught.value.body["code"] == "context_length_exceeded"
+    assert "render to 3000" in caught.value.body["message"]

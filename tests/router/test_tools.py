@@ -312,3 +312,78 @@ def test_tokenize_with_tools_counts_what_the_chat_completion_sends(tools_app, to
         f"{tools_app}/detokenize", json={"model": "qwen-tools", "tokens": with_tools["tokens"]}, timeout=60
     ).json()["prompt"]
     assert '"name": "get_weather"' in text
+
+
+def _required_tool(parameters: dict) -> dict:
+    return {
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": parameters}}],
+        "tool_choice": "required",
+    }
+
+
+def _past_call(arguments: str) -> dict:
+    call = {"id": "1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    return {"messages": [*ASK, {"role": "assistant", "tool_calls": [call]}]}
+
+
+ARGUMENTS = "messages.1.tool_calls.0.function.arguments"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "message"),
+    [  # found by an attack run: 500s before
+        (
+            _required_tool({"type": "object", "$defs": []}),
+            "tools",
+            "function 'f': parameters.$defs must be an object",
+        ),
+        (_required_tool({"type": "objectx"}), "tools", "tools: invalid JSON schema"),
+        (
+            _past_call('{"a":' + "[" * 100000 + "]" * 100000 + "}"),
+            ARGUMENTS,
+            "nested more than 64 levels deep",
+        ),
+        (_past_call('{"a": "\\ud800"}'), ARGUMENTS, "contains a lone surrogate"),
+        (_past_call('{"a": NaN}'), ARGUMENTS, "NaN is not JSON"),
+    ],
+)
+def test_attack_run_tool_requests_are_400(tools_app, fields, param, message):
+    body = {"model": "qwen-tools", "messages": ASK, "max_tokens": 2, **fields}
+    response = httpx.post(f"{tools_app}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert message in error["message"]
+
+
+BAD_NAME_CALL = '<tool_call>\n\\{"name": "\\\\q", "arguments": \\{\\}\\}\n</tool_call>'
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_output_that_is_not_a_valid_call_comes_back_as_content(tools_app, stream):
+    """A name with an invalid escape, forced by a regex: content, not a 500 or a broken stream."""
+    body = {
+        "model": "qwen-tools",
+        "messages": ASK,
+        "tools": TOOLS,
+        "max_tokens": 60,
+        "stream": stream,
+        "structured_outputs": {
+            "regex": '<tool_call>\n\\{"name": "\\\\q", "arguments": \\{\\}\\}\n</tool_call>'
+        },
+    }
+    response = httpx.post(f"{tools_app}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    if stream:
+        events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]" and not any('"error"' in e for e in events)
+        content = "".join(
+            (json.loads(e)["choices"][0]["delta"].get("content") or "")
+            for e in events[:-1]
+            if json.loads(e)["choices"]
+        )
+    else:
+        message = response.json()["choices"][0]["message"]
+        assert not message.get("tool_calls")
+        content = message["content"]
+    assert content.startswith("<tool_call>")
