@@ -13,6 +13,7 @@ from serve_app.deployments.model_server import ModelServer
 from serve_app.deployments.node_check import record_manifest
 from serve_app.deployments.prompts import TemplatePolicy
 from serve_app.engines.selection import Platform, ResolvedEngine, engine_class, engine_config, resolve_engine
+from serve_app.registry.layout import MODEL_DEPLOYMENT
 from serve_app.registry.models import ModelSpec
 
 # Ray Serve only offers the CPU engine a fraction of a core: the demo runs two models and the
@@ -26,6 +27,11 @@ class PlannedModel:
     engine: ResolvedEngine
     deployment_name: str
     options: dict[str, Any]
+
+
+# How often a draining replica counts its requests in flight (Serve's default: 2 s). Short, so a
+# replica that finished its streams leaves at once instead of up to 2 s later.
+DRAIN_POLL_S = 0.5
 
 
 def deployment_name(model_name: str) -> str:
@@ -54,7 +60,9 @@ def deployment_options(spec: ModelSpec, engine: ResolvedEngine) -> dict[str, Any
     if scaling.initial_replicas is not None:
         autoscaling_config["initial_replicas"] = scaling.initial_replicas
     return {
-        "name": deployment_name(spec.name),
+        # One deployment per model application (registry/layout.py), so one fixed name: the router
+        # finds it as (MODEL_DEPLOYMENT, application name).
+        "name": MODEL_DEPLOYMENT,
         "ray_actor_options": actor_options,
         "autoscaling_config": autoscaling_config,
         "max_ongoing_requests": spec.max_ongoing_requests,
@@ -62,7 +70,11 @@ def deployment_options(spec: ModelSpec, engine: ResolvedEngine) -> dict[str, Any
         # A vLLM start (load + compile) takes minutes; Serve's health checks must not kill it.
         "health_check_period_s": 10,
         "health_check_timeout_s": 60,
-        "graceful_shutdown_timeout_s": 30,
+        # Drain (docs/architecture.md): a stopping replica takes no new requests and waits for
+        # those in flight up to drain_timeout_s; then Serve kills it and the router ends the
+        # streams still open with an error event and [DONE].
+        "graceful_shutdown_timeout_s": spec.drain_timeout_s,
+        "graceful_shutdown_wait_loop_s": DRAIN_POLL_S,
     }
 
 

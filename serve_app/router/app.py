@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,14 +19,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
-from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from ray.serve.handle import DeploymentResponseGenerator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.deployments.openai_format import DONE
 from serve_app.deployments.requests import InferenceRequest
-from serve_app.errors import ModelNotFoundError, ServeAppError
+from serve_app.errors import ModelNotFoundError, ModelUnavailableError, ServeAppError
 from serve_app.registry.models import RouterSpec
-from serve_app.router.errors import error_response, http_error_response, sse_error, validation_error_response
+from serve_app.router.errors import (
+    error_response,
+    http_error_response,
+    replica_gone,
+    sse_error,
+    validation_error_response,
+)
+from serve_app.router.fleet import Fleet, ModelApp, ServedModel
 from serve_app.router.limits import (
     INLINE_PARSE_BYTES,
     BodySizeLimit,
@@ -90,9 +96,9 @@ def _openapi() -> dict[str, Any]:
 
 
 def _served_ids() -> list[str]:
-    """The model ids (names and aliases) of this replica's Router; [] outside a replica."""
+    """The model ids (names and aliases) this replica's Router last saw; [] outside a replica."""
     try:
-        return sorted(serve.get_replica_context().servable_object.routes)
+        return sorted(serve.get_replica_context().servable_object.fleet.routes)
     except Exception:
         return []
 
@@ -120,46 +126,54 @@ async def _on_unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
-@dataclass(frozen=True)
-class ServedModel:
-    name: str
-    handle: DeploymentHandle
-    stream_handle: DeploymentHandle
-
-
 @serve.ingress(api)
 class Router:
-    def __init__(
-        self,
-        models: dict[str, DeploymentHandle],
-        aliases: dict[str, str] | None = None,
-        unavailable: dict[str, str] | None = None,
-        limits: RequestLimits | None = None,
-    ) -> None:
+    """Routes by the request's ``model`` to that model's application (router/fleet.py)."""
+
+    def __init__(self, limits: RequestLimits | None = None, model_app_prefix: str = "") -> None:
         self.created = int(time.time())
         self.limits = limits or RequestLimits.from_spec(RouterSpec())
         self.parsers = WorkerPool(PARSE_WORKERS)
-        self.unavailable = dict(unavailable or {})
         self.max_model_lens: dict[str, int] = {}
-        self.models: dict[str, ServedModel] = {}
-        for name, handle in models.items():
-            self.models[name] = ServedModel(name, handle, handle.options(stream=True))
-        self.routes: dict[str, ServedModel] = dict(self.models)
-        for alias, name in (aliases or {}).items():
-            self.routes[alias] = self.models[name]
+        self.fleet = Fleet(model_app_prefix)
 
-    def _route(self, model: str) -> ServedModel:
-        served = self.routes.get(model)
-        if served is not None:
-            return served
-        if model in self.unavailable:
-            raise ModelNotFoundError(
-                f"model {model!r} is not being served: {self.unavailable[model]}", param="model"
-            )
-        names = ", ".join(sorted(self.routes))
+    async def _route(self, model: str) -> ModelApp:
+        """The application serving ``model``; 404 naming the served ids, or why it is not served."""
+        found = await self.fleet.lookup(model)
+        if found is not None and found.available:
+            return found
+        if found is not None:
+            raise ModelNotFoundError(f"model {model!r} is not being served: {found.reason}", param="model")
+        names = ", ".join(sorted(self.fleet.routes))
         raise ModelNotFoundError(
             f"model {model[:200]!r} does not exist; served models: {names}", param="model"
         )
+
+    async def _served(self, model: str) -> tuple[ModelApp, ServedModel]:
+        app = await self._route(model)
+        return app, await self.fleet.served(app)
+
+    async def _when_placed(self, app: ModelApp, call: Any) -> Any:
+        """Await ``call`` (a request's first result). When the model has no RUNNING replica (scaled
+        to zero, starting, being replaced), Serve queues the request and starts one; past the
+        model's ``cold_start_timeout_s`` with still none running, the request is cancelled and
+        answered 503 with Retry-After. Once a replica runs, the wait is the request's own."""
+        task = asyncio.ensure_future(call)
+        if self.fleet.running(app.app) > 0:
+            return await task
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + app.cold_start_timeout_s
+        while True:
+            remaining = deadline - loop.time()
+            done, _ = await asyncio.wait({task}, timeout=max(0.0, min(1.0, remaining)))
+            if done or self.fleet.running(app.app) > 0:
+                return await task
+            if remaining <= 0:
+                task.cancel()
+                raise ModelUnavailableError(
+                    f"model {app.name!r} has no replica running and none started within "
+                    f"{app.cold_start_timeout_s:g} s (cold_start_timeout_s); retry later"
+                )
 
     async def _parse(self, request: Request, model: Any) -> Any:
         """The body as ``model`` (a request model, or a function of the parsed body choosing one,
@@ -177,39 +191,42 @@ class Router:
     # --- OpenAI API ---------------------------------------------------------------------------
     @api.get("/v1/models")
     async def list_models(self) -> dict[str, Any]:
-        data = [await self._model_card(model_id) for model_id in self.routes]
+        await self.fleet.ensure_started()
+        routes = {i: app for i, app in self.fleet.routes.items() if app.available}
+        data = [await self._model_card(model_id, app) for model_id, app in routes.items()]
         return {"object": "list", "data": data}
 
     @api.get("/v1/models/{model_id:path}")
     async def retrieve_model(self, model_id: str) -> dict[str, Any]:
-        self._route(model_id)
-        return await self._model_card(model_id)
+        return await self._model_card(model_id, await self._route(model_id))
 
-    async def _model_card(self, model_id: str) -> dict[str, Any]:
+    async def _model_card(self, model_id: str, app: ModelApp) -> dict[str, Any]:
         """OpenAI's Model object plus vLLM's extensions: ``root``, ``parent``, ``max_model_len``.
 
         ``parent`` is the served name an alias points to (None for a name)."""
-        served = self.routes[model_id]
         return {
             "id": model_id,
             "object": "model",
             "created": self.created,
             "owned_by": "modelopt-serve",
-            "root": served.name,
-            "parent": served.name if model_id != served.name else None,
-            "max_model_len": await self._max_model_len(served),
+            "root": app.name,
+            "parent": app.name if model_id != app.name else None,
+            "max_model_len": await self._max_model_len(app),
         }
 
-    async def _max_model_len(self, served: ServedModel) -> int | None:
-        # Fixed for a deployment's life: asked once, then remembered.
-        known = self.max_model_lens.get(served.name)
-        if known is None:
+    async def _max_model_len(self, app: ModelApp) -> int | None:
+        """The registry's value, else what a running replica reports (asked once per application
+        and remembered). None while the model has no replica running: a model card never wakes a
+        model scaled to zero."""
+        known = app.max_model_len or self.max_model_lens.get(app.app)
+        if known is None and self.fleet.running(app.app) > 0:
+            served = await self.fleet.served(app)
             try:
                 info = await asyncio.wait_for(served.handle.info.remote(), READY_TIMEOUT_S)
             except Exception as exc:
-                logger.warning("model card of %s lacks max_model_len: %s", served.name, exc)
+                logger.warning("model card of %s lacks max_model_len: %s", app.name, exc)
                 return None
-            known = self.max_model_lens[served.name] = info["max_model_len"]
+            known = self.max_model_lens[app.app] = info["max_model_len"]
         return known
 
     @api.post("/v1/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest))
@@ -226,33 +243,47 @@ class Router:
     @api.post("/tokenize", openapi_extra=_body_schema(TokenizeCompletionRequest, TokenizeChatRequest))
     async def tokenize(self, request: Request) -> Any:
         body = await self._parse(request, tokenize_model)  # vLLM's two shapes: messages or prompt
-        served = self._route(body.model)
+        app, served = await self._served(body.model)
         try:
-            return JSONResponse(await served.handle.tokenize.remote(tokenize_job(body)))
+            job = tokenize_job(body)
+            return JSONResponse(await self._when_placed(app, served.handle.tokenize.remote(job)))
         except Exception as exc:
             return error_response(exc)
 
     @api.post("/detokenize")
     async def detokenize(self, body: DetokenizeRequest) -> Any:
-        served = self._route(body.model)
+        app, served = await self._served(body.model)
         try:
-            return JSONResponse(await served.handle.detokenize.remote(body.tokens))
+            return JSONResponse(await self._when_placed(app, served.handle.detokenize.remote(body.tokens)))
         except Exception as exc:
             return error_response(exc)
 
     async def _serve(self, model: str, request: InferenceRequest) -> Any:
-        served = self._route(model)
+        app, served = await self._served(model)
         try:
             if not request.stream:
-                return JSONResponse(await served.handle.complete.remote(request))
+                return JSONResponse(await self._complete(app, served, request))
             stream = served.stream_handle.stream.remote(request)
             # Await the first chunk before answering so that a bad request still gets a 4xx status.
-            first = await stream.__anext__()
+            first = await self._when_placed(app, stream.__anext__())
         except StopAsyncIteration:
             return error_response(RuntimeError("the model server ended the stream without output"))
         except Exception as exc:
             return error_response(exc)
         return StreamingResponse(self._relay(first, stream), media_type="text/event-stream")
+
+    async def _complete(self, app: ModelApp, served: ServedModel, request: InferenceRequest) -> Any:
+        """A non-streamed request. Its replica dying (or its engine) loses nothing the client saw,
+        so it is sent once more when another replica was running; otherwise, and when the second
+        try fails too, the error answers it (503 with Retry-After, router/errors.py)."""
+        others = self.fleet.running(app.app) - 1
+        try:
+            return await self._when_placed(app, served.handle.complete.remote(request))
+        except Exception as exc:
+            if not replica_gone(exc) or others < 1:
+                raise
+            logger.warning("replica of %s failed a request (%s); trying another once", app.name, exc)
+        return await self._when_placed(app, served.handle.complete.remote(request))
 
     # --- health ---------------------------------------------------------------------------------
     @api.get("/healthz")
@@ -261,21 +292,28 @@ class Router:
 
     @api.get("/readyz")
     async def readyz(self) -> JSONResponse:
-        names = list(self.models)
-        results = await asyncio.gather(*(self._model_status(n) for n in names))
-        models: dict[str, Any] = dict(zip(names, results, strict=True))
-        for name, reason in self.unavailable.items():
-            models[name] = {"ready": False, "available": False, "reason": reason}
-        ready = all(status["ready"] for status in results)
+        await self.fleet.ensure_started()
+        apps = list(self.fleet.apps.values())
+        results = await asyncio.gather(*(self._model_status(app) for app in apps))
+        models: dict[str, Any] = {app.name: result for app, result in zip(apps, results, strict=True)}
+        ready = bool(apps) and all(status["ready"] for status in results if status["available"])
         body = {"status": "ready" if ready else "not_ready", "models": models}
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    async def _model_status(self, name: str) -> dict[str, Any]:
+    async def _model_status(self, app: ModelApp) -> dict[str, Any]:
+        """One model's readiness. A model scaled to zero (autoscaling's choice, application
+        RUNNING) is ready and not asked: asking would start a replica."""
+        if not app.available:
+            return {"ready": False, "available": False, "reason": app.reason}
+        if app.running_replicas == 0:
+            scaled_to_zero = app.status == "RUNNING" and app.target_replicas == 0
+            return {"ready": scaled_to_zero, "available": True, "replicas": 0, "application": app.status}
         try:
-            info = await asyncio.wait_for(self.models[name].handle.info.remote(), READY_TIMEOUT_S)
+            served = await self.fleet.served(app)
+            info = await asyncio.wait_for(served.handle.info.remote(), READY_TIMEOUT_S)
         except Exception as exc:
             return {"ready": False, "available": True, "reason": f"{type(exc).__name__}: {exc}"[:500]}
-        return {"ready": True, "available": True, **info}
+        return {"ready": True, "available": True, "replicas": app.running_replicas, **info}
 
     @staticmethod
     async def _relay(first: str, stream: DeploymentResponseGenerator) -> AsyncIterator[str]:
