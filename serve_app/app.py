@@ -48,7 +48,7 @@ def build_model(args: dict[str, Any]) -> Application:
     report = run_preflight_gate(registry)
     unavailable = report.unavailable()
     if spec.name in unavailable:
-        raise PreflightFailed(f"model {spec.name!r} failed preflight: {unavailable[spec.name]}")
+        raise PreflightFailed(unavailable[spec.name])
     (planned,) = plan_models(registry.models, report.platform)
     return bind_model(planned)
 

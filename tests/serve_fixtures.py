@@ -31,7 +31,9 @@ def write_models_yaml(
     application per model named ``<name>-<model>``; the router serves only those
     (``model_app_prefix``), so several test fleets share one cluster. ``models`` are registry
     dicts; their live fields go to each application's ``deployments:`` entry."""
-    document = serve_config(models, {"model_app_prefix": f"{name}-", **router}, port=port, route_prefix=prefix)
+    document = serve_config(
+        models, {"model_app_prefix": f"{name}-", **router}, port=port, route_prefix=prefix
+    )
     document["applications"][0]["name"] = name
     for app in document["applications"][1:]:
         app["name"] = f"{name}-{app['args']['name']}"

@@ -219,7 +219,7 @@ class Router:
         and remembered). None while the model has no replica running: a model card never wakes a
         model scaled to zero."""
         known = app.max_model_len or self.max_model_lens.get(app.app)
-        if known is None and self.fleet.running(app.app) > 0:
+        if known is None and self.fleet.running(app.app) > 0 and app.target_replicas != 0:
             served = await self.fleet.served(app)
             try:
                 info = await asyncio.wait_for(served.handle.info.remote(), READY_TIMEOUT_S)
@@ -305,7 +305,7 @@ class Router:
         RUNNING) is ready and not asked: asking would start a replica."""
         if not app.available:
             return {"ready": False, "available": False, "reason": app.reason}
-        if app.running_replicas == 0:
+        if app.running_replicas == 0 or app.target_replicas == 0:  # 0 targeted: scaling to zero
             scaled_to_zero = app.status == "RUNNING" and app.target_replicas == 0
             return {"ready": scaled_to_zero, "available": True, "replicas": 0, "application": app.status}
         try:
