@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +31,6 @@ class PlannedModel:
 # How often a draining replica counts its requests in flight (Serve's default: 2 s). Short, so a
 # replica that finished its streams leaves at once instead of up to 2 s later.
 DRAIN_POLL_S = 0.5
-
-
-def deployment_name(model_name: str) -> str:
-    """The model's name, with characters Ray Serve would reject replaced."""
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", model_name)
 
 
 def deployment_options(spec: ModelSpec, engine: ResolvedEngine) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def model_application(
         if field in model:
             value = model[field]
             if field == "autoscaling":
-                value = AutoscalingSpec.model_validate(value).model_dump(exclude_none=True)
+                value = {**AutoscalingSpec().model_dump(exclude_none=True), **value}
             overrides[option] = value
     entry: dict[str, Any] = {
         "name": app_name or model["name"],

@@ -21,7 +21,7 @@ from serve_app.registry.layout import (
     MODEL_IMPORT_PATH,
     ROUTER_IMPORT_PATH,
 )
-from serve_app.registry.models import ModelSpec, RegistrySpec, RouterSpec
+from serve_app.registry.models import AutoscalingSpec, ModelSpec, RegistrySpec, RouterSpec
 
 
 def load_registry(path: str | Path, app_name: str | None = None) -> RegistrySpec:
@@ -104,12 +104,15 @@ def parse_model_args(
             "restarts nothing; under 'args' every change would restart the model"
         )
     own_base = args.pop("base_dir", None)
-    registry = parse_registry(
-        {"models": [args], **({"base_dir": own_base} if own_base is not None else {})},
-        source=source,
-        base_dir=base_dir,
-        check_paths=check_paths,
-    )
+    try:
+        registry = parse_registry(
+            {"models": [args], **({"base_dir": own_base} if own_base is not None else {})},
+            source=source,
+            base_dir=base_dir,
+            check_paths=check_paths,
+        )
+    except RegistryError as exc:  # one model per application: its list index says nothing
+        raise RegistryError(str(exc).replace(f"{source}: models[0]", source)) from None
     return registry.models[0]
 
 
@@ -158,7 +161,8 @@ def apply_live_options(spec: ModelSpec, deployments: Any, source: str) -> ModelS
                     "target_ongoing_requests: Serve replaces the whole autoscaling_config, and its own "
                     "default (2) would add a replica for every 2 streams"
                 )
-            update["autoscaling"] = scaling
+            # What preflight counts; Serve's other options (look_back_period_s, ...) are Serve's.
+            update["autoscaling"] = {k: v for k, v in scaling.items() if k in AutoscalingSpec.model_fields}
         elif isinstance(entry.get("num_replicas"), int):
             count = entry["num_replicas"]
             update["autoscaling"] = {"min_replicas": count, "max_replicas": max(count, 1)}
@@ -168,7 +172,9 @@ def apply_live_options(spec: ModelSpec, deployments: Any, source: str) -> ModelS
     try:
         return ModelSpec.model_validate({**spec.model_dump(exclude_unset=True), **update})
     except ValidationError as exc:
-        raise RegistryError(format_validation_error(exc, {}, f"{source}: deployments")) from None
+        lines = [f"{source}: deployments: {MODEL_DEPLOYMENT}: invalid options:"]
+        lines += [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise RegistryError("\n".join(lines)) from None
 
 
 def parse_registry(

@@ -21,6 +21,7 @@ import pytest
 from tests.serve_fixtures import deploy_applications, fleet_applications, wait_ready, write_models_yaml
 
 NAME = "fleet"
+IGNORE_EOS = {"ignore_eos": True}
 FIXED = {"target_ongoing_requests": 64, "upscale_delay_s": 0, "downscale_delay_s": 600}
 
 
