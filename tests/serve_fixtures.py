@@ -80,6 +80,23 @@ def start_app_from_yaml(path: Path) -> str:
     return apps[0]["route_prefix"]
 
 
+def wait_deployed(timeout_s: float = 240) -> None:
+    """Wait until every application is RUNNING; raise naming those that failed (as `serve.run`
+    does for an application deployed from Python)."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        apps = serve.status().applications
+        failed = {name: app.message for name, app in apps.items() if app.status == "DEPLOY_FAILED"}
+        if failed:
+            raise RuntimeError(f"Deploying applications {sorted(failed)} failed: {failed}")
+        if apps and all(app.status == "RUNNING" for app in apps.values()):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"applications not RUNNING after {timeout_s} s")
+
+
 def wait_ready(base_url: str, timeout_s: float = 240) -> dict:
     deadline = time.monotonic() + timeout_s
     last: Any = None

@@ -296,7 +296,8 @@ class Router:
         apps = list(self.fleet.apps.values())
         results = await asyncio.gather(*(self._model_status(app) for app in apps))
         models: dict[str, Any] = {app.name: result for app, result in zip(apps, results, strict=True)}
-        ready = bool(apps) and all(status["ready"] for status in results if status["available"])
+        served = [status for status in results if status["available"]]
+        ready = bool(served) and all(status["ready"] for status in served)
         body = {"status": "ready" if ready else "not_ready", "models": models}
         return JSONResponse(body, status_code=200 if ready else 503)
 
