@@ -145,17 +145,15 @@ write_registry() { # the project's registry for the same checkpoint, one replica
   "$PY" - "$RESULTS/router-models.yaml" "$CKPT" "$MODEL" "$ROUTER_PORT" "$COMPILE_CACHE" "${ROUTER_REPLICAS:-}" <<'PY'
 import sys
 import yaml
+from serve_app.registry.layout import serve_config
 path, ckpt, model, port, cache, replicas = sys.argv[1:]
-args = {"models": [{
+models = [{
     "name": model, "checkpoint": ckpt, "engine": "vllm",
     # vllm serve's defaults: no max_model_len, max_num_seqs or enforce_eager of our own.
     "gpu_memory_utilization": 0.9, "resources": {"num_gpus": 1}, "compile_cache_dir": cache,
-}]}
-if replicas:
-    args["router"] = {"num_replicas": int(replicas)}
-doc = {"proxy_location": "EveryNode", "http_options": {"host": "127.0.0.1", "port": int(port)},
-       "applications": [{"name": "llm", "route_prefix": "/", "import_path": "serve_app.app:build_app",
-                         "args": args}]}
+}]
+router = {"num_replicas": int(replicas)} if replicas else None
+doc = serve_config(models, router, port=int(port))
 yaml.safe_dump(doc, open(path, "w"), sort_keys=False)
 print(open(path).read())
 PY
