@@ -123,17 +123,20 @@ def serve_variant(checkpoint: str, interval: float, step_s: float, port: int) ->
     PacedEngine.step_s = step_s
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # The layout of models.yaml (registry/layout.py): the model as its own application, whose
+    # ModelServer deployment the router finds by the application's name (router/fleet.py).
     model = (
         serve.deployment(ModelServer)
-        .options(name="paced", max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0.5})
+        .options(name="ModelServer", max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0.5})
         .bind(PacedEngine, EngineConfig(model_name="paced", checkpoint=Path(checkpoint)), interval)
     )
+    serve.run(model, name="paced", route_prefix=None)
     router = (
         serve.deployment(Router)
         .options(name="Router", max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0.25})
-        .bind({"paced": model}, {}, {})
+        .bind()
     )
-    serve.run(router, name="llm", route_prefix="/")
+    serve.run(router, name="router", route_prefix="/")
     print("READY", flush=True)
     while True:
         time.sleep(3600)

@@ -219,6 +219,7 @@ write_shared_registry() { # SHARED_MODELS models of the one checkpoint in one re
     "${SHARED_MODELS:-2}" "$(shared_share)" "$(shared_kv_bytes)" <<'PY'
 import sys
 import yaml
+from serve_app.registry.layout import serve_config
 path, ckpt, port, cache, n, share, kv = sys.argv[1:]
 models = [{
     "name": f"m{i}", "checkpoint": ckpt, "engine": "vllm", "gpu_memory_utilization": float(share),
@@ -226,9 +227,7 @@ models = [{
     "resources": {"num_gpus": round(float(share) - 0.01, 3)}, "compile_cache_dir": cache,
     "engine_args": {"kv_cache_memory_bytes": int(kv)},
 } for i in range(1, int(n) + 1)]
-doc = {"proxy_location": "EveryNode", "http_options": {"host": "127.0.0.1", "port": int(port)},
-       "applications": [{"name": "llm", "route_prefix": "/", "import_path": "serve_app.app:build_app",
-                         "args": {"models": models}}]}
+doc = serve_config(models, port=int(port))
 yaml.safe_dump(doc, open(path, "w"), sort_keys=False)
 print(open(path).read())
 PY
@@ -261,22 +260,19 @@ write_registry() { # the project's registry for the same checkpoint, one replica
   "$PY" - "$RESULTS/router-models.yaml" "$CKPT" "$MODEL" "$ROUTER_PORT" "$COMPILE_CACHE" "${ROUTER_REPLICAS:-}" "${ROUTER_BODY_BYTES:-}" <<'PY'
 import sys
 import yaml
+from serve_app.registry.layout import serve_config
 path, ckpt, model, port, cache, replicas, body_bytes = sys.argv[1:]
-args = {"models": [{
+models = [{
     "name": model, "checkpoint": ckpt, "engine": "vllm",
     # vllm serve's defaults: no max_model_len, max_num_seqs or enforce_eager of our own.
     "gpu_memory_utilization": 0.9, "resources": {"num_gpus": 1}, "compile_cache_dir": cache,
-}]}
+}]
 router = {}
 if replicas:
     router["num_replicas"] = int(replicas)
 if body_bytes:
     router["max_request_body_bytes"] = int(body_bytes)
-if router:
-    args["router"] = router
-doc = {"proxy_location": "EveryNode", "http_options": {"host": "127.0.0.1", "port": int(port)},
-       "applications": [{"name": "llm", "route_prefix": "/", "import_path": "serve_app.app:build_app",
-                         "args": args}]}
+doc = serve_config(models, router or None, port=int(port))
 yaml.safe_dump(doc, open(path, "w"), sort_keys=False)
 print(open(path).read())
 PY

@@ -1,6 +1,8 @@
-"""``build_app``: the import path models.yaml names (``serve_app.app:build_app``).
+"""The import paths models.yaml names: ``build_router`` and ``build_model`` (one per model).
 
-registry -> preflight -> one deployment per model -> the router that routes by ``model``.
+Each model is its own Serve application (registry/layout.py, docs/architecture.md):
+registry (its args) -> preflight (before any GPU is claimed) -> its engine -> its deployment.
+The router application holds no model: it finds the model applications by name at run time.
 """
 
 from __future__ import annotations
@@ -13,58 +15,77 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from serve_app.deployments.builder import PlannedModel, bind_model, plan_models
+from serve_app.deployments.builder import bind_model, plan_models
 from serve_app.engines.selection import cluster_gpus
 from serve_app.errors import PreflightFailed, RegistryError
 from serve_app.preflight.report import Report
-from serve_app.registry.loader import parse_registry
-from serve_app.registry.models import RegistrySpec
+from serve_app.registry.layout import (
+    LEGACY_IMPORT_PATH,
+    MODEL_IMPORT_PATH,
+    ROUTER_DEPLOYMENT,
+    ROUTER_IMPORT_PATH,
+)
+from serve_app.registry.loader import parse_model_args, parse_router_args
+from serve_app.registry.models import RegistrySpec, RouterSpec
 from serve_app.router.app import Router
 from serve_app.router.auth import ApiKeys
-from serve_app.router.health import ModelTarget, RouterOps
 from serve_app.router.limits import RequestLimits
 
 logger = logging.getLogger("ray.serve")
 
 
-def build_app(args: dict[str, Any]) -> Application:
-    """Validate the registry, run preflight, and build the deployments and the router."""
-    if not isinstance(args, dict):
-        raise RegistryError("build_app args must be a mapping with 'models:'")
-    # `serve run models.yaml` builds the app in a Ray task on the cluster (Ray 2.60's
-    # serve/scripts.py run -> client.deploy_apps), whose argv does not hold the YAML's path: relative
-    # checkpoints resolve against `base_dir`, else the folder the cluster started from.
-    registry = parse_registry(args, source="build_app args")
-    warn_if_slow_ingress(os.environ)
-    warn_if_haproxy_ports_open(os.environ)
-    ApiKeys.load(registry.router.auth)  # a named key source that is missing fails here, before deploying
-    check_grpc_message_limit(registry, os.environ)
+def build_model(args: dict[str, Any]) -> Application:
+    """One model's application: validate its registry entry, run its preflight, bind its server.
+
+    Runs in Serve's build task on the cluster, before any replica (and so any GPU) exists. A failed
+    preflight raises ``PreflightFailed``: this application is DEPLOY_FAILED with the report as its
+    message (``serve status``), the other applications are untouched, and the router lists the
+    model as unavailable. ``on_preflight_failure: skip`` lets ``python -m serve_app preflight``
+    (what ``make serve`` runs first) pass with the model left out."""
+    # `serve run models.yaml` builds in a Ray task whose argv does not hold the YAML's path:
+    # relative checkpoints resolve against `base_dir`, else the folder the cluster started from.
+    spec = parse_model_args(args, source=f"{MODEL_IMPORT_PATH} args")
+    registry = RegistrySpec(models=[spec])
     report = run_preflight_gate(registry)
     unavailable = report.unavailable()
-    planned = plan_models(registry.models, report.platform)
-    served = [p for p in planned if p.spec.name not in unavailable]
-    if not served:
-        raise PreflightFailed("no model passed preflight; nothing to serve:\n" + _reasons(unavailable))
-    return build_router(registry, served, unavailable)
+    if spec.name in unavailable:
+        raise PreflightFailed(unavailable[spec.name])
+    (planned,) = plan_models(registry.models, report.platform)
+    return bind_model(planned)
 
 
-def build_router(
-    registry: RegistrySpec, served: list[PlannedModel], unavailable: dict[str, str]
-) -> Application:
-    models = {p.spec.name: bind_model(p) for p in served}
-    aliases = {alias: p.spec.name for p in served for alias in p.spec.aliases}
+def build_router(args: dict[str, Any] | None = None) -> Application:
+    """The router application: the OpenAI HTTP surface. Its args hold only ``router:`` settings,
+    so adding, removing or changing a model never restarts it."""
+    spec = parse_router_args(args or {}, source=f"{ROUTER_IMPORT_PATH} args")
+    warn_if_slow_ingress(os.environ)
+    warn_if_haproxy_ports_open(os.environ)
+    ApiKeys.load(spec.auth)  # a named key source that is missing fails here, before deploying
+    check_grpc_message_limit(spec, os.environ)
+    return bind_router(spec)
+
+
+def bind_router(spec: RouterSpec) -> Application:
     router = serve.deployment(Router).options(
-        name="Router",
-        num_replicas=registry.router.num_replicas,
-        max_ongoing_requests=registry.router.max_ongoing_requests,
-        ray_actor_options={"num_cpus": registry.router.num_cpus},
+        name=ROUTER_DEPLOYMENT,
+        num_replicas=spec.num_replicas,
+        max_ongoing_requests=spec.max_ongoing_requests,
+        ray_actor_options={"num_cpus": spec.num_cpus},
+        # The router's own drain: its streams end when the models' do (their drain_timeout_s);
+        # this bounds a router replica's stop beyond the longest model drain.
+        graceful_shutdown_timeout_s=spec.drain_timeout_s,
+        graceful_shutdown_wait_loop_s=0.5,
     )
-    targets = tuple(
-        ModelTarget(p.spec.name, p.deployment_name, scales_to_zero=p.spec.autoscaling.min_replicas == 0)
-        for p in served
+    return router.bind(RequestLimits.from_spec(spec), spec.model_app_prefix, spec.auth)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """The one-application layout of earlier versions, refused with the way to the new one."""
+    raise RegistryError(
+        f"import_path {LEGACY_IMPORT_PATH} is gone: each model is now its own application "
+        f"(import_path: {MODEL_IMPORT_PATH}) beside one router application (import_path: "
+        f"{ROUTER_IMPORT_PATH}); see README.md, 'models.yaml reference'"
     )
-    ops = RouterOps(targets, registry.router.auth)
-    return router.bind(models, aliases, unavailable, RequestLimits.from_spec(registry.router), ops)
 
 
 # In throughput mode a deployment handle sends each request to the model replica as one gRPC
@@ -89,7 +110,7 @@ FAST_INGRESS_ENV = {
 INGRESS_SWITCHES = ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY")
 
 
-def check_grpc_message_limit(registry: RegistrySpec, environ: Mapping[str, str]) -> None:
+def check_grpc_message_limit(router: RouterSpec, environ: Mapping[str, str]) -> None:
     """Refuse a router body limit that the inter-deployment gRPC hop could not carry.
 
     Only in throughput mode (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``), where deployments talk gRPC.
@@ -98,7 +119,7 @@ def check_grpc_message_limit(registry: RegistrySpec, environ: Mapping[str, str])
         return
     raw = environ.get(GRPC_MESSAGE_ENV, "")
     grpc_bytes = int(raw) if raw.isdigit() else RAY_DEFAULT_GRPC_MESSAGE_BYTES
-    body_bytes = registry.router.max_request_body_bytes
+    body_bytes = router.max_request_body_bytes
     if body_bytes * GRPC_HEADROOM > grpc_bytes:
         raise RegistryError(
             f"router.max_request_body_bytes is {body_bytes}, but requests travel between deployments "
@@ -156,7 +177,3 @@ def run_preflight_gate(registry: RegistrySpec) -> Report:
         if result.status == "warn":
             logger.warning("preflight %s: %s; %s", result.name, result.detail, result.fix)
     return report
-
-
-def _reasons(unavailable: dict[str, str]) -> str:
-    return "\n".join(f"  {name}: {reason}" for name, reason in unavailable.items())

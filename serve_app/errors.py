@@ -5,6 +5,7 @@
     │   └── MaxModelLenError         max_model_len exceeds what the checkpoint supports (vLLM's rule)
     ├── CheckpointLoadError      a checkpoint's tensors don't fit its config; fix or re-export it
     ├── PreflightFailed          a model failed preflight; the report says what to fix
+    ├── ModelUnavailableError    no replica of the model came up in time; retry later (503)
     ├── RequestError             the client's request is wrong; it can retry with a fixed one (4xx)
     │   ├── InvalidRequestError      a field is missing or out of range            -> 400
     │   ├── ContextLengthError       prompt (+ max_tokens) exceeds the context    -> 400
@@ -63,6 +64,11 @@ class CheckpointLoadError(ServeAppError):
 
 class PreflightFailed(ServeAppError):
     """A model failed a preflight check and its policy is to stop the app."""
+
+
+class ModelUnavailableError(ServeAppError):
+    """The model has no running replica (scaled to zero, starting, being replaced) and none came
+    up within its ``cold_start_timeout_s``. The client can retry later (503 + Retry-After)."""
 
 
 class RequestError(ServeAppError):

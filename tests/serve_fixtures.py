@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 import yaml
 
+from serve_app.registry.layout import MODEL_IMPORT_PATH, serve_config
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -23,39 +25,76 @@ def write_models_yaml(
     name: str = "llm",
     prefix: str = "/",
     port: int = 8000,
-    **args: Any,
+    **router: Any,
 ) -> Path:
-    document = {
-        "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [
-            {
-                "name": name,
-                "route_prefix": prefix,
-                "import_path": "serve_app.app:build_app",
-                "args": {"models": models, **args},
-            }
-        ],
-    }
+    """A models.yaml in ``folder``: a router application ``name`` at route ``prefix`` and one
+    application per model named ``<name>-<model>``; the router serves only those
+    (``model_app_prefix``), so several test fleets share one cluster. ``models`` are registry
+    dicts; their live fields go to each application's ``deployments:`` entry."""
+    document = serve_config(
+        models, {"model_app_prefix": f"{name}-", **router}, port=port, route_prefix=prefix
+    )
+    document["applications"][0]["name"] = name
+    for app in document["applications"][1:]:
+        app["name"] = f"{name}-{app['args']['name']}"
     path = folder / "models.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
 
 
+# Every application the tests deployed on the session's cluster, by name. A declarative deploy
+# replaces the cluster's whole set of applications, so each deploy sends all of them; those whose
+# config did not change keep their replicas (what issue 12 is about).
+_DEPLOYED: dict[str, dict[str, Any]] = {}
+
+
+def deploy_applications(apps: list[dict[str, Any]], remove: list[str] = ()) -> None:
+    """Deploy ``apps`` beside the ones already deployed (minus ``remove``), the way `serve run
+    models.yaml` and `serve deploy models.yaml` do: one declarative config to the controller."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    for name in remove:
+        _DEPLOYED.pop(name, None)
+    for app in apps:
+        _DEPLOYED[app["name"]] = app
+    config = ServeDeploySchema.model_validate({"applications": list(_DEPLOYED.values())})
+    _get_global_client().deploy_apps(config, _blocking=False)
+
+
+def fleet_applications(path: Path) -> list[dict[str, Any]]:
+    """The applications of a models.yaml, each model's relative checkpoints resolved against
+    the YAML's folder (``serve run`` resolves them against the folder the cluster started in)."""
+    document = yaml.safe_load(path.read_text())
+    apps = document["applications"]
+    for app in apps:
+        if app["import_path"] == MODEL_IMPORT_PATH:
+            app["args"].setdefault("base_dir", str(path.parent))
+    return apps
+
+
 def start_app_from_yaml(path: Path) -> str:
-    """serve.run the application a models.yaml describes, the way `serve run` builds it."""
+    """Deploy the fleet a models.yaml describes on the test cluster; returns the router's route."""
+    apps = fleet_applications(path)
+    deploy_applications(apps)
+    return apps[0]["route_prefix"]
+
+
+def wait_deployed(timeout_s: float = 240) -> None:
+    """Wait until every application is RUNNING; raise naming those that failed (as `serve.run`
+    does for an application deployed from Python)."""
     from ray import serve
 
-    from serve_app.app import build_app
-    from serve_app.registry.loader import registry_args
-
-    document = yaml.safe_load(path.read_text())
-    app_config = document["applications"][0]
-    args = dict(registry_args(document, path))
-    args.setdefault("base_dir", str(path.parent))
-    serve.run(
-        build_app(args), name=app_config["name"], route_prefix=app_config["route_prefix"], blocking=False
-    )
-    return app_config["route_prefix"]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        apps = serve.status().applications
+        failed = {name: app.message for name, app in apps.items() if app.status == "DEPLOY_FAILED"}
+        if failed:
+            raise RuntimeError(f"Deploying applications {sorted(failed)} failed: {failed}")
+        if apps and all(app.status == "RUNNING" for app in apps.values()):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"applications not RUNNING after {timeout_s} s")
 
 
 def wait_ready(base_url: str, timeout_s: float = 240) -> dict:

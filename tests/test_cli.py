@@ -30,8 +30,8 @@ def test_unknown_command_or_wrong_arguments_exit_2(argv, capsys):
 def test_validate_lists_the_models(tmp_path, qwen2_checkpoint, capsys):
     path = tmp_path / "models.yaml"
     path.write_text(
-        "applications:\n  - name: llm\n    import_path: serve_app.app:build_app\n    args:\n"
-        f"      models:\n        - name: m\n          checkpoint: {qwen2_checkpoint}\n"
+        "applications:\n  - name: m\n    import_path: serve_app.app:build_model\n    args:\n"
+        f"      name: m\n      checkpoint: {qwen2_checkpoint}\n"
     )
     assert main(["validate", str(path)]) == 0
     assert capsys.readouterr().out == f"m: {qwen2_checkpoint} (engine auto)\n"

@@ -51,15 +51,17 @@ def node_ids(cluster: TwoNodeCluster) -> dict[str, str]:
     return ids
 
 
-def replica_nodes(cluster: TwoNodeCluster, app: str) -> dict[str, set[str]]:
-    """{deployment: node ids of its alive replica actors}, from Ray's state API."""
+def replica_nodes(cluster: TwoNodeCluster, fleet: str) -> dict[str, set[str]]:
+    """{model: node ids of its alive replica actors}, from Ray's state API. Each model is its own
+    application, ``<fleet>-<model>`` (tests/serve_fixtures.py)."""
     from ray.util.state import list_actors
 
-    prefix = f"ServeReplica:{app}:"
+    prefix = f"ServeReplica:{fleet}-"
     found: dict[str, set[str]] = {}
     for actor in list_actors(address=cluster.dashboard, filters=[("state", "=", "ALIVE")], limit=1000):
         if actor.class_name.startswith(prefix):
-            found.setdefault(actor.class_name[len(prefix) :], set()).add(actor.node_id)
+            app = actor.class_name[len(prefix) :].rsplit(":", 1)[0]
+            found.setdefault(app, set()).add(actor.node_id)
     return found
 
 
@@ -124,23 +126,19 @@ def test_a_checkpoint_missing_on_the_replicas_node_names_the_node(cluster):
         "checkpoint at the same path (a shared filesystem, or a copy per node); or pin the model "
         "to nodes that have it with resources.resources."
     )
-    # What the driver prints: preflight's warning (build_app logs it), then Serve's failure.
-    assert (
-        "preflight checkpoint_nodes: checkpoints read on node "
-        f"{ids['node_a']} ({ids['ip']}) only; the Ray cluster has 2 nodes" in done.stderr
-    ), done.stderr[-4000:]
-    # serve.run (what `serve run` calls) names the deployment only; the replica's error is in
-    # `serve status` (and in the replica's log, which `serve run` relays).
+    # The driver waits for the applications (tests/serve_fixtures.py wait_deployed), as `serve.run`
+    # did; Serve names the deployment only. Preflight's checkpoint_nodes warning is in the log of
+    # the build task (Serve builds each application on the cluster, as for `serve run`).
     assert done.returncode != 0
     assert (
-        "RuntimeError: Deploying application split failed: Failed to update the deployments "
-        "['qwen-on-b']." in done.stderr
+        "Deploying applications ['split-qwen-on-b'] failed: {'split-qwen-on-b': \"Failed to update "
+        "the deployments ['ModelServer']." in done.stderr
     ), done.stderr[-4000:]
 
     # `serve status`: the application failed, and its message carries the replica's error.
-    status = yaml.safe_load(cluster.serve_status())["applications"]["split"]
+    status = yaml.safe_load(cluster.serve_status())["applications"]["split-qwen-on-b"]
     assert status["status"] == "DEPLOY_FAILED"
-    assert expected in status["deployments"]["qwen-on-b"]["message"]
+    assert expected in status["deployments"]["ModelServer"]["message"]
 
     # /readyz of the app: not ready, naming the model.
     response = httpx.get(f"http://127.0.0.1:{cluster.http_port}/split/readyz", timeout=60)

@@ -137,8 +137,9 @@ class TwoNodeCluster:
             f"ray.init(address={self.gcs!r}, log_to_driver=False)\n"
             "serve.start(proxy_location='HeadOnly', "
             f"http_options={{'host': '127.0.0.1', 'port': {self.http_port}}})\n"
-            "from tests.serve_fixtures import start_app_from_yaml\n"
+            "from tests.serve_fixtures import start_app_from_yaml, wait_deployed\n"
             f"start_app_from_yaml(Path({str(yaml_path)!r}))\n"
+            "wait_deployed()\n"
         )
         for _attempt in range(2):
             done = subprocess.run(

@@ -120,32 +120,19 @@ def decoded_images(index: int) -> list[Any]:
 def write_registry(checkpoint: Path, out: Path) -> Path:
     import yaml
 
-    document = {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": "127.0.0.1", "port": PORT},
-        "applications": [
-            {
-                "name": "llm",
-                "route_prefix": "/",
-                "import_path": "serve_app.app:build_app",
-                "args": {
-                    "models": [
-                        {
-                            "name": MODEL,
-                            "checkpoint": str(checkpoint),
-                            "engine": "vllm",
-                            "max_model_len": MAX_MODEL_LEN,
-                            "gpu_memory_utilization": 0.6,
-                            "enforce_eager": True,  # a start in about a minute; greedy output is the same
-                            "media": {"limit_per_prompt": 2},
-                        }
-                    ]
-                },
-            }
-        ],
+    from serve_app.registry.layout import serve_config
+
+    model = {
+        "name": MODEL,
+        "checkpoint": str(checkpoint),
+        "engine": "vllm",
+        "max_model_len": MAX_MODEL_LEN,
+        "gpu_memory_utilization": 0.6,
+        "enforce_eager": True,  # a start in about a minute; greedy output is the same
+        "media": {"limit_per_prompt": 2},
     }
     path = out / "vl-models.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    path.write_text(yaml.safe_dump(serve_config([model], port=PORT), sort_keys=False))
     return path
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +13,7 @@ from serve_app.deployments.model_server import ModelServer
 from serve_app.deployments.node_check import record_manifest
 from serve_app.deployments.prompts import TemplatePolicy
 from serve_app.engines.selection import Platform, ResolvedEngine, engine_class, engine_config, resolve_engine
+from serve_app.registry.layout import MODEL_DEPLOYMENT
 from serve_app.registry.models import ModelSpec
 
 # Ray Serve only offers the CPU engine a fraction of a core: the demo runs two models and the
@@ -29,9 +29,9 @@ class PlannedModel:
     options: dict[str, Any]
 
 
-def deployment_name(model_name: str) -> str:
-    """The model's name, with characters Ray Serve would reject replaced."""
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", model_name)
+# How often a draining replica counts its requests in flight (Serve's default: 2 s). Short, so a
+# replica that finished its streams leaves at once instead of up to 2 s later.
+DRAIN_POLL_S = 0.5
 
 
 def deployment_options(spec: ModelSpec, engine: ResolvedEngine) -> dict[str, Any]:
@@ -55,7 +55,9 @@ def deployment_options(spec: ModelSpec, engine: ResolvedEngine) -> dict[str, Any
     if scaling.initial_replicas is not None:
         autoscaling_config["initial_replicas"] = scaling.initial_replicas
     return {
-        "name": deployment_name(spec.name),
+        # One deployment per model application (registry/layout.py), so one fixed name: the router
+        # finds it as (MODEL_DEPLOYMENT, application name).
+        "name": MODEL_DEPLOYMENT,
         "ray_actor_options": actor_options,
         "autoscaling_config": autoscaling_config,
         "max_ongoing_requests": spec.max_ongoing_requests,
@@ -65,7 +67,11 @@ def deployment_options(spec: ModelSpec, engine: ResolvedEngine) -> dict[str, Any
         # (three failures in a row; docs/operations.md, "Health").
         "health_check_period_s": spec.health_check_period_s,
         "health_check_timeout_s": spec.health_check_timeout_s,
-        "graceful_shutdown_timeout_s": 30,
+        # Drain (docs/architecture.md): a stopping replica takes no new requests and waits for
+        # those in flight up to drain_timeout_s; then Serve kills it and the router ends the
+        # streams still open with an error event and [DONE].
+        "graceful_shutdown_timeout_s": spec.drain_timeout_s,
+        "graceful_shutdown_wait_loop_s": DRAIN_POLL_S,
     }
 
 

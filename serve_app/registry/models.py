@@ -267,6 +267,24 @@ class ModelSpec(StrictModel):
         "(a backstop: the model server itself fails a check whose engine has not answered in 1 s).",
     )
 
+    # Changing the fleet (docs/architecture.md): draining and scale to zero.
+    drain_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="How long a replica being stopped (scale-down, redeploy, shutdown) lets its "
+        "requests in flight finish; it takes no new ones meanwhile. Past it, streams still open end "
+        "with an SSE error event and `data: [DONE]`. vLLM's --shutdown-timeout is the precedent; "
+        "Ray Serve's graceful_shutdown_timeout_s carries it.",
+    )
+    cold_start_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        description="How long a request waits for a replica when the model has none running "
+        "(scaled to zero, or starting); past it the request gets 503 with Retry-After.",
+    )
+
     @field_validator("name")
     @classmethod
     def name_is_routable(cls, value: str) -> str:
@@ -316,6 +334,12 @@ class AuthSpec(StrictModel):
 
 class RouterSpec(StrictModel):
     num_replicas: int = Field(default=1, ge=1, description="Router (ingress) replicas.")
+    model_app_prefix: str = Field(
+        default="",
+        description="Serve only the model applications whose application names start with this "
+        "(several fleets on one Ray cluster, each behind its own router). Default: every model "
+        "application on the cluster.",
+    )
     num_cpus: float = Field(
         default=0.25,
         ge=0,
@@ -323,6 +347,14 @@ class RouterSpec(StrictModel):
         "that model replicas hold (on a 2-core machine the default of 1 deadlocks scheduling).",
     )
     max_ongoing_requests: int = Field(default=4096, ge=1, description="Streams one router replica relays.")
+    drain_timeout_s: float = Field(
+        default=40.0,
+        ge=0,
+        le=3600,
+        description="How long a router replica being stopped keeps relaying its streams. Keep it above "
+        "every model's drain_timeout_s, so the router is still there to end a stream that a model's "
+        "drain cut with an SSE error event and [DONE].",
+    )
     # Request limits, checked by the router before it parses (bytes) or validates (the rest).
     max_request_body_bytes: int = Field(
         default=16 * 1024 * 1024,

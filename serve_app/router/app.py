@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,18 +20,24 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
-from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from ray.serve.handle import DeploymentResponseGenerator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.deployments.builder import deployment_name
 from serve_app.deployments.gc_heap import freeze_startup_heap
 from serve_app.deployments.openai_format import DONE
 from serve_app.deployments.requests import InferenceRequest
-from serve_app.errors import ModelNotFoundError, ServeAppError, unwrap
+from serve_app.errors import ModelNotFoundError, ModelUnavailableError, ServeAppError, unwrap
 from serve_app.registry.models import AuthSpec, RouterSpec
 from serve_app.router.auth import ApiKey, ApiKeyAuth, ApiKeys, check_model_allowed
-from serve_app.router.errors import error_response, http_error_response, sse_error, validation_error_response
-from serve_app.router.health import ModelTarget, Readiness, RouterOps
+from serve_app.router.errors import (
+    error_response,
+    http_error_response,
+    replica_gone,
+    sse_error,
+    validation_error_response,
+)
+from serve_app.router.fleet import Fleet, ModelApp, ServedModel
+from serve_app.router.health import fleet_readiness, model_readiness
 from serve_app.router.limits import (
     INLINE_PARSE_BYTES,
     BodySizeLimit,
@@ -110,9 +115,9 @@ def _openapi() -> dict[str, Any]:
 
 
 def _served_ids() -> list[str]:
-    """The model ids (names and aliases) of this replica's Router; [] outside a replica."""
+    """The model ids (names and aliases) this replica's Router last saw; [] outside a replica."""
     try:
-        return sorted(serve.get_replica_context().servable_object.routes)
+        return sorted(serve.get_replica_context().servable_object.fleet.routes)
     except Exception:
         return []
 
@@ -140,13 +145,6 @@ async def _on_unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
-@dataclass(frozen=True)
-class ServedModel:
-    name: str
-    handle: DeploymentHandle
-    stream_handle: DeploymentHandle
-
-
 def _key(request: Request) -> ApiKey | None:
     """The API key the request authenticated with (router/auth.py); None when keys are off."""
     return getattr(request.state, "api_key", None)
@@ -164,53 +162,70 @@ def _overload_response(error: BaseException, load: ModelLoad) -> JSONResponse:
 # Module functions the routes use are defined above the class: serve.ingress rebuilds it.
 @serve.ingress(api)
 class Router:
+    """Routes by the request's ``model`` to that model's application (router/fleet.py)."""
+
     def __init__(
         self,
-        models: dict[str, DeploymentHandle],
-        aliases: dict[str, str] | None = None,
-        unavailable: dict[str, str] | None = None,
         limits: RequestLimits | None = None,
-        ops: RouterOps | None = None,
+        model_app_prefix: str = "",
+        auth: AuthSpec | None = None,
     ) -> None:
-        """``ops``: where each model's replicas run (readiness) and the API-key settings."""
+        """``auth``: the registry's API-key settings (router/auth.py); None: keys off."""
         self.created = int(time.time())
         self.limits = limits or RequestLimits.from_spec(RouterSpec())
         self.parsers = WorkerPool(PARSE_WORKERS)
-        self.unavailable = dict(unavailable or {})
         self.max_model_lens: dict[str, int] = {}
-        self.models: dict[str, ServedModel] = {}
-        for name, handle in models.items():
-            self.models[name] = ServedModel(name, handle, handle.options(stream=True))
-        self.routes: dict[str, ServedModel] = dict(self.models)
-        for alias, name in (aliases or {}).items():
-            self.routes[alias] = self.models[name]
-        ops = ops or RouterOps(tuple(ModelTarget(name, deployment_name(name)) for name in self.models))
-        self.api_keys = ApiKeys.load(ops.auth or AuthSpec())
-        self.readiness = Readiness(list(ops.targets), serve.get_replica_context().app_name)
+        self.fleet = Fleet(model_app_prefix)
+        self.api_keys = ApiKeys.load(auth or AuthSpec())
         self.cluster_metrics = ClusterMetrics()
-        self.load = {name: ModelLoad() for name in self.models}
+        self.load: dict[str, ModelLoad] = {}
         freeze_startup_heap("router")
 
-    def _route(self, model: str) -> ServedModel:
-        served = self.routes.get(model)
-        if served is not None:
-            return served
-        if model in self.unavailable:
-            raise ModelNotFoundError(
-                f"model {model!r} is not being served: {self.unavailable[model]}", param="model"
-            )
-        names = ", ".join(sorted(self.routes))
+    async def _route(self, model: str) -> ModelApp:
+        """The application serving ``model``; 404 naming the served ids, or why it is not served."""
+        found = await self.fleet.lookup(model)
+        if found is not None and found.available:
+            return found
+        if found is not None:
+            raise ModelNotFoundError(f"model {model!r} is not being served: {found.reason}", param="model")
+        names = ", ".join(sorted(self.fleet.routes))
         raise ModelNotFoundError(
             f"model {model[:200]!r} does not exist; served models: {names}", param="model"
         )
 
-    def _route_for(self, request: Request, model: str) -> ServedModel:
+    async def _route_for(self, request: Request, model: str) -> ModelApp:
         """``_route`` for a request: 403 when its API key may not use the model; names the
         served model for the request counter (router/metrics.py)."""
         check_model_allowed(_key(request), model)
-        served = self._route(model)
-        request.state.model_name = served.name
-        return served
+        app = await self._route(model)
+        request.state.model_name = app.name
+        return app
+
+    async def _served(self, request: Request, model: str) -> tuple[ModelApp, ServedModel]:
+        app = await self._route_for(request, model)
+        return app, await self.fleet.served(app)
+
+    async def _when_placed(self, app: ModelApp, call: Any) -> Any:
+        """Await ``call`` (a request's first result). When the model has no RUNNING replica (scaled
+        to zero, starting, being replaced), Serve queues the request and starts one; past the
+        model's ``cold_start_timeout_s`` with still none running, the request is cancelled and
+        answered 503 with Retry-After. Once a replica runs, the wait is the request's own."""
+        task = asyncio.ensure_future(call)
+        if self.fleet.running(app.app) > 0:
+            return await task
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + app.cold_start_timeout_s
+        while True:
+            remaining = deadline - loop.time()
+            done, _ = await asyncio.wait({task}, timeout=max(0.0, min(1.0, remaining)))
+            if done or self.fleet.running(app.app) > 0:
+                return await task
+            if remaining <= 0:
+                task.cancel()
+                raise ModelUnavailableError(
+                    f"model {app.name!r} has no replica running and none started within "
+                    f"{app.cold_start_timeout_s:g} s (cold_start_timeout_s); retry later"
+                )
 
     async def _parse(self, request: Request, model: Any) -> Any:
         """The body as ``model`` (a request model, or a function of the parsed body choosing one,
@@ -228,83 +243,93 @@ class Router:
     # --- OpenAI API ---------------------------------------------------------------------------
     @api.get("/v1/models")
     async def list_models(self, request: Request) -> dict[str, Any]:
+        await self.fleet.ensure_started()
         key = _key(request)
-        allowed = [m for m in self.routes if key is None or key.models is None or m in key.models]
-        data = [await self._model_card(model_id) for model_id in allowed]
+        routes = {
+            i: app
+            for i, app in self.fleet.routes.items()
+            if app.available and (key is None or key.models is None or i in key.models)
+        }
+        data = [await self._model_card(model_id, app) for model_id, app in routes.items()]
         return {"object": "list", "data": data}
 
     @api.get("/v1/models/{model_id:path}")
     async def retrieve_model(self, model_id: str, request: Request) -> dict[str, Any]:
-        self._route_for(request, model_id)
-        return await self._model_card(model_id)
+        return await self._model_card(model_id, await self._route_for(request, model_id))
 
-    async def _model_card(self, model_id: str) -> dict[str, Any]:
+    async def _model_card(self, model_id: str, app: ModelApp) -> dict[str, Any]:
         """OpenAI's Model object plus vLLM's extensions: ``root``, ``parent``, ``max_model_len``.
 
         ``parent`` is the served name an alias points to (None for a name)."""
-        served = self.routes[model_id]
         return {
             "id": model_id,
             "object": "model",
             "created": self.created,
             "owned_by": "modelopt-serve",
-            "root": served.name,
-            "parent": served.name if model_id != served.name else None,
-            "max_model_len": await self._max_model_len(served),
+            "root": app.name,
+            "parent": app.name if model_id != app.name else None,
+            "max_model_len": await self._max_model_len(app),
         }
 
-    async def _max_model_len(self, served: ServedModel) -> int | None:
-        # Fixed for a deployment's life: asked once, then remembered.
-        known = self.max_model_lens.get(served.name)
-        if known is None:
+    async def _max_model_len(self, app: ModelApp) -> int | None:
+        """The registry's value, else what a running replica reports (asked once per application
+        and remembered). None while the model has no replica running: a model card never wakes a
+        model scaled to zero."""
+        known = app.max_model_len or self.max_model_lens.get(app.app)
+        if known is None and self.fleet.running(app.app) > 0 and app.target_replicas != 0:
+            served = await self.fleet.served(app)
             try:
                 info = await asyncio.wait_for(served.handle.info.remote(), READY_TIMEOUT_S)
             except Exception as exc:
-                logger.warning("model card of %s lacks max_model_len: %s", served.name, exc)
+                logger.warning("model card of %s lacks max_model_len: %s", app.name, exc)
                 return None
-            known = self.max_model_lens[served.name] = info["max_model_len"]
+            known = self.max_model_lens[app.app] = info["max_model_len"]
         return known
 
     @api.post("/v1/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest))
     async def chat_completions(self, request: Request) -> Any:
         body = await self._parse(request, ChatCompletionRequest)
-        return await self._serve(self._route_for(request, body.model), body.to_inference())
+        return await self._serve(request, body.model, body.to_inference())
 
     @api.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest))
     async def completions(self, request: Request) -> Any:
         body = await self._parse(request, CompletionRequest)
-        return await self._serve(self._route_for(request, body.model), body.to_inference())
+        return await self._serve(request, body.model, body.to_inference())
 
     # --- vLLM's tokenizer endpoints -----------------------------------------------------------
     @api.post("/tokenize", openapi_extra=_body_schema(TokenizeCompletionRequest, TokenizeChatRequest))
     async def tokenize(self, request: Request) -> Any:
         body = await self._parse(request, tokenize_model)  # vLLM's two shapes: messages or prompt
-        served = self._route_for(request, body.model)
+        app, served = await self._served(request, body.model)
         try:
-            return JSONResponse(await served.handle.tokenize.remote(tokenize_job(body)))
+            job = tokenize_job(body)
+            return JSONResponse(await self._when_placed(app, served.handle.tokenize.remote(job)))
         except Exception as exc:
             return error_response(exc)
 
     @api.post("/detokenize")
     async def detokenize(self, body: DetokenizeRequest, request: Request) -> Any:
-        served = self._route_for(request, body.model)
+        app, served = await self._served(request, body.model)
         try:
-            return JSONResponse(await served.handle.detokenize.remote(body.tokens))
+            return JSONResponse(await self._when_placed(app, served.handle.detokenize.remote(body.tokens)))
         except Exception as exc:
             return error_response(exc)
 
-    async def _serve(self, served: ServedModel, request: InferenceRequest) -> Any:
-        load = self.load[served.name]
+    async def _serve(self, http: Request, model: str, request: InferenceRequest) -> Any:
+        app, served = await self._served(http, model)
+        load = self.load.get(app.name)
+        if load is None:
+            load = self.load[app.name] = ModelLoad()
         started = load.started()
         try:
             if not request.stream:
                 try:
-                    return JSONResponse(await served.handle.complete.remote(request))
+                    return JSONResponse(await self._complete(app, served, request))
                 finally:
                     load.ended(started)
             stream = served.stream_handle.stream.remote(request)
             # Await the first chunk before answering so that a bad request still gets a 4xx status.
-            first = await stream.__anext__()
+            first = await self._when_placed(app, stream.__anext__())
         except StopAsyncIteration:
             load.ended(started)
             return error_response(RuntimeError("the model server ended the stream without output"))
@@ -315,30 +340,43 @@ class Router:
         relay = self._relay(first, stream, lambda: load.ended(started))
         return StreamingResponse(relay, media_type="text/event-stream")
 
+    async def _complete(self, app: ModelApp, served: ServedModel, request: InferenceRequest) -> Any:
+        """A non-streamed request. Its replica dying (or its engine) loses nothing the client saw,
+        so it is sent once more when another replica was running; otherwise, and when the second
+        try fails too, the error answers it (503 with Retry-After, router/errors.py)."""
+        others = self.fleet.running(app.app) - 1
+        try:
+            return await self._when_placed(app, served.handle.complete.remote(request))
+        except Exception as exc:
+            if not replica_gone(exc) or others < 1:
+                raise
+            logger.warning("replica of %s failed a request (%s); trying another once", app.name, exc)
+        return await self._when_placed(app, served.handle.complete.remote(request))
+
     # --- health ---------------------------------------------------------------------------------
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
     @api.get("/readyz")
-    async def readyz(self, model: str | None = None) -> JSONResponse:
-        """200 when every model has a RUNNING replica (the Serve controller's view, router/health.py;
-        nothing goes through a model's queue), else 503 with each model's reason. ``?model=``:
-        that model (a name or alias) alone."""
+    async def readyz(self, request: Request, model: str | None = None) -> JSONResponse:
+        """200 when every model has a RUNNING replica (the Serve controller's view through the
+        fleet, router/health.py; nothing goes through a model's queue, a model at zero stays at
+        zero), else 503 with each model's reason. ``?model=``: that model (a name or alias) alone."""
+        await self.fleet.ensure_started()
         if model is not None:
-            served = self._route(model)
-            body = {"model": served.name, **await self.readiness.model(served.name)}
+            app = await self._route_for(request, model)
+            body = {"model": app.name, **model_readiness(app)}
             return JSONResponse(body, status_code=200 if body["ready"] else 503)
-        ready, models = await self.readiness.all()
-        for name, reason in self.unavailable.items():
-            models[name] = {"ready": False, "available": False, "reason": reason}
+        ready, models = fleet_readiness(list(self.fleet.apps.values()))
         body = {"status": "ready" if ready else "not_ready", "models": models}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @api.get("/health")
     async def health(self) -> Response:
         """vLLM's ``/health``: 200 with an empty body when ready (as ``/readyz``), else 503."""
-        ready, _ = await self.readiness.all()
+        await self.fleet.ensure_started()
+        ready, _ = fleet_readiness(list(self.fleet.apps.values()))
         return Response(status_code=200 if ready else 503)
 
     @api.get("/metrics")
@@ -348,19 +386,25 @@ class Router:
 
     @api.get("/stats")
     async def stats(self) -> JSONResponse:
-        """One replica's details per model (engine counters, latency stages, engine start), asked
-        through the model's queue like a request: diagnostics, not a health check (a busy model
-        answers late, a model scaled to zero is woken). ``/metrics`` has every replica's."""
-        names = list(self.models)
-        results = await asyncio.gather(*(self._model_status(n) for n in names))
-        return JSONResponse({"models": dict(zip(names, results, strict=True))})
+        """One replica's details per running model (engine counters, latency stages, engine
+        start), asked through the model's queue like a request: diagnostics, not a health check
+        (a busy model answers late). A model with no replica running is not asked (nor woken).
+        ``/metrics`` has every replica's."""
+        await self.fleet.ensure_started()
+        apps = list(self.fleet.apps.values())
+        results = await asyncio.gather(*(self._model_status(app) for app in apps))
+        return JSONResponse({"models": {app.name: r for app, r in zip(apps, results, strict=True)}})
 
-    async def _model_status(self, name: str) -> dict[str, Any]:
+    async def _model_status(self, app: ModelApp) -> dict[str, Any]:
+        body = model_readiness(app)
+        if not body["ready"]:
+            return body
         try:
-            info = await asyncio.wait_for(self.models[name].handle.info.remote(), READY_TIMEOUT_S)
+            served = await self.fleet.served(app)
+            info = await asyncio.wait_for(served.handle.info.remote(), READY_TIMEOUT_S)
         except Exception as exc:
-            return {"ready": False, "available": True, "reason": f"{type(exc).__name__}: {exc}"[:500]}
-        return {"ready": True, "available": True, **info}
+            return {**body, "ready": False, "reason": f"{type(exc).__name__}: {exc}"[:500]}
+        return {**body, **info}
 
     @staticmethod
     async def _relay(first: str, stream: DeploymentResponseGenerator, done: Any = None) -> AsyncIterator[str]:

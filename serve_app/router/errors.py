@@ -27,6 +27,7 @@ from serve_app.errors import (
     EngineError,
     ModelNotAllowedError,
     ModelNotFoundError,
+    ModelUnavailableError,
     RequestError,
     RequestTooLargeError,
     unwrap,
@@ -51,6 +52,7 @@ ERROR_TABLE: list[tuple[type[BaseException], ErrorKind]] = [
     (ContextLengthError, ErrorKind(400, "BadRequestError", "context_length_exceeded")),
     (RequestError, ErrorKind(400, "BadRequestError", "invalid_request")),
     (BackPressureError, ErrorKind(503, "ServiceUnavailableError", "overloaded")),
+    (ModelUnavailableError, ErrorKind(503, "ServiceUnavailableError", "model_unavailable")),
     (EngineDeadError, ErrorKind(503, "ServiceUnavailableError", "engine_dead")),
     (RayActorError, ErrorKind(503, "ServiceUnavailableError", "replica_unavailable")),
     (DeploymentUnavailableError, ErrorKind(503, "ServiceUnavailableError", "replica_unavailable")),
@@ -60,7 +62,8 @@ ERROR_TABLE: list[tuple[type[BaseException], ErrorKind]] = [
 SERVER_MESSAGES = {
     "overloaded": "the model is overloaded: every replica is busy and its queue is full; retry later",
     "engine_dead": "the model's engine stopped; its replica is being replaced; retry later",
-    "replica_unavailable": "the model's replica is unavailable; retry later",
+    "replica_unavailable": "the model's replica stopped or is unreachable; retry later",
+    "model_unavailable": "the model has no replica running yet (it is starting); retry later",
     "engine_error": "the engine failed while generating",
     "internal_error": "internal error",
 }
@@ -164,6 +167,13 @@ def http_error_response(exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc)
     kind = ErrorKind(exc.status_code, HTTP_TYPES.get(exc.status_code, "BadRequestError"))
     return JSONResponse(error_body(str(exc.detail), kind), exc.status_code, headers=exc.headers)
+
+
+def replica_gone(error: BaseException) -> bool:
+    """Whether ``error`` says the replica (or its engine) is gone, not that the request was bad:
+    the request can be sent to another replica."""
+    error = unwrap(error)
+    return isinstance(error, (RayActorError, EngineDeadError, DeploymentUnavailableError))
 
 
 def sse_error(error: BaseException) -> str:

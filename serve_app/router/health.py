@@ -7,125 +7,52 @@ when the controller counts at least one of its replicas RUNNING; RUNNING replica
 Serve routes to, and a replica leaves RUNNING when it fails its health checks (model_server.py
 ``check_health``). Nothing is sent to a replica.
 
-The controller is asked through ``replica_states()`` (``serve.status()``: one actor call to the
-controller, run in a thread), at most once per CACHE_S however many probes arrive: one call in
-flight serves every probe that comes meanwhile. ``replica_states`` is the one function to adapt
-if the app's layout changes (e.g. one Serve application per model): it maps
-``(application, deployment)`` to what the controller says.
+The controller's view is the router's fleet (router/fleet.py ``Fleet``): one read of the
+controller a second, shared by every probe and every request, however many probes arrive.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-CACHE_S = 1.0
+from serve_app.router.fleet import ModelApp
 
 
-@dataclass(frozen=True)
-class DeploymentView:
-    """What the controller says about one deployment: its status, message and replica counts."""
+def model_readiness(app: ModelApp) -> dict[str, Any]:
+    """``{"ready", "available", "replicas", "application", ...}`` for one model application.
 
-    status: str
-    message: str
-    replicas: dict[str, int]
-
-
-@dataclass(frozen=True)
-class ModelTarget:
-    """Where a served model runs: its Serve application and deployment, and whether it may be
-    scaled to zero (``autoscaling.min_replicas: 0``)."""
-
-    name: str
-    deployment: str
-    app: str | None = None  # None: the router's own application
-    scales_to_zero: bool = False
-
-
-def replica_states() -> dict[tuple[str, str], DeploymentView]:
-    """Every deployment of every application, as the Serve controller sees it now (blocking)."""
-    from ray import serve
-
-    views = {}
-    for app_name, app in serve.status().applications.items():
-        for name, deployment in app.deployments.items():
-            replicas = {
-                str(getattr(state, "value", state)): count
-                for state, count in deployment.replica_states.items()
-            }
-            status = str(getattr(deployment.status, "value", deployment.status))
-            views[(app_name, name)] = DeploymentView(status, deployment.message or "", replicas)
-    return views
-
-
-class Readiness:
-    """Per-model readiness for ``/readyz`` and ``/health`` from ``states`` (cached, single-flight)."""
-
-    def __init__(
-        self,
-        targets: list[ModelTarget],
-        own_app: str,
-        states: Callable[[], dict[tuple[str, str], DeploymentView]] = replica_states,
-    ) -> None:
-        self.targets = {t.name: t for t in targets}
-        self.own_app = own_app
-        self._states = states
-        self._cached: dict[tuple[str, str], DeploymentView] = {}
-        self._cached_at = -CACHE_S
-        self._lock = asyncio.Lock()
-
-    async def views(self) -> dict[tuple[str, str], DeploymentView]:
-        async with self._lock:  # probes that arrive while one call is out wait for its answer
-            if time.monotonic() - self._cached_at >= CACHE_S:
-                self._cached = await asyncio.to_thread(self._states)
-                self._cached_at = time.monotonic()
-            return self._cached
-
-    async def model(self, name: str) -> dict[str, Any]:
-        """``{"ready", "reason", "replicas", "status"}`` for one served model (its name).
-
-        ``ready``: at least one RUNNING replica. A model scaled to zero on purpose is not ready,
-        with ``scaled_to_zero: true`` (the next request starts a replica)."""
-        target = self.targets[name]
-        view = (await self.views()).get((target.app or self.own_app, target.deployment))
-        if view is None:
-            return {"ready": False, "reason": "the Serve controller does not know this model's deployment"}
-        running = view.replicas.get("RUNNING", 0)
-        body: dict[str, Any] = {"ready": running > 0, "status": view.status, "replicas": view.replicas}
-        if running:
-            return body
-        if (
-            target.scales_to_zero
-            and view.status in ("HEALTHY", "DOWNSCALING")
-            and not any(view.replicas.values())
-        ):
-            body.update(
-                scaled_to_zero=True, reason="scaled to zero (min_replicas: 0); a request starts a replica"
-            )
-        else:
-            detail = f": {view.message}" if view.message else ""
-            counts = ", ".join(f"{count} {state}" for state, count in sorted(view.replicas.items())) or "none"
-            body["reason"] = f"no replica is RUNNING (replicas: {counts}; deployment {view.status}){detail}"[
-                :1000
-            ]
+    ``ready``: at least one RUNNING replica. A model that autoscaling took to zero on purpose
+    (application RUNNING, 0 replicas targeted) is not ready, with ``scaled_to_zero: true`` and a
+    reason: the next request starts a replica (cold_start_timeout_s). A model whose deploy failed
+    is ``available: false`` with the reason (its preflight report, in our words)."""
+    if not app.available:
+        return {"ready": False, "available": False, "application": app.status, "reason": app.reason}
+    body: dict[str, Any] = {
+        "ready": app.running_replicas > 0,
+        "available": True,
+        "replicas": app.running_replicas,
+        "application": app.status,
+    }
+    if app.running_replicas > 0:
         return body
-
-    async def all(self) -> tuple[bool, dict[str, dict[str, Any]]]:
-        """(every model that should be up has a RUNNING replica, per-model bodies).
-
-        A model scaled to zero on purpose does not make the whole endpoint unready: it serves
-        (after a cold start) as configured."""
-        models = {name: await self.model(name) for name in self.targets}
-        ready = all(body["ready"] or body.get("scaled_to_zero", False) for body in models.values())
-        return ready, models
+    if app.status == "RUNNING" and app.target_replicas == 0:
+        reason = "scaled to zero (min_replicas: 0); a request starts a replica"
+        body.update(scaled_to_zero=True, reason=reason)
+    else:
+        target = "unknown" if app.target_replicas is None else app.target_replicas
+        body["reason"] = f"no replica is RUNNING (application {app.status}, {target} targeted)"
+    return body
 
 
-@dataclass(frozen=True)
-class RouterOps:
-    """What the router needs for operations: where each model runs (readiness) and API keys."""
+def fleet_readiness(apps: list[ModelApp]) -> tuple[bool, dict[str, dict[str, Any]]]:
+    """(ready, per-model bodies by model name) for ``/readyz`` and ``/health``.
 
-    targets: tuple[ModelTarget, ...] = ()
-    auth: Any = None  # registry AuthSpec; None: keys off
+    Ready when there is at least one model, and every model that should be up has a RUNNING
+    replica. A model scaled to zero on purpose does not make the endpoint unready (it serves,
+    after a cold start, as configured); a model whose deploy failed does not either (it is
+    listed as unavailable, as a model left out by preflight: the others serve), but a fleet
+    where no model is available is not ready."""
+    models = {app.name: model_readiness(app) for app in apps}
+    available = [body for body in models.values() if body["available"]]
+    ready = bool(available) and all(body["ready"] or body.get("scaled_to_zero", False) for body in available)
+    return ready, models

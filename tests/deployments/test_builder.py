@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.deployments.builder import deployment_name, deployment_options, plan_models
+from serve_app.deployments.builder import deployment_options, plan_models
 from serve_app.engines.selection import Platform
 from serve_app.registry.models import ModelSpec
 
@@ -18,7 +18,8 @@ def spec(**fields) -> ModelSpec:
 
 def test_gpu_model_takes_tensor_parallel_gpus_and_llm_queue_limits():
     options = deployment_options(spec(tensor_parallel_size=2), "vllm")
-    assert options["name"] == "qwen_2.5"
+    assert options["name"] == "ModelServer"  # one deployment per model application
+    assert options["graceful_shutdown_timeout_s"] == 30  # drain_timeout_s
     assert options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 2.0}
     assert options["max_ongoing_requests"] == 1024
     assert options["max_queued_requests"] == 1024
@@ -46,10 +47,6 @@ def test_auto_engine_picks_vllm_only_with_vllm_and_a_gpu():
     assert [p.engine for p in plan_models(specs, Platform(has_vllm=True, gpus=1))] == ["vllm", "cpu"]
     assert [p.engine for p in plan_models(specs, Platform(has_vllm=False, gpus=1))] == ["cpu", "cpu"]
     assert [p.engine for p in plan_models(specs, Platform(has_vllm=True, gpus=0))] == ["cpu", "cpu"]
-
-
-def test_deployment_name_keeps_safe_names():
-    assert deployment_name("llama-3.1_8b") == "llama-3.1_8b"
 
 
 def test_custom_resources_pass_through_to_ray_actor_options():

@@ -12,24 +12,15 @@ import yaml
 
 from serve_app.preflight.cli import main
 from serve_app.preflight.runner import CHECK_NAMES
+from serve_app.registry.layout import serve_config
 from tests.preflight.conftest import edit_tensors
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def registry(tmp_path: Path, models: list[dict]) -> Path:
-    document = {
-        "applications": [
-            {
-                "name": "llm",
-                "route_prefix": "/",
-                "import_path": "serve_app.app:build_app",
-                "args": {"models": models},
-            }
-        ]
-    }
     path = tmp_path / "models.yaml"
-    path.write_text(yaml.safe_dump(document))
+    path.write_text(yaml.safe_dump(serve_config(models)))
     return path
 
 

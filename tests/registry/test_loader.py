@@ -10,23 +10,15 @@ import yaml
 
 from serve_app.errors import RegistryError
 from serve_app.registry import load_registry
+from serve_app.registry.layout import serve_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def write(tmp_path: Path, models: list[dict], **args) -> Path:
-    document = {
-        "applications": [
-            {
-                "name": "llm",
-                "route_prefix": "/",
-                "import_path": "serve_app.app:build_app",
-                "args": {"models": models, **args},
-            }
-        ]
-    }
+def write(tmp_path: Path, models: list[dict], **router) -> Path:
+    """A models.yaml of the fleet layout (registry/layout.py): a router and one app per model."""
     path = tmp_path / "models.yaml"
-    path.write_text(yaml.safe_dump(document))
+    path.write_text(yaml.safe_dump(serve_config(models, router or None)))
     return path
 
 
@@ -64,17 +56,43 @@ def test_unknown_field_names_file_model_field_and_allowed_fields(tmp_path, ckpt_
     with pytest.raises(RegistryError) as info:
         load_registry(path)
     message = str(info.value)
-    assert f"{path}: models[0] (name 'qwen'): field 'max_model_length': unknown field" in message
+    assert f"{path}: application 'qwen' (name 'qwen'): field 'max_model_length': unknown field" in message
     assert "max_model_len" in message.split("allowed fields here:")[1]
 
 
-def test_unknown_nested_field_lists_that_sections_fields(tmp_path, ckpt_dir):
-    path = write(tmp_path, [{"name": "qwen", "checkpoint": "ck", "autoscaling": {"min_replica": 1}}])
+def test_autoscaling_config_without_target_is_refused(tmp_path, ckpt_dir):
+    path = write(tmp_path, [{"name": "qwen", "checkpoint": "ck", "autoscaling": {"min_replicas": 1}}])
+    document = yaml.safe_load(path.read_text())
+    del document["applications"][1]["deployments"][0]["autoscaling_config"]["target_ongoing_requests"]
+    path.write_text(yaml.safe_dump(document))
     with pytest.raises(
         RegistryError,
-        match=r"field 'autoscaling.min_replica': unknown field; allowed fields "
-        r"here: downscale_delay_s, initial_replicas, max_replicas",
+        match=r"application 'qwen': deployments: ModelServer: autoscaling_config must set "
+        r"target_ongoing_requests: Serve replaces the whole autoscaling_config, and its own default "
+        r"\(2\) would add a replica for every 2 streams",
     ):
+        load_registry(path)
+
+
+def test_live_option_under_args_names_where_it_belongs(tmp_path, ckpt_dir):
+    path = write(tmp_path, [{"name": "qwen", "checkpoint": "ck"}])
+    document = yaml.safe_load(path.read_text())
+    document["applications"][1]["args"]["max_ongoing_requests"] = 8
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(
+        RegistryError,
+        match=r"application 'qwen': field\(s\) max_ongoing_requests belong in the application's "
+        r"'deployments:' entry \(- name: ModelServer\), under Ray Serve's names "
+        r"\(max_ongoing_requests -> max_ongoing_requests\), where changing them restarts nothing",
+    ):
+        load_registry(path)
+
+
+def test_one_application_layout_of_earlier_versions_says_how_to_move(tmp_path):
+    path = tmp_path / "models.yaml"
+    old = {"name": "llm", "import_path": "serve_app.app:build_app", "args": {"models": []}}
+    path.write_text(yaml.safe_dump({"applications": [old]}))
+    with pytest.raises(RegistryError, match=r"import_path serve_app.app:build_app \(one application"):
         load_registry(path)
 
 
@@ -82,18 +100,19 @@ def test_missing_checkpoint_directory(tmp_path):
     path = write(tmp_path, [{"name": "qwen", "checkpoint": "nowhere"}])
     with pytest.raises(
         RegistryError,
-        match=r"models\[0\] \(name 'qwen'\): field 'checkpoint': directory .*nowhere "
+        match=r"application 'qwen' \(name 'qwen'\): field 'checkpoint': directory .*nowhere "
         r"does not exist",
     ):
         load_registry(path)
 
 
 def test_negative_replica_count(tmp_path, ckpt_dir):
-    path = write(tmp_path, [{"name": "qwen", "checkpoint": "ck", "autoscaling": {"min_replicas": -1}}])
+    scaling = {"min_replicas": -1, "target_ongoing_requests": 8}
+    path = write(tmp_path, [{"name": "qwen", "checkpoint": "ck", "autoscaling": scaling}])
     with pytest.raises(
         RegistryError,
-        match=r"field 'autoscaling.min_replicas': Input should be greater than or "
-        r"equal to 0 \(got -1\)",
+        match=r"deployments: ModelServer: invalid options:\n  autoscaling.min_replicas: Input should be "
+        r"greater than or equal to 0",
     ):
         load_registry(path)
 
@@ -131,12 +150,8 @@ def test_invalid_yaml(tmp_path):
 
 
 def test_committed_models_yaml_is_a_valid_registry_of_three_demo_models():
-    document = yaml.safe_load((ROOT / "models.yaml").read_text())
-    app = document["applications"][0]
-    assert app["import_path"] == "serve_app.app:build_app"
-    from serve_app.registry.loader import parse_registry
-
-    registry = parse_registry(app["args"], base_dir=ROOT, check_paths=False)
+    registry = load_registry(ROOT / "models.yaml")
+    assert [m.autoscaling.max_replicas for m in registry.models] == [2, 2, 2]
     paths = {m.checkpoint.name for m in registry.models}
     assert paths == {"qwen2-small", "llama-small", "qwen2.5-vl-tiny"}
     makefile = (ROOT / "Makefile").read_text()

@@ -44,7 +44,7 @@ def running_replicas(app: str, deployment: str) -> int:
 
 
 def test_sustained_load_beyond_the_target_adds_a_replica(scaling_app):
-    assert running_replicas("scaling", "scaler") == 1
+    assert running_replicas("scaling-scaler", "ModelServer") == 1
     body = {"model": "scaler", "prompt": "Hello", "max_tokens": 200, "ignore_eos": True}
     stop = threading.Event()
 
@@ -58,9 +58,9 @@ def test_sustained_load_beyond_the_target_adds_a_replica(scaling_app):
     deadline = time.monotonic() + 120
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(keep_busy, i) for i in range(4)]
-        while running_replicas("scaling", "scaler") < 2 and time.monotonic() < deadline:
+        while running_replicas("scaling-scaler", "ModelServer") < 2 and time.monotonic() < deadline:
             time.sleep(0.5)
-        scaled = running_replicas("scaling", "scaler")
+        scaled = running_replicas("scaling-scaler", "ModelServer")
         stop.set()
         statuses = [status for f in futures for status in f.result()]
     assert scaled == 2
