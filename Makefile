@@ -38,7 +38,7 @@ checkpoints/qwen2.5-vl-tiny/config.json: | $(STAMP)
 
 serve: setup demo-checkpoints
 	$(PY) -m serve_app preflight models.yaml
-	$(SERVE_ENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH serve run models.yaml
+	$(SERVE_ENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m serve_app run models.yaml
 
 preflight: setup demo-checkpoints
 	$(PY) -m serve_app preflight models.yaml

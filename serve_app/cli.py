@@ -3,8 +3,10 @@
     python -m serve_app validate models.yaml      # schema and paths only
     python -m serve_app preflight models.yaml     # every preflight check (see docs/preflight.md)
     python -m serve_app preflight --checkpoint DIR
+    python -m serve_app run models.yaml           # `serve run`, stopped gracefully (serve_app/run.py)
 
-Serving itself is Ray's own ``serve run models.yaml``.
+Serving is Ray's own ``serve run models.yaml``; ``run`` wraps it so that SIGINT/SIGTERM drain
+the models before shutting down (what ``make serve`` uses).
 Exit codes: 0 ok, 1 a check failed, 2 usage or YAML error (no command at all is a usage error).
 """
 
@@ -25,13 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check a models.yaml registry before serving it with `serve run models.yaml`.",
         epilog="Exit codes: 0 ok, 1 a check failed, 2 usage or YAML error.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="{preflight,validate}")
+    commands = parser.add_subparsers(dest="command", metavar="{preflight,validate,run}")
     # preflight's own parser (preflight/cli.py) reads the rest of the line, --help included.
     commands.add_parser(
         "preflight", add_help=False, help="every preflight check (python -m serve_app preflight --help)"
     )
     validate = commands.add_parser("validate", help="schema and paths only")
     validate.add_argument("registry", type=Path, metavar="MODELS_YAML", help="Ray Serve config file")
+    serve_run = commands.add_parser(
+        "run", help="serve it (Ray's `serve run`); SIGINT/SIGTERM drain the models, then stop"
+    )
+    serve_run.add_argument("registry", type=Path, metavar="MODELS_YAML", help="Ray Serve config file")
     return parser
 
 
@@ -50,15 +56,30 @@ def main(argv: list[str] | None = None) -> int:
         from serve_app.preflight.cli import main as preflight_main
 
         return preflight_main(rest)
+    if args.command == "run":
+        return serve(args.registry)
     return validate(args.registry)
+
+
+def serve(registry_path: Path) -> int:
+    """``serve run`` with a graceful stop (serve_app/run.py); 2 for an invalid registry."""
+    from serve_app.run import run
+
+    try:
+        return run(registry_path)
+    except RegistryError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
 
 
 def validate(registry_path: Path) -> int:
     """Load and check models.yaml; print one line per model. 0 when valid, 2 otherwise."""
+    from serve_app.registry.api_keys import load_keys
     from serve_app.registry.loader import load_registry
 
     try:
         registry = load_registry(registry_path)
+        load_keys(registry.router.auth)  # a named key source must be readable (where this runs)
     except RegistryError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from serve_app.preflight.render import render, render_json
     from serve_app.preflight.runner import run_preflight, spec_for_checkpoint
     from serve_app.registry import load_registry
+    from serve_app.registry.api_keys import load_keys
 
     try:
         if args.checkpoint is not None:
@@ -66,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise RegistryError(f"--checkpoint {args.checkpoint}: no such directory")
             models = [spec_for_checkpoint(args.checkpoint)]
         else:
-            models = load_registry(args.registry, app_name=args.app).models
+            registry = load_registry(args.registry, app_name=args.app)
+            # The router refuses to start with a named key source it cannot read: say so here,
+            # before `make serve` starts the cluster (registry/api_keys.py).
+            load_keys(registry.router.auth)
+            models = registry.models
     except RegistryError as exc:
         print(f"preflight: {exc}", file=sys.stderr)
         return EXIT_USAGE

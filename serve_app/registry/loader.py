@@ -49,6 +49,9 @@ def load_registry(path: str | Path, app_name: str | None = None) -> RegistrySpec
         spec = parse_model_args(app.get("args"), source=source, base_dir=base_dir)
         specs.append(apply_live_options(spec, app.get("deployments"), source))
     router = parse_router_args(routers[0].get("args") if routers else {}, f"{path}: router application")
+    keys_file = router.auth.api_keys_file
+    if keys_file is not None and not keys_file.is_absolute():  # as checkpoints: the YAML's folder
+        router.auth.api_keys_file = (base_dir / keys_file).resolve()
     try:
         return RegistrySpec(models=specs, router=router)
     except ValidationError as exc:

@@ -28,7 +28,7 @@ from serve_app.deployments.openai_format import DONE
 from serve_app.deployments.requests import InferenceRequest
 from serve_app.errors import ModelNotFoundError, ModelUnavailableError, ServeAppError, unwrap
 from serve_app.registry.models import AuthSpec, RouterSpec
-from serve_app.router.auth import ApiKey, ApiKeyAuth, ApiKeys, check_model_allowed
+from serve_app.router.auth import ApiKey, ApiKeyAuth, ApiKeys, KeyStore, check_model_allowed
 from serve_app.router.errors import (
     error_response,
     http_error_response,
@@ -79,7 +79,7 @@ api.add_middleware(BodySizeLimit, limit_bytes=_body_limit)
 def _api_keys() -> ApiKeys | None:
     """This replica's API keys (None: auth off, or outside a replica)."""
     try:
-        return serve.get_replica_context().servable_object.api_keys
+        return serve.get_replica_context().servable_object.key_store.current()
     except Exception:  # outside a replica, or before the Router is constructed
         return None
 
@@ -150,6 +150,11 @@ def _key(request: Request) -> ApiKey | None:
     return getattr(request.state, "api_key", None)
 
 
+def _refused(error: BaseException) -> bool:
+    """The model's queue refused the request (Serve's BackPressureError): overload."""
+    return isinstance(unwrap(error), BackPressureError)
+
+
 def _overload_response(error: BaseException, load: ModelLoad) -> JSONResponse:
     """``error_response``, with ``Retry-After`` estimated from the queue for overload (router/overload.py)."""
     cause = unwrap(error)
@@ -176,7 +181,7 @@ class Router:
         self.parsers = WorkerPool(PARSE_WORKERS)
         self.max_model_lens: dict[str, int] = {}
         self.fleet = Fleet(model_app_prefix)
-        self.api_keys = ApiKeys.load(auth or AuthSpec())
+        self.key_store = KeyStore(auth or AuthSpec())
         self.cluster_metrics = ClusterMetrics()
         self.load: dict[str, ModelLoad] = {}
         freeze_startup_heap("router")
@@ -196,8 +201,8 @@ class Router:
     async def _route_for(self, request: Request, model: str) -> ModelApp:
         """``_route`` for a request: 403 when its API key may not use the model; names the
         served model for the request counter (router/metrics.py)."""
-        check_model_allowed(_key(request), model)
         app = await self._route(model)
+        check_model_allowed(_key(request), model, app.ids)
         request.state.model_name = app.name
         return app
 
@@ -248,7 +253,7 @@ class Router:
         routes = {
             i: app
             for i, app in self.fleet.routes.items()
-            if app.available and (key is None or key.models is None or i in key.models)
+            if app.available and (key is None or key.models is None or any(x in key.models for x in app.ids))
         }
         data = [await self._model_card(model_id, app) for model_id, app in routes.items()]
         return {"object": "list", "data": data}
@@ -324,9 +329,12 @@ class Router:
         try:
             if not request.stream:
                 try:
-                    return JSONResponse(await self._complete(app, served, request))
-                finally:
-                    load.ended(started)
+                    answer = await self._complete(app, served, request)
+                except BaseException as exc:
+                    load.ended(started, admitted=not _refused(exc))
+                    raise
+                load.ended(started)
+                return JSONResponse(answer)
             stream = served.stream_handle.stream.remote(request)
             # Await the first chunk before answering so that a bad request still gets a 4xx status.
             first = await self._when_placed(app, stream.__anext__())
@@ -335,7 +343,7 @@ class Router:
             return error_response(RuntimeError("the model server ended the stream without output"))
         except Exception as exc:
             if request.stream:
-                load.ended(started)
+                load.ended(started, admitted=not _refused(exc))
             return _overload_response(exc, load)
         relay = self._relay(first, stream, lambda: load.ended(started))
         return StreamingResponse(relay, media_type="text/event-stream")

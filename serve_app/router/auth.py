@@ -5,8 +5,10 @@ Off unless models.yaml's ``router.auth`` names a key source: an environment vari
 ``keys: [{key: ..., models: [...]}]``, ``models`` optional). Keys are read where the router
 replica runs, never from models.yaml itself, and never travel in the app's config.
 
-Which paths need a key: ``/v1/*``, ``/tokenize``, ``/detokenize`` always; ``/metrics`` with
-``protect_metrics`` (and ``/stats``); ``/readyz`` and ``/health`` with ``protect_readyz``; ``/healthz`` never.
+Which paths need a key: ``/v1/*``, ``/tokenize``, ``/detokenize`` and ``/stats`` (which asks the
+models through their queues) always; ``/metrics`` with ``protect_metrics``; ``/readyz`` and
+``/health`` with ``protect_readyz``; ``/healthz`` never. A request with several
+``Authorization`` headers is 401. The keys file is re-read when it changes (``KeyStore``).
 A missing or wrong key is 401 ``invalid_api_key`` in OpenAI's error shape. Keys are compared as
 SHA-256 digests with ``hmac.compare_digest`` against every configured key (no early exit), so
 the time taken says nothing about how much of a key was right or which key matched.
@@ -14,47 +16,27 @@ the time taken says nothing about how much of a key was right or which key match
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import os
-from collections.abc import Callable
+import logging
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from serve_app.errors import AuthenticationError, ModelNotAllowedError, RegistryError
+from serve_app.registry.api_keys import KeyEntry, digest, load_keys
 from serve_app.registry.models import AuthSpec
 from serve_app.router.errors import error_response
 
+logger = logging.getLogger("ray.serve")
 ALWAYS_PROTECTED = ("/v1/", "/tokenize", "/detokenize")
 MISSING_KEY = "missing API key: send it as 'Authorization: Bearer <key>' (the openai client's api_key)"
 WRONG_KEY = "incorrect API key provided"
+SEVERAL_KEYS = "several Authorization headers: send exactly one"
+RELOAD_CHECK_S = 1.0  # how often the keys file's modification time is looked at
 
-
-class _KeyEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    key: str = Field(min_length=8)
-    models: list[str] | None = None
-
-
-class _KeysFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    keys: list[_KeyEntry] = Field(min_length=1)
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    """One accepted key, stored only as its SHA-256 digest, with its allowed models (None: all)."""
-
-    digest: bytes
-    models: frozenset[str] | None
-
-
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8")).digest()
+ApiKey = KeyEntry  # one accepted key: its digest and allowed models (registry/api_keys.py)
 
 
 @dataclass(frozen=True)
@@ -69,28 +51,17 @@ class ApiKeys:
     def load(cls, spec: AuthSpec, environ: dict[str, str] | None = None) -> ApiKeys | None:
         """The keys ``spec`` names; None when auth is off. Raises RegistryError (fail closed)
         when a named source is missing, empty or malformed: never serve open by accident."""
-        if not spec.enabled:
+        keys = load_keys(spec, environ)
+        if keys is None:
             return None
-        environ = dict(os.environ) if environ is None else environ
-        keys: list[ApiKey] = []
-        if spec.api_keys_env is not None:
-            raw = environ.get(spec.api_keys_env, "")
-            env_keys = [key.strip() for key in raw.split(",") if key.strip()]
-            if not env_keys:
-                raise RegistryError(
-                    f"router.auth.api_keys_env names {spec.api_keys_env}, which is unset or empty where "
-                    "the router runs; set it where the Ray cluster starts (e.g. "
-                    f"`{spec.api_keys_env}=... make serve`) or remove router.auth"
-                )
-            keys += [ApiKey(_digest(key), None) for key in env_keys]
-        if spec.api_keys_file is not None:
-            keys += _read_keys_file(spec.api_keys_file)
-        return cls(tuple(keys), spec.protect_metrics, spec.protect_readyz)
+        return cls(keys, spec.protect_metrics, spec.protect_readyz)
 
     def needs_key(self, path: str) -> bool:
         if path.startswith(ALWAYS_PROTECTED):
             return True
-        if path in ("/metrics", "/stats"):
+        if path == "/stats":  # asks the models through their queues: never open when keys are on
+            return True
+        if path == "/metrics":
             return self.protect_metrics
         if path in ("/readyz", "/health"):
             return self.protect_readyz
@@ -103,7 +74,7 @@ class ApiKeys:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthenticationError(MISSING_KEY)
-        given = _digest(token.strip())
+        given = digest(token.strip())
         found: ApiKey | None = None
         for key in self.keys:  # every key compared, whatever matched
             if hmac.compare_digest(given, key.digest) and found is None:
@@ -113,30 +84,53 @@ class ApiKeys:
         return found
 
 
-def check_model_allowed(key: ApiKey | None, model: str) -> None:
-    """ModelNotAllowedError (403) unless ``key`` may use ``model`` (a name or alias)."""
-    if key is not None and key.models is not None and model not in key.models:
-        raise ModelNotAllowedError(f"this API key may not use model {model[:200]!r}", param="model")
+class KeyStore:
+    """A router replica's keys, re-read when the keys file changes.
+
+    ``serve deploy`` of an unchanged models.yaml does not restart the router (its args did not
+    change), so a key removed from ``api_keys_file`` must take effect without one: the file's
+    modification time is checked at most every RELOAD_CHECK_S, and a changed file is read
+    again. A file that became invalid or unreadable fails closed: no key is accepted (every
+    protected request 401) until it is fixed, and the error is logged. Keys from
+    ``api_keys_env`` are read once: the environment of a running cluster does not change."""
+
+    def __init__(self, spec: AuthSpec) -> None:
+        self.spec = spec
+        self.keys = ApiKeys.load(spec)
+        self._path: Path | None = spec.api_keys_file
+        self._stamp = self._mtime()
+        self._checked = time.monotonic()
+
+    def _mtime(self) -> float | None:
+        try:
+            return self._path.stat().st_mtime if self._path is not None else None
+        except OSError:
+            return None
+
+    def current(self) -> ApiKeys | None:
+        if self._path is None or time.monotonic() - self._checked < RELOAD_CHECK_S:
+            return self.keys
+        self._checked = time.monotonic()
+        stamp = self._mtime()
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self.keys = ApiKeys.load(self.spec)
+                logger.info("API keys re-read from %s: %d key(s)", self._path, len(self.keys.keys))
+            except RegistryError as error:
+                logger.error("API keys not re-read, every key refused until fixed: %s", error)
+                self.keys = ApiKeys((), self.spec.protect_metrics, self.spec.protect_readyz)
+        return self.keys
 
 
-def _read_keys_file(path: Path) -> list[ApiKey]:
-    try:
-        document = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise RegistryError(f"router.auth.api_keys_file {path}: no such file where the router runs") from None
-    except (OSError, yaml.YAMLError) as error:
-        raise RegistryError(f"router.auth.api_keys_file {path}: unreadable: {error}") from None
-    try:
-        parsed = _KeysFile.model_validate(document)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors(include_input=False)
-        )
-        raise RegistryError(f"router.auth.api_keys_file {path}: {problems}") from None
-    return [
-        ApiKey(_digest(entry.key), None if entry.models is None else frozenset(entry.models))
-        for entry in parsed.keys
-    ]
+def check_model_allowed(key: ApiKey | None, model: str, ids: Iterable[str] = ()) -> None:
+    """ModelNotAllowedError (403) unless ``key`` may use ``model``: its list names the id the
+    request sent or another id of the same model (``ids``: its name and aliases)."""
+    if key is None or key.models is None:
+        return
+    if model in key.models or any(i in key.models for i in ids):
+        return
+    raise ModelNotAllowedError(f"this API key may not use model {model[:200]!r}", param="model")
 
 
 class ApiKeyAuth:
@@ -153,9 +147,12 @@ class ApiKeyAuth:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         keys = self.keys() if scope["type"] == "http" else None
         if keys is not None and keys.needs_key(route_path(scope)):
-            headers = dict(scope.get("headers") or ())
-            authorization = headers.get(b"authorization", b"").decode("latin-1")
+            # Several Authorization headers: a proxy in front may have checked another one.
+            given = [value for name, value in scope.get("headers") or () if name.lower() == b"authorization"]
             try:
+                if len(given) > 1:
+                    raise AuthenticationError(SEVERAL_KEYS)
+                authorization = given[0].decode("latin-1") if given else ""
                 scope.setdefault("state", {})["api_key"] = keys.authenticate(authorization)
             except AuthenticationError as error:
                 response = error_response(error)

@@ -38,8 +38,12 @@ class ModelLoad:
         self.in_flight += 1
         return time.monotonic()
 
-    def ended(self, started: float) -> None:
+    def ended(self, started: float, admitted: bool = True) -> None:
+        """A request is over. ``admitted`` False: the queue refused it (overload), so its ~0 s
+        says nothing about how long requests take and is not averaged in."""
         self.in_flight = max(self.in_flight - 1, 0)
+        if not admitted:
+            return
         duration = time.monotonic() - started
         weight = 1.0 if self.finished == 0 else EWMA_WEIGHT
         self.mean_duration_s += weight * (duration - self.mean_duration_s)

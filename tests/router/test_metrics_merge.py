@@ -83,3 +83,36 @@ def test_the_dashboard_queries_only_series_this_app_serves():
         "vllm:kv_cache_usage_perc",
         "modelopt_serve_http_requests",
     } <= used
+
+
+def test_refused_requests_do_not_shrink_the_mean_duration():
+    """A request the queue refused took ~0 s: averaging it in made Retry-After 1 under overload."""
+    load = ModelLoad(mean_duration_s=4.0, finished=10)
+    refused = [load.started() for _ in range(17)]
+    for started in refused:
+        load.ended(started, admitted=False)
+    assert load.mean_duration_s == 4.0 and load.in_flight == 0
+
+
+def test_the_route_label_skips_routers_without_a_path():
+    """FastAPI lists included routers, which have no .path: the counter crashed on every 401."""
+    from fastapi import APIRouter, FastAPI
+
+    from serve_app.router.metrics import RequestMetrics
+
+    api = FastAPI()
+
+    @api.get("/v1/models")
+    async def models() -> dict:
+        return {}
+
+    api.include_router(APIRouter())
+    from starlette.routing import Match
+
+    included = type("_IncludedRouter", (), {"matches": lambda self, scope: (Match.FULL, {})})()
+    api.routes.insert(0, included)  # as FastAPI 0.165 lists an included router: it matches anything
+    metrics = RequestMetrics(None, routes=lambda: api.routes)
+    scope = {"type": "http", "path": "/v1/models", "root_path": "", "method": "GET"}
+    assert metrics._route(scope) == "/v1/models"
+    api.routes.pop(0)
+    assert metrics._route({**scope, "path": "/nowhere"}) == "unmatched"

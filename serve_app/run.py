@@ -1,0 +1,181 @@
+"""``python -m serve_app run models.yaml``: Ray's ``serve run``, stopped without cutting streams.
+
+``make serve`` runs this. Ray's ``serve run`` answers Ctrl-C with ``serve.shutdown()``, which
+takes the HTTP ingress down with the replicas: every stream in flight was cut with no error event
+and no ``data: [DONE]``, and a terminal's Ctrl-C reached every Ray process of the group at once.
+HAProxy (the ingress ``make serve`` turns on) was left running after a SIGTERM.
+
+Here ``serve run`` runs in a session of its own, so a terminal's signal reaches only this
+process, which then stops the fleet in order:
+
+1. every model application is deleted (``serve.delete``): Serve stops routing to its replicas
+   and lets each finish the requests it has, up to the model's ``drain_timeout_s`` (its
+   ``graceful_shutdown_timeout_s``); the router and the ingress stay up meanwhile, so streams
+   finish, and a stream still open at the timeout ends with an SSE error event and ``[DONE]``
+   (the router's relay). New requests for a model being deleted get an error answer, not a
+   replica;
+2. ``serve run`` gets SIGINT and shuts the rest down (``serve.shutdown()``);
+3. whatever of its session is still alive after ``SHUTDOWN_WAIT_S`` (HAProxy among them) is
+   ended: SIGTERM, then SIGKILL.
+
+A second SIGINT or SIGTERM skips the drain. Exit status: ``serve run``'s, or 1 when the fleet
+did not drain in time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+SHUTDOWN_WAIT_S = 60.0  # serve.shutdown() after the drain: the router and the controller
+KILL_WAIT_S = 5.0
+DRAIN_MARGIN_S = 15.0  # beyond the longest drain_timeout_s: Serve's own stop and our polling
+
+
+def run(registry_path: Path, serve_args: list[str] | None = None) -> int:
+    """Serve ``registry_path`` with ``serve run`` until it exits or a signal asks us to stop.
+
+    Raises RegistryError (from the loader) before starting anything when the file is invalid."""
+    from serve_app.registry.loader import load_registry
+
+    registry = load_registry(registry_path)
+    drain_s = max((m.drain_timeout_s for m in registry.models), default=0.0) + DRAIN_MARGIN_S
+    model_apps = model_application_names(registry_path)
+    command = [sys.executable, "-m", "ray.serve.scripts", "run", str(registry_path), *(serve_args or [])]
+    child = subprocess.Popen(command, start_new_session=True, preexec_fn=_default_signals)
+    stop = threading.Event()
+    force = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        (force if stop.is_set() else stop).set()
+        name = signal.Signals(signum).name
+        print(f"serve_app run: {name}: " + ("stopping now" if force.is_set() else "draining"), flush=True)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while child.poll() is None and not stop.is_set():
+            time.sleep(0.2)
+        if child.poll() is not None:  # serve run ended by itself (a failed deploy, say)
+            end_session(child.pid)
+            return child.returncode
+        drained = force.is_set() or drain(model_apps, drain_s, force)
+        _interrupt(child)
+        try:
+            child.wait(timeout=SHUTDOWN_WAIT_S)
+        except subprocess.TimeoutExpired:
+            print(f"serve_app run: serve run still running after {SHUTDOWN_WAIT_S:g} s", flush=True)
+        end_session(child.pid)
+        return 0 if drained else 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def model_application_names(registry_path: Path) -> list[str]:
+    """The names of the model applications in a Serve config file (registry/layout.py)."""
+    import yaml
+
+    from serve_app.registry.layout import MODEL_IMPORT_PATH
+
+    document = yaml.safe_load(Path(registry_path).read_text()) or {}
+    return [
+        app["name"]
+        for app in document.get("applications") or []
+        if isinstance(app, dict) and app.get("import_path") == MODEL_IMPORT_PATH
+    ]
+
+
+def drain(apps: list[str], timeout_s: float, force: threading.Event) -> bool:
+    """Delete ``apps`` (their replicas drain) and wait until Serve has removed them.
+
+    Connects to the cluster ``serve run`` started (``address="auto"``). True when every
+    application was gone within ``timeout_s``; False on a timeout, a second signal, or when the
+    cluster cannot be reached (then ``serve run``'s own shutdown is all there is)."""
+    try:
+        import ray
+        from ray import serve
+
+        ray.init(address="auto", log_to_driver=False, logging_level="error")
+        running = set(serve.status().applications)
+        targets = [app for app in apps if app in running]
+        names = ", ".join(targets) or "no model"
+        print(f"serve_app run: draining {names} (up to {timeout_s:g} s)", flush=True)
+        for app in targets:
+            serve.delete(app, _blocking=False)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not force.is_set():
+            left = set(targets) & set(serve.status().applications)
+            if not left:
+                print("serve_app run: models drained", flush=True)
+                return True
+            time.sleep(0.5)
+        print("serve_app run: the models did not drain in time", flush=True)
+        return False
+    except Exception as error:  # the cluster is already gone, or not reachable from here
+        print(f"serve_app run: could not drain ({type(error).__name__}: {error})", flush=True)
+        return False
+    finally:
+        _disconnect()
+
+
+def _disconnect() -> None:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()  # this driver only: the cluster is serve run's
+    except Exception:  # nothing to disconnect from
+        pass
+
+
+def end_session(session_id: int) -> list[int]:
+    """End every process still in session ``session_id`` (Linux ``/proc``): SIGTERM, then
+    SIGKILL after KILL_WAIT_S. Returns the pids that were still alive at first."""
+    alive = session_pids(session_id)
+    for pid in alive:
+        _kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_WAIT_S
+    while time.monotonic() < deadline and session_pids(session_id):
+        time.sleep(0.2)
+    for pid in session_pids(session_id):
+        _kill(pid, signal.SIGKILL)
+    if alive:
+        print(f"serve_app run: ended {len(alive)} leftover process(es) of serve run's session", flush=True)
+    return alive
+
+
+def session_pids(session_id: int) -> list[int]:
+    """Pids in session ``session_id``, from ``/proc`` (this process excluded)."""
+    found = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if os.getsid(int(entry.name)) == session_id:
+                found.append(int(entry.name))
+        except (ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+def _kill(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _interrupt(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        _kill(child.pid, signal.SIGINT)
+
+
+def _default_signals() -> None:
+    # A shell without job control starts background jobs with SIGINT ignored, and an ignored
+    # signal stays ignored across exec: serve run must see the SIGINT this process forwards.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -1,0 +1,106 @@
+"""`make serve`'s runner (`python -m serve_app run`, serve_app/run.py): SIGTERM drains, then stops.
+
+A stream in flight when SIGTERM arrives finishes (its model drains before anything shuts down),
+the runner exits 0, and no process of the cluster - HAProxy included - is left behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve_app.app import FAST_INGRESS_ENV
+from tests.serve_fixtures import free_port, wait_ready, write_models_yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that contain ``text`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{entry.name}: {cmdline[:200]}")
+    return found
+
+
+@pytest.fixture
+def runner(tmp_path, qwen2_checkpoint):
+    # A short temp dir of its own (Ray's socket paths must stay short): every process of this
+    # cluster names it on its command line, which is how the test finds leftovers.
+    ray_tmp = tempfile.mkdtemp(prefix="/tmp/rgs")
+    port = free_port()
+    models = [{"name": "qwen", "checkpoint": str(qwen2_checkpoint), "engine": "cpu", "max_model_len": 2048}]
+    path = write_models_yaml(tmp_path, models, port=port)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(FAST_INGRESS_ENV, PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serve_app", "run", str(path)],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, timeout_s=300)
+        yield base, process, ray_tmp
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        for line in processes_mentioning(ray_tmp):  # never leave a cluster behind
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_sigterm_lets_a_stream_in_flight_finish_then_stops_everything(runner):
+    base, process, ray_tmp = runner
+    body = {
+        "model": "qwen",
+        "prompt": "hi",
+        "max_tokens": 1500,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    events: list[str] = []
+    first = threading.Event()
+
+    def stream() -> None:
+        with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=120) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    first.set()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert first.wait(60), "the stream never started"
+    process.send_signal(signal.SIGTERM)
+    reader.join(timeout=120)
+    output = process.communicate(timeout=180)[0]
+    assert not reader.is_alive(), "the stream hung"
+    assert events[-1] == "[DONE]", output[-3000:]
+    assert not any('"error"' in event for event in events), events[-3:]
+    assert '"finish_reason":"length"' in events[-2].replace(" ", ""), events[-2]
+    assert process.returncode == 0, output[-3000:]
+    assert "serve_app run: models drained" in output
+    time.sleep(1)
+    assert processes_mentioning(ray_tmp) == [], output[-3000:]
