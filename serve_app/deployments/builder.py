@@ -34,10 +34,19 @@ class PlannedModel:
 DRAIN_POLL_S = 0.5
 
 
+def gpus_per_replica(spec: ModelSpec, engine: str) -> float:
+    """GPUs one replica asks Ray for: ``resources.num_gpus``, else ``tensor_parallel_size``; 0 for
+    the CPU engine whatever the registry says, so one models.yaml with GPU shares (``engine:
+    auto``) also runs on a machine without a GPU."""
+    if engine != "vllm":
+        return 0.0
+    if spec.resources.num_gpus is not None:
+        return spec.resources.num_gpus
+    return float(spec.tensor_parallel_size)
+
+
 def deployment_options(spec: ModelSpec, engine: ResolvedEngine) -> dict[str, Any]:
-    num_gpus = spec.resources.num_gpus
-    if num_gpus is None:
-        num_gpus = float(spec.tensor_parallel_size) if engine == "vllm" else 0.0
+    num_gpus = gpus_per_replica(spec, engine)
     num_cpus = spec.resources.num_cpus if spec.resources.num_cpus is not None else DEFAULT_NUM_CPUS[engine]
     actor_options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
     if spec.resources.accelerator_type:

@@ -207,9 +207,12 @@ def _fits(heads: int, kv: int, intermediate: int | None, tp: int) -> bool:
 
 
 def gpus_per_replica(spec: ModelSpec, engine: str) -> float:
+    """As the builder asks Ray (deployments/builder.py ``gpus_per_replica``): 0 for the CPU engine."""
+    if engine != "vllm":
+        return 0.0
     if spec.resources.num_gpus is not None:
         return spec.resources.num_gpus
-    return float(spec.tensor_parallel_size) if engine == "vllm" else 0.0
+    return float(spec.tensor_parallel_size)
 
 
 def check_cluster_fit(

@@ -39,8 +39,9 @@ class ResourcesSpec(StrictModel):
     num_gpus: float | None = Field(
         default=None,
         ge=0,
-        description="GPUs per replica; fractions let several models share one GPU (pair them with "
-        "gpu_memory_utilization). Default: tensor_parallel_size for vLLM, 0 for the CPU engine.",
+        description="GPUs per vLLM replica; fractions let several models share one GPU (pair them "
+        "with gpu_memory_utilization). Default: tensor_parallel_size. The CPU engine never asks for "
+        "a GPU, so a registry with GPU shares and engine: auto also runs on a CPU machine.",
     )
     num_cpus: float | None = Field(
         default=None,

@@ -33,6 +33,9 @@ def test_fractional_gpu_and_accelerator_type_pass_through():
 
 def test_cpu_engine_claims_no_gpu_and_half_a_core():
     assert deployment_options(spec(), "cpu")["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.0}
+    # A GPU share in the registry (models.yaml's demo, engine: auto) asks for no GPU on the CPU engine.
+    shared = spec(resources={"num_gpus": 0.3})
+    assert deployment_options(shared, "cpu")["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.0}
 
 
 def test_autoscaling_fields_map_to_serve_names():

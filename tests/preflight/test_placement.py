@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -203,3 +204,24 @@ def test_checkpoint_nodes_says_where_checkpoints_were_read():
         "only (not connected to a Ray cluster); each replica checks its checkpoint again on the node "
         "where it starts"
     )
+
+
+def test_the_committed_demo_registry_fits_one_gpu_when_auto_picks_vllm(tmp_path):
+    """Issue 13: `make serve EXTRAS=gpu,quantize` on a one-GPU machine used to fail cluster_fit
+    (three models at a whole GPU each). The demo's models share the GPU when they run on vLLM."""
+    import yaml
+
+    from serve_app.registry.layout import MODEL_IMPORT_PATH
+    from serve_app.registry.loader import parse_model_args
+
+    root = Path(__file__).resolve().parents[2]
+    document = yaml.safe_load((root / "models.yaml").read_text())
+    models = [
+        parse_model_args(app["args"], base_dir=root, check_paths=False)
+        for app in document["applications"]
+        if app["import_path"] == MODEL_IMPORT_PATH
+    ]
+    one_h100 = GpuInfo("NVIDIA H100", (9, 0), 80 * GIB, count=1)
+    fit = check_cluster_fit([(m, "vllm") for m in models], one_h100, 1.0)
+    assert fit.status == "pass", fit.detail
+    assert check_cluster_fit([(m, "cpu") for m in models], None, 0.0).status == "pass"
