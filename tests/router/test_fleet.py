@@ -248,7 +248,16 @@ def test_scale_to_zero_and_back(fleet):
     # Listing models and readiness never start a replica.
     assert {"z", "slow"} <= {m.id for m in client.models.list().data}
     ready = httpx.get(f"{fleet.base}/readyz", timeout=30).json()["models"]["z"]
-    assert ready == {"ready": True, "available": True, "replicas": 0, "application": "RUNNING"}
+    assert ready == {
+        "ready": False,  # no replica: /readyz?model=z is 503, but the fleet's /readyz stays 200
+        "available": True,
+        "replicas": 0,
+        "application": "RUNNING",
+        "scaled_to_zero": True,
+        "reason": "scaled to zero (min_replicas: 0); a request starts a replica",
+    }
+    assert httpx.get(f"{fleet.base}/readyz", timeout=30).status_code == 200
+    assert httpx.get(f"{fleet.base}/readyz", params={"model": "z"}, timeout=30).status_code == 503
     time.sleep(3)
     assert not replicas("z") and not replicas("z", "STARTING")
 

@@ -224,7 +224,7 @@ def test_health_and_readiness(two_model_app):
     ready = httpx.get(f"{two_model_app}/readyz", timeout=30).json()
     assert ready["status"] == "ready"
     assert set(ready["models"]) == {"qwen-tiny", "llama-tiny"}
-    assert ready["models"]["qwen-tiny"]["replicas"] == {"RUNNING": 1}
+    assert ready["models"]["qwen-tiny"]["replicas"] == 1  # RUNNING replicas
     stats = httpx.get(f"{two_model_app}/stats", timeout=30).json()
     assert stats["models"]["qwen-tiny"]["max_model_len"] == 256
 

@@ -29,8 +29,9 @@ def ops_app(serve_cluster, tmp_path_factory, qwen2_checkpoint, llama_checkpoint)
         {"name": "ops-idle", "checkpoint": str(llama_checkpoint), "engine": "cpu", "max_model_len": 256,
          "autoscaling": {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1}},
     ]  # fmt: skip
-    auth = {"api_keys_file": "keys.yaml", "protect_metrics": True}
-    path = write_models_yaml(folder, models, name="ops", prefix="/ops", router={"auth": auth})
+    # Absolute: a relative keys file resolves against the folder the cluster started from.
+    auth = {"api_keys_file": str(folder / "keys.yaml"), "protect_metrics": True}
+    path = write_models_yaml(folder, models, name="ops", prefix="/ops", auth=auth)
     start_app_from_yaml(path)
     base = f"{serve_cluster}/ops"
     wait_ready(base)
@@ -178,7 +179,7 @@ def test_readiness_comes_from_the_controller_and_does_not_wake_a_scaled_to_zero_
         ready = httpx.get(f"{ops_app}/readyz", timeout=30)
     assert ready.status_code == 200
     models = ready.json()["models"]
-    assert models["ops-qwen"] == {"ready": True, "status": "HEALTHY", "replicas": {"RUNNING": 1}}
+    assert models["ops-qwen"] == {"ready": True, "available": True, "replicas": 1, "application": "RUNNING"}
     assert models["ops-idle"]["ready"] is False and models["ops-idle"]["scaled_to_zero"] is True
     idle = httpx.get(f"{ops_app}/readyz", params={"model": "ops-idle"}, timeout=30)
     assert idle.status_code == 503
@@ -188,7 +189,7 @@ def test_readiness_comes_from_the_controller_and_does_not_wake_a_scaled_to_zero_
     assert httpx.get(f"{ops_app}/readyz", params={"model": "nope"}, timeout=30).status_code == 404
     health = httpx.get(f"{ops_app}/health", timeout=30)
     assert health.status_code == 200 and health.content == b""
-    deployment = serve.status().applications["ops"].deployments["ops-idle"]
+    deployment = serve.status().applications["ops-ops-idle"].deployments["ModelServer"]
     assert sum(deployment.replica_states.values()) == 0  # still asleep after every probe
 
 
@@ -245,10 +246,10 @@ def completion_request(seed: int | None = None):
 def test_a_hung_engine_leaves_routing_within_5_seconds(hanging_app):
     from tests.router.hanging_engine import HANG_SEED
 
-    assert running("hangs", "hangs") == 2
+    assert running("hangs", "ModelServer") == 2
     hung = hanging_app.complete.remote(completion_request(HANG_SEED))  # never answers
     hung_at = time.monotonic()
-    while running("hangs", "hangs") == 2 and time.monotonic() - hung_at < 30:
+    while running("hangs", "ModelServer") == 2 and time.monotonic() - hung_at < 30:
         time.sleep(0.1)
     left_after = time.monotonic() - hung_at
     assert left_after < 5, f"the hung replica was still routed to after {left_after:.1f} s"
