@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from serve_app.cli import main
 
@@ -13,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_no_command_is_a_usage_error(capsys):
     assert main([]) == 2
-    assert "{preflight,validate}" in capsys.readouterr().err
+    assert "{preflight,validate,run}" in capsys.readouterr().err
 
 
 def test_help_exits_0(capsys):
@@ -47,3 +48,23 @@ def test_preflight_passes_its_arguments_through(capsys):
     assert "--checkpoint DIR" in capsys.readouterr().out
     assert main(["preflight"]) == 2
     assert "give a registry file or --checkpoint DIR" in capsys.readouterr().err
+
+
+def test_run_refuses_an_invalid_registry_before_starting_anything(tmp_path, capsys):
+    (tmp_path / "models.yaml").write_text("applications: 3\n")
+    assert main(["run", str(tmp_path / "models.yaml")]) == 2
+    assert "expected a Ray Serve config file with an 'applications:' list" in capsys.readouterr().err
+
+
+def test_validate_checks_the_api_key_sources(tmp_path, qwen2_checkpoint, capsys, monkeypatch):
+    """The router would refuse to start; validate (and preflight, which make serve runs first) say so."""
+    from serve_app.registry.layout import serve_config
+
+    monkeypatch.delenv("NO_SUCH_KEYS", raising=False)
+    document = serve_config(
+        [{"name": "m", "checkpoint": str(qwen2_checkpoint), "engine": "cpu"}],
+        {"auth": {"api_keys_env": "NO_SUCH_KEYS"}},
+    )
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(document))
+    assert main(["validate", str(tmp_path / "models.yaml")]) == 2
+    assert "router.auth.api_keys_env names NO_SUCH_KEYS, which is unset or empty" in capsys.readouterr().err
