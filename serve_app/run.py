@@ -64,7 +64,7 @@ def run(registry_path: Path, serve_args: list[str] | None = None) -> int:
         if child.poll() is not None:  # serve run ended by itself (a failed deploy, say)
             end_session(child.pid)
             return child.returncode
-        drained = force.is_set() or drain(model_apps, drain_s, force)
+        drained = force.is_set() or drain(model_apps, drain_s, force, cluster_address(child.pid))
         _interrupt(child)
         try:
             child.wait(timeout=SHUTDOWN_WAIT_S)
@@ -91,17 +91,43 @@ def model_application_names(registry_path: Path) -> list[str]:
     ]
 
 
-def drain(apps: list[str], timeout_s: float, force: threading.Event) -> bool:
+def cluster_address(session_id: int) -> str | None:
+    """The GCS address (``ip:port``) of the Ray cluster that ``serve run`` started in session
+    ``session_id``, or None. Not ``address="auto"``: with other clusters on the machine (tests,
+    other users) that may find another one. The GCS process of this session names its session
+    folder and node IP on its command line, and Ray writes the port it bound into that folder
+    (``gcs_server_port_<node id>``)."""
+    for pid in session_pids(session_id):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if not argv or not argv[0].endswith("gcs_server"):
+            continue
+        flags = dict(arg[2:].split("=", 1) for arg in argv[1:] if arg.startswith("--") and "=" in arg)
+        folder, ip = flags.get("session-dir"), flags.get("node-ip-address")
+        ports = sorted(Path(folder).glob("gcs_server_port_*")) if folder else []
+        if ip and ports:
+            port = ports[0].read_text().strip()
+            if port.isdigit():
+                return f"{ip}:{port}"
+    return None
+
+
+def drain(apps: list[str], timeout_s: float, force: threading.Event, address: str | None) -> bool:
     """Delete ``apps`` (their replicas drain) and wait until Serve has removed them.
 
-    Connects to the cluster ``serve run`` started (``address="auto"``). True when every
+    Connects to ``serve run``'s cluster at ``address`` (``cluster_address``). True when every
     application was gone within ``timeout_s``; False on a timeout, a second signal, or when the
     cluster cannot be reached (then ``serve run``'s own shutdown is all there is)."""
+    if address is None:
+        print("serve_app run: could not find serve run's Ray cluster; no drain", flush=True)
+        return False
     try:
         import ray
         from ray import serve
 
-        ray.init(address="auto", log_to_driver=False, logging_level="error")
+        ray.init(address=address, log_to_driver=False, logging_level="error")
         running = set(serve.status().applications)
         targets = [app for app in apps if app in running]
         names = ", ".join(targets) or "no model"

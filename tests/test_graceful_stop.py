@@ -101,6 +101,6 @@ def test_sigterm_lets_a_stream_in_flight_finish_then_stops_everything(runner):
     assert not any('"error"' in event for event in events), events[-3:]
     assert '"finish_reason":"length"' in events[-2].replace(" ", ""), events[-2]
     assert process.returncode == 0, output[-3000:]
-    assert "serve_app run: models drained" in output
+    assert "serve_app run: draining llm-qwen" in output and "serve_app run: models drained" in output
     time.sleep(1)
     assert processes_mentioning(ray_tmp) == [], output[-3000:]
