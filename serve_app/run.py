@@ -96,7 +96,12 @@ def cluster_address(session_id: int) -> str | None:
     ``session_id``, or None. Not ``address="auto"``: with other clusters on the machine (tests,
     other users) that may find another one. The GCS process of this session names its session
     folder and node IP on its command line, and Ray writes the port it bound into that folder
-    (``gcs_server_port_<node id>``)."""
+    (``gcs_server_port_<node id>``).
+
+    Also takes the cluster's authentication settings from the GCS process's environment into
+    this one: Ray 2.60 turns token authentication on for a new local cluster
+    (``RAY_AUTH_MODE=token``, set in ``serve run``'s environment only), and a driver connecting
+    by address needs the same mode to send the token."""
     for pid in session_pids(session_id):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
@@ -110,8 +115,23 @@ def cluster_address(session_id: int) -> str | None:
         if ip and ports:
             port = ports[0].read_text().strip()
             if port.isdigit():
+                _adopt_auth_settings(pid)
                 return f"{ip}:{port}"
     return None
+
+
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def _adopt_auth_settings(pid: int) -> None:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    except OSError:
+        return
+    found = dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+    for name in AUTH_ENV:
+        if name in found:
+            os.environ[name] = found[name]
 
 
 def drain(apps: list[str], timeout_s: float, force: threading.Event, address: str | None) -> bool:
