@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 SHUTDOWN_WAIT_S = 60.0  # serve.shutdown() after the drain: the router and the controller
@@ -57,22 +58,31 @@ def run(registry_path: Path, serve_args: list[str] | None = None) -> int:
         name = signal.Signals(signum).name
         print(f"serve_app run: {name}: " + ("stopping now" if force.is_set() else "draining"), flush=True)
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    def our_handlers() -> None:
+        # ray.init (in drain) installs its own SIGTERM handler, a plain sys.exit: ours again.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_signal)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    our_handlers()
+    drained = False
     try:
         while child.poll() is None and not stop.is_set():
             time.sleep(0.2)
         if child.poll() is not None:  # serve run ended by itself (a failed deploy, say)
-            end_session(child.pid)
             return child.returncode
-        drained = force.is_set() or drain(model_apps, drain_s, force, cluster_address(child.pid))
+        if force.is_set():
+            print("serve_app run: not draining (second signal)", flush=True)
+        else:
+            drained = drain(model_apps, drain_s, force, cluster_address(child.pid), our_handlers)
+        return 0 if drained else 1
+    finally:  # whatever happened above (even a SystemExit), serve run and its session end here
         _interrupt(child)
         try:
             child.wait(timeout=SHUTDOWN_WAIT_S)
         except subprocess.TimeoutExpired:
             print(f"serve_app run: serve run still running after {SHUTDOWN_WAIT_S:g} s", flush=True)
         end_session(child.pid)
-        return 0 if drained else 1
-    finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -134,12 +144,21 @@ def _adopt_auth_settings(pid: int) -> None:
             os.environ[name] = found[name]
 
 
-def drain(apps: list[str], timeout_s: float, force: threading.Event, address: str | None) -> bool:
-    """Delete ``apps`` (their replicas drain) and wait until Serve has removed them.
+def drain(
+    apps: list[str],
+    timeout_s: float,
+    force: threading.Event,
+    address: str | None,
+    after_connect: Callable[[], None] = lambda: None,
+) -> bool:
+    """Delete the model applications (their replicas drain) and wait until Serve has removed them.
 
-    Connects to ``serve run``'s cluster at ``address`` (``cluster_address``). True when every
-    application was gone within ``timeout_s``; False on a timeout, a second signal, or when the
-    cluster cannot be reached (then ``serve run``'s own shutdown is all there is)."""
+    Connects to ``serve run``'s cluster at ``address`` (``cluster_address``); ``after_connect``
+    runs once connected (the runner puts its signal handlers back). The applications drained
+    are every model application deployed now - ``apps`` from the file, and any added since
+    with ``serve deploy`` (those with a ModelServer deployment). True when all were gone within
+    ``timeout_s``; False on a timeout, a second signal, or when the cluster cannot be reached
+    (then ``serve run``'s own shutdown is all there is)."""
     if address is None:
         print("serve_app run: could not find serve run's Ray cluster; no drain", flush=True)
         return False
@@ -148,8 +167,12 @@ def drain(apps: list[str], timeout_s: float, force: threading.Event, address: st
         from ray import serve
 
         ray.init(address=address, log_to_driver=False, logging_level="error")
-        running = set(serve.status().applications)
-        targets = [app for app in apps if app in running]
+        after_connect()
+        from serve_app.registry.layout import MODEL_DEPLOYMENT
+
+        running = serve.status().applications
+        deployed = [name for name, app in running.items() if MODEL_DEPLOYMENT in app.deployments]
+        targets = sorted({app for app in apps if app in running} | set(deployed))
         names = ", ".join(targets) or "no model"
         print(f"serve_app run: draining {names} (up to {timeout_s:g} s)", flush=True)
         for app in targets:
@@ -161,7 +184,8 @@ def drain(apps: list[str], timeout_s: float, force: threading.Event, address: st
                 print("serve_app run: models drained", flush=True)
                 return True
             time.sleep(0.5)
-        print("serve_app run: the models did not drain in time", flush=True)
+        what = "drain cut short (second signal)" if force.is_set() else "the models did not drain in time"
+        print(f"serve_app run: {what}", flush=True)
         return False
     except Exception as error:  # the cluster is already gone, or not reachable from here
         print(f"serve_app run: could not drain ({type(error).__name__}: {error})", flush=True)

@@ -189,10 +189,16 @@ class Router:
     async def _route(self, model: str) -> ModelApp:
         """The application serving ``model``; 404 naming the served ids, or why it is not served."""
         found = await self.fleet.lookup(model)
+        if found is not None and found.status == "DELETING":  # being removed: answer now, not later
+            raise ModelUnavailableError(f"model {found.name!r} is being removed; it takes no new requests")
         if found is not None and found.available:
             return found
-        if found is not None:
-            raise ModelNotFoundError(f"model {model!r} is not being served: {found.reason}", param="model")
+        if found is not None:  # configured, but its application failed: 503, the reason in short
+            reason = (found.reason or "").strip().splitlines()[0][:200] if found.reason else ""
+            raise ModelUnavailableError(
+                f"model {found.name!r} is not being served: {reason or 'its application failed'} "
+                "(the operator's `serve status` has the whole report)"
+            )
         names = ", ".join(sorted(self.fleet.routes))
         raise ModelNotFoundError(
             f"model {model[:200]!r} does not exist; served models: {names}", param="model"

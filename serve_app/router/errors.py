@@ -111,7 +111,9 @@ def error_response(error: BaseException, retry_after_s: int | None = None) -> JS
         logger.warning("request %s answered %d (%s): %s", request_id, kind.status, kind.code, error)
     else:
         logger.error("request %s failed (%s)", request_id, kind.code, exc_info=error)
-    message = f"{SERVER_MESSAGES[kind.code or 'internal_error']}; request id {request_id}"
+    # Our own 503 for a model that cannot take requests says which and why in our words.
+    known = str(error) if isinstance(error, ModelUnavailableError) and str(error) else None
+    message = f"{known or SERVER_MESSAGES[kind.code or 'internal_error']}; request id {request_id}"
     return JSONResponse(error_body(message, kind), kind.status, headers=headers)
 
 

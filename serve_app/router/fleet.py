@@ -135,22 +135,31 @@ class Fleet:
         self._lock: asyncio.Lock | None = None
         self._last_read = 0.0
         self._read_once = False
+        self._warned: set[tuple[str, str, str]] = set()
 
     # --- reading the controller ----------------------------------------------------------------
     def update(self, apps: dict[str, ModelApp]) -> None:
         """Take a new view; drop handles of applications that are gone. When two applications
-        claim one id, the first by application name keeps it (and a warning says so)."""
+        claim one id, the one that held it already keeps it (a newly deployed application never
+        takes traffic from a serving one), else the first by application name; a warning says
+        so, once per conflict."""
         routes: dict[str, ModelApp] = {}
-        for app in sorted(apps.values(), key=lambda a: a.app):
+        held = {model_id: app.app for model_id, app in self.routes.items()}
+
+        def priority(app: ModelApp) -> tuple[int, str]:
+            return (0 if any(held.get(i) == app.app for i in app.ids) else 1, app.app)
+
+        for app in sorted(apps.values(), key=priority):
             for model_id in app.ids:
                 if model_id in routes and routes[model_id].app != app.app:
-                    logger.warning(
-                        "model id %r is claimed by applications %r and %r; %r keeps it",
-                        model_id,
-                        routes[model_id].app,
-                        app.app,
-                        routes[model_id].app,
-                    )
+                    conflict = (model_id, routes[model_id].app, app.app)
+                    if conflict not in self._warned:
+                        self._warned.add(conflict)
+                        logger.warning(
+                            "model id %r is claimed by applications %r and %r; %r keeps it",
+                            *conflict,
+                            conflict[1],
+                        )
                     continue
                 routes[model_id] = app
         for gone in set(self._served) - set(apps):

@@ -98,7 +98,10 @@ def sse_stream(
             if data == "[DONE]":
                 result["done"] = True
                 continue
-            event = json.loads(data)
+            try:
+                event = json.loads(data)
+            except ValueError:
+                raise AssertionError(f"DEBUG bad line {data!r}; previous {result['events'][-2:]!r}") from None
             result["events"].append(event)
             if "error" in event:
                 result["error"], result["error_at"] = event["error"], time.monotonic()

@@ -138,7 +138,9 @@ def test_preflight_skipped_model_is_listed_unavailable_with_its_reason(extra_app
     assert broken["available"] is False
     assert "quantized_tensors" in broken["reason"] and "input_scale" in broken["reason"]
     response = httpx.post(f"{extra_app}/v1/completions", json={"model": "broken", "prompt": "hi"}, timeout=30)
-    assert response.status_code == 404
+    # Configured but failed: 503 (not 404, which says "no such model"), its reason in short.
+    assert response.status_code == 503
     message = response.json()["error"]["message"]
+    assert "(the operator's `serve status` has the whole report)" in message and len(message) < 400
     expected = "model 'broken' is not being served: preflight check 'quantized_tensors' failed"
     assert message.startswith(expected)
