@@ -12,7 +12,14 @@ from serve_app.deployments.media import image_policy
 from serve_app.deployments.model_server import ModelServer
 from serve_app.deployments.node_check import record_manifest
 from serve_app.deployments.prompts import TemplatePolicy
-from serve_app.engines.selection import Platform, ResolvedEngine, engine_class, engine_config, resolve_engine
+from serve_app.engines.selection import (
+    Platform,
+    ResolvedEngine,
+    engine_class,
+    engine_config,
+    gpus_per_replica,
+    resolve_engine,
+)
 from serve_app.registry.layout import MODEL_DEPLOYMENT
 from serve_app.registry.models import ModelSpec
 
@@ -32,17 +39,6 @@ class PlannedModel:
 # How often a draining replica counts its requests in flight (Serve's default: 2 s). Short, so a
 # replica that finished its streams leaves at once instead of up to 2 s later.
 DRAIN_POLL_S = 0.5
-
-
-def gpus_per_replica(spec: ModelSpec, engine: str) -> float:
-    """GPUs one replica asks Ray for: ``resources.num_gpus``, else ``tensor_parallel_size``; 0 for
-    the CPU engine whatever the registry says, so one models.yaml with GPU shares (``engine:
-    auto``) also runs on a machine without a GPU."""
-    if engine != "vllm":
-        return 0.0
-    if spec.resources.num_gpus is not None:
-        return spec.resources.num_gpus
-    return float(spec.tensor_parallel_size)
 
 
 def deployment_options(spec: ModelSpec, engine: ResolvedEngine) -> dict[str, Any]:

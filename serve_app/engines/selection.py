@@ -81,6 +81,18 @@ def resolve_engine(spec: ModelSpec, platform: Platform) -> ResolvedEngine:
     return "vllm" if platform.has_vllm and platform.gpus > 0 else "cpu"
 
 
+def gpus_per_replica(spec: ModelSpec, engine: str) -> float:
+    """GPUs one replica asks Ray for (the builder) and counts for (preflight's cluster_fit):
+    ``resources.num_gpus``, else ``tensor_parallel_size``; 0 for the CPU engine whatever the
+    registry says, so one models.yaml with GPU shares (``engine: auto``) also runs on a machine
+    without a GPU."""
+    if engine != "vllm":
+        return 0.0
+    if spec.resources.num_gpus is not None:
+        return spec.resources.num_gpus
+    return float(spec.tensor_parallel_size)
+
+
 def engine_class(kind: ResolvedEngine) -> type[Engine]:
     if kind == "vllm":
         from serve_app.engines.vllm_engine import VLLMEngine

@@ -206,15 +206,6 @@ def _fits(heads: int, kv: int, intermediate: int | None, tp: int) -> bool:
     return heads % tp == 0 and kv_ok and (intermediate is None or intermediate % tp == 0)
 
 
-def gpus_per_replica(spec: ModelSpec, engine: str) -> float:
-    """As the builder asks Ray (deployments/builder.py ``gpus_per_replica``): 0 for the CPU engine."""
-    if engine != "vllm":
-        return 0.0
-    if spec.resources.num_gpus is not None:
-        return spec.resources.num_gpus
-    return float(spec.tensor_parallel_size)
-
-
 def check_cluster_fit(
     demands: list[tuple[ModelSpec, str]],
     gpu: GpuInfo | None,
@@ -299,7 +290,8 @@ def _gpu_fit(
 ) -> CheckResult:
     name = "cluster_fit"
     parts = [
-        (spec.name, spec.autoscaling.min_replicas, gpus_per_replica(spec, engine)) for spec, engine in demands
+        (spec.name, spec.autoscaling.min_replicas, selection.gpus_per_replica(spec, engine))
+        for spec, engine in demands
     ]
     need = sum(replicas * per for _, replicas, per in parts)
     breakdown = ", ".join(f"{n}: {r} x {p:g}" for n, r, p in parts if r * p)
