@@ -22,6 +22,7 @@ from serve_app.deployments.fan_in import fan_in
 from serve_app.deployments.gc_heap import freeze_startup_heap
 from serve_app.deployments.latency import StageLatencies
 from serve_app.deployments.logprobs import Position, TokenStrings, output_positions
+from serve_app.deployments.loop_health import LoopHealth, process_age_s
 from serve_app.deployments.media import ImagePolicy, load_images
 from serve_app.deployments.metrics import engine_stat_loggers, record_engine_start
 from serve_app.deployments.node_check import CheckpointManifest, verify_on_this_node
@@ -65,6 +66,7 @@ class ModelServer:
         ``image_policy``: the registry's ``media`` rules (vision-language checkpoints).
         ``stream_interval_s`` and ``stream_items_per_s``: the streams' pace (``StreamPace``)."""
         started = time.perf_counter()
+        phases = {"process_to_init": process_age_s()}
         if checkpoint_manifest is not None:
             import ray
 
@@ -73,17 +75,20 @@ class ModelServer:
         self.pace = StreamPace(stream_interval_s, stream_items_per_s)
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self.latencies = StageLatencies()
+        self.loop_health = LoopHealth()
         self.engine: Engine = engine_cls(
             config, stat_loggers=engine_stat_loggers(engine_cls, config.model_name)
         )
-        engine_started = time.perf_counter()
+        step = phases["before_engine"] = time.perf_counter() - started
         await self.engine.start()
+        phases["engine"] = time.perf_counter() - started - step
         start_info = getattr(self.engine, "start_info", None)
         record_engine_start(
             config.model_name,
-            time.perf_counter() - engine_started,
+            phases["engine"],
             start_info.compile_cache_warm if start_info is not None else None,
         )
+        step = time.perf_counter()
         tokenizer = await asyncio.to_thread(_load_tokenizer, config)
         self.prompts = PromptRenderer(
             tokenizer, config.model_name, self.engine.max_model_len, template_policy
@@ -98,9 +103,19 @@ class ModelServer:
             )
         # models.yaml's tool_call_parser, else the architecture's row (registry/tool_call_parsers.py)
         self.tool_call_parser = tool_call_parser or default_parser(_checkpoint_config(config))
+        phases["tokenizer"] = time.perf_counter() - step
+        step = time.perf_counter()
         freeze_startup_heap(f"model {config.model_name}")
+        self.loop_health.start()
+        phases["gc_freeze"] = time.perf_counter() - step
         self.start_seconds = time.perf_counter() - started
-        logger.info("model %s ready in %.1f s", config.model_name, self.start_seconds)
+        self.start_phases = {name: round(value, 3) for name, value in phases.items() if value is not None}
+        logger.info(
+            "model %s ready in %.1f s (%s)",
+            config.model_name,
+            self.start_seconds,
+            ", ".join(f"{name} {value:.1f} s" for name, value in self.start_phases.items()),
+        )
 
     # --- requests -------------------------------------------------------------------------
     async def complete(self, request: InferenceRequest) -> dict[str, Any]:
@@ -331,6 +346,8 @@ class ModelServer:
             "chat_template": self.prompts.has_chat_template,
             "images": self.image_prompts is not None,
             "start_seconds": round(self.start_seconds, 2),
+            "start_phases": self.start_phases,
+            "loop": self.loop_health.summary(),
             "stats": self.engine.stats().as_dict(),
             "latency": self.latencies.summary(),
             "engine_start": _start_info(self.engine),
@@ -338,6 +355,7 @@ class ModelServer:
 
     async def __del__(self) -> None:
         await self.engine.shutdown()
+        self.loop_health.close()
         self._tokenizer_thread.shutdown(wait=False)
         if self.prompts.request_templates is not None:
             self.prompts.request_templates.pool.close()

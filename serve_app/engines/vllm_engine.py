@@ -44,7 +44,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,12 +84,19 @@ HEALTH_PROBE_TIMEOUT_S = 1.0
 
 @dataclass(frozen=True)
 class StartInfo:
-    """How one ``start()`` went: seconds to ready and whether the compile cache was already filled."""
+    """How one ``start()`` went: seconds to ready and whether the compile cache was already filled.
+
+    ``phases``: where those seconds went, in seconds: ``import`` (importing vLLM), ``config``
+    (``AsyncEngineArgs.create_engine_config``: Hugging Face config, tokenizer and platform checks)
+    and ``engine_core`` (``AsyncLLM.from_vllm_config``: spawning the engine-core process, which
+    loads the weights, compiles or loads the compiled graphs, profiles memory, allocates the KV
+    cache and captures CUDA graphs; its own log lines split that further)."""
 
     seconds: float
     compile_cache_dir: str
     compile_cache_warm: bool
     enforce_eager: bool
+    phases: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,6 +157,7 @@ class VLLMEngine:
         from vllm import AsyncEngineArgs, AsyncLLMEngine
         from vllm.usage.usage_lib import UsageContext
 
+        phases = {"import": time.monotonic() - started}
         kwargs = engine_kwargs(self.config, engine_arg_fields(AsyncEngineArgs), self._text_config())
         cache_root = compile_cache_root(self.config)
         warm = compile_cache_is_warm(cache_root)
@@ -158,13 +166,22 @@ class VLLMEngine:
         os.environ["VLLM_CACHE_ROOT"] = str(cache_root)
         try:
             args = AsyncEngineArgs(**kwargs)
-            # Blocks this event loop until the engine core has loaded, compiled and profiled, as
-            # in `vllm serve`; AsyncLLM starts its output handler on the running loop.
-            llm = AsyncLLMEngine.from_engine_args(
-                args,
+            # AsyncLLM.from_engine_args in two timed steps, with the same arguments
+            # (vllm/v1/engine/async_llm.py): the config, then the engine. The second blocks this
+            # event loop until the engine core has loaded, compiled and profiled, as in
+            # `vllm serve`; AsyncLLM starts its output handler on the running loop.
+            step = time.monotonic()
+            vllm_config = args.create_engine_config(UsageContext.OPENAI_API_SERVER)
+            phases["config"] = time.monotonic() - step
+            step = time.monotonic()
+            llm = AsyncLLMEngine.from_vllm_config(
+                vllm_config,
                 usage_context=UsageContext.OPENAI_API_SERVER,
                 stat_loggers=self.stat_loggers or None,
+                enable_log_requests=args.enable_log_requests,
+                disable_log_stats=args.disable_log_stats,
             )
+            phases["engine_core"] = time.monotonic() - step
         except (TypeError, ValueError) as error:
             raise RegistryError(
                 f"model {self.config.model_name!r}: vLLM rejected the engine arguments: {error}",
@@ -182,11 +199,16 @@ class VLLMEngine:
             compile_cache_dir=str(cache_root),
             compile_cache_warm=warm,
             enforce_eager=self.config.enforce_eager,
+            phases={name: round(seconds, 3) for name, seconds in phases.items()},
         )
         logger.info(
-            "vLLM engine for %s ready in %.1f s (max_model_len %d, compile cache %s, %s)",
+            "vLLM engine for %s ready in %.1f s (import %.1f s, config %.1f s, engine core %.1f s; "
+            "max_model_len %d, compile cache %s, %s)",
             self.config.model_name,
             self.start_info.seconds,
+            phases["import"],
+            phases["config"],
+            phases["engine_core"],
             self._max_model_len,
             cache_root,
             "warm" if warm else "cold",

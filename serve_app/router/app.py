@@ -24,6 +24,8 @@ from ray.serve.handle import DeploymentResponseGenerator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.deployments.gc_heap import freeze_startup_heap
+from serve_app.deployments.latency import LatencyWindow
+from serve_app.deployments.loop_health import LoopHealth
 from serve_app.deployments.openai_format import DONE
 from serve_app.deployments.requests import InferenceRequest
 from serve_app.errors import ModelNotFoundError, ModelUnavailableError, ServeAppError, unwrap
@@ -184,6 +186,10 @@ class Router:
         self.key_store = KeyStore(auth or AuthSpec())
         self.cluster_metrics = ClusterMetrics()
         self.load: dict[str, ModelLoad] = {}
+        # The router's own share of router_to_replica: request read, parsed and checked, until
+        # it is handed to Ray (the rest is Ray's routing and the model replica's loop).
+        self.dispatch = LatencyWindow()
+        self.loop_health = LoopHealth()
         freeze_startup_heap("router")
 
     async def _route(self, model: str) -> ModelApp:
@@ -327,7 +333,10 @@ class Router:
             return error_response(exc)
 
     async def _serve(self, http: Request, model: str, request: InferenceRequest) -> Any:
+        self.loop_health.start()
         app, served = await self._served(http, model)
+        if request.received_at:
+            self.dispatch.add(time.time() - request.received_at)
         load = self.load.get(app.name)
         if load is None:
             load = self.load[app.name] = ModelLoad()
@@ -403,11 +412,16 @@ class Router:
         """One replica's details per running model (engine counters, latency stages, engine
         start), asked through the model's queue like a request: diagnostics, not a health check
         (a busy model answers late). A model with no replica running is not asked (nor woken).
-        ``/metrics`` has every replica's."""
+        ``/metrics`` has every replica's. ``router``: this router replica's ``dispatch`` (request
+        received -> handed to Ray, ms), ``loop_lag`` and ``gc_pause`` (deployments/loop_health.py)."""
         await self.fleet.ensure_started()
+        self.loop_health.start()
         apps = list(self.fleet.apps.values())
         results = await asyncio.gather(*(self._model_status(app) for app in apps))
-        return JSONResponse({"models": {app.name: r for app, r in zip(apps, results, strict=True)}})
+        router = {"dispatch": self.dispatch.summary(), **self.loop_health.summary()}
+        return JSONResponse(
+            {"router": router, "models": {app.name: r for app, r in zip(apps, results, strict=True)}}
+        )
 
     async def _model_status(self, app: ModelApp) -> dict[str, Any]:
         body = model_readiness(app)

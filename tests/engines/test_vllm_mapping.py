@@ -58,8 +58,16 @@ class FakeEngineArgs:
     trust_remote_code: bool = False
     enable_prefix_caching: bool | None = None
     limit_mm_per_prompt: dict = field(default_factory=dict)
+    enable_log_requests: bool = False
+    disable_log_stats: bool = False
     _api_process_count: int = 1
     derived: int = field(default=0, init=False)
+
+    def create_engine_config(self, usage_context=None):
+        """A stand-in VllmConfig that remembers the arguments and the usage context."""
+        if self.max_model_len == 13:
+            raise RuntimeError("Engine core initialization failed. See root cause above.")
+        return SimpleNamespace(args=self, usage_context=usage_context)
 
 
 VALID = engine_arg_fields(FakeEngineArgs)
@@ -593,10 +601,20 @@ class FakeAsyncLLM:
         FakeAsyncLLM.instances.append(self)
 
     @classmethod
-    def from_engine_args(cls, args, usage_context=None, stat_loggers=None):
-        if args.max_model_len == 13:
-            raise RuntimeError("Engine core initialization failed. See root cause above.")
-        return cls(args, usage_context, stat_loggers)
+    def from_vllm_config(
+        cls,
+        vllm_config,
+        usage_context=None,
+        stat_loggers=None,
+        enable_log_requests=False,
+        disable_log_stats=False,
+    ):
+        assert usage_context is vllm_config.usage_context  # the same context for config and engine
+        assert (enable_log_requests, disable_log_stats) == (
+            vllm_config.args.enable_log_requests,
+            vllm_config.args.disable_log_stats,
+        )
+        return cls(vllm_config.args, usage_context, stat_loggers)
 
     async def generate(self, prompt, params, request_id):
         try:
@@ -694,6 +712,9 @@ def test_engine_start_passes_mapped_args_and_the_openai_usage_context(fake_vllm,
     assert os.environ["VLLM_CACHE_ROOT"] == str(tmp_path / "cache")
     assert engine.start_info.compile_cache_warm is False
     assert engine.start_info.compile_cache_dir == str(tmp_path / "cache")
+    # where the start went, for the start-time breakdown (docs/benchmarks.md)
+    assert set(engine.start_info.phases) == {"import", "config", "engine_core"}
+    assert all(seconds >= 0 for seconds in engine.start_info.phases.values())
 
 
 def test_engine_streams_deltas_and_counts(fake_vllm, tmp_path):

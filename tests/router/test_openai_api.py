@@ -234,8 +234,17 @@ def test_stats_report_where_time_to_first_token_went(client, two_model_app):
         reply = client.completions.create(model="qwen-tiny", prompt="Hi", max_tokens=2, stream=stream)
         if stream:
             list(reply)
-    latency = httpx.get(f"{two_model_app}/stats", timeout=30).json()["models"]["qwen-tiny"]["latency"]
+    stats = httpx.get(f"{two_model_app}/stats", timeout=30).json()
+    model = stats["models"]["qwen-tiny"]
+    latency = model["latency"]
     assert set(latency) == {"router_to_replica", "tokenize", "engine_first_output"}
-    for stage in latency.values():
+    for stage in [*latency.values(), stats["router"]["dispatch"]]:
         assert stage["count"] >= 2
         assert 0 <= stage["p50_ms"] <= stage["p99_ms"] <= stage["max_ms"] < 60_000
+    # the event loops' lag is sampled from start (model) or first request (router) on
+    assert model["loop"]["loop_lag"]["count"] > 0 and stats["router"]["loop_lag"]["count"] > 0
+    assert set(model["loop"]) == set(stats["router"]) - {"dispatch"} == {"loop_lag", "gc_pause"}
+    # where the replica's start went, each phase in seconds
+    assert {"process_to_init", "engine", "tokenizer", "gc_freeze"} <= set(model["start_phases"])
+    phases = model["start_phases"]
+    assert sum(phases.values()) <= model["start_seconds"] + phases["process_to_init"] + 0.1
