@@ -36,6 +36,14 @@
 #            after `vllm bench serve` starts: it spends about 20 s loading and sampling before it
 #            sends (on an H200 host), so give it PROMPTS_<c> for at least 40 s of traffic, e.g.
 #            PROMPTS_128=3072. Summarise with scripts/pyspy_summary.py)
+#   PROFILE_C (the concurrencies PROFILE=1 records; default: every one)
+#   START_PROFILE=1 (py-spy, if installed: the model replica's start, from the moment its process
+#            appears until it is ready, engine-core subprocess included, at 50 Hz:
+#            $RESULTS/<target>-start-<pid>.pyspy; where a start's seconds go beside the phases the
+#            replicas log)
+# Each router phase also keeps its replicas' start lines ("model ... ready in ... (phases)", the
+# vLLM engine's import/config/engine-core split) and the controller's, from Ray's serve logs, in
+# $RESULTS/<target>-start.log, and /stats after each run (event-loop lag and GC pauses included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/gpu/lib.sh
@@ -132,6 +140,7 @@ bench_models() { # bench_models TARGET CONCURRENCY PORT...: one bench per model 
 
 profile() { # profile TARGET CONCURRENCY: background py-spy of the server processes (PROFILE=1)
   [ "${PROFILE:-0}" = 1 ] || return 0
+  [[ " ${PROFILE_C:-$2} " == *" $2 "* ]] || return 0
   command -v py-spy >/dev/null || { log "PROFILE=1 but no py-spy on PATH"; return 0; }
   (
     sleep "${PROFILE_DELAY:-24}"
@@ -144,6 +153,37 @@ profile() { # profile TARGET CONCURRENCY: background py-spy of the server proces
     done
     wait
   ) &
+}
+
+profile_start() { # profile_start TARGET: py-spy the model replicas' starts (START_PROFILE=1)
+  [ "${START_PROFILE:-0}" = 1 ] || return 0
+  command -v py-spy >/dev/null || { log "START_PROFILE=1 but no py-spy on PATH"; return 0; }
+  (
+    local seen=" " waited=0 pid
+    # Ray titles a replica's process ray::ServeReplica:<app>:ModelServer once the actor exists.
+    while ((waited < 1200)); do
+      for pid in $(pgrep -f "ServeReplica:.*:ModelServer" || true); do
+        [[ $seen == *" $pid "* ]] && continue
+        seen="$seen$pid "
+        py-spy record --subprocesses --nonblocking --rate 50 --duration "${START_PROFILE_S:-150}" \
+          --format raw --output "$RESULTS/$1-start-$pid.pyspy" --pid "$pid" >/dev/null 2>&1 &
+      done
+      sleep 0.2
+      waited=$((waited + 1))
+    done
+  ) &
+  START_PROFILER=$!
+}
+
+save_start_lines() { # save_start_lines TARGET: the replicas' and controller's start lines
+  local dir=${RAY_TMPDIR:-/tmp/ray}/session_latest/logs
+  [ -d "$dir" ] || return 0
+  {
+    grep -hE "ready in|froze [0-9]+ start-up objects|Adding [0-9]+ replica|Replica .* started|Deploying new version|Started Serve|Application .* is ready|build" \
+      "$dir"/serve/*.log 2>/dev/null | cut -c1-400
+  } >"$RESULTS/$1-start.log" || true
+  grep -E "ready in" "$RESULTS/$1-start.log" | head -n 8 || true
+  [ -n "${START_PROFILER:-}" ] && kill "$START_PROFILER" 2>/dev/null || true
 }
 
 warm_up() { # warm_up TARGET PORT: 64 short requests at c=64, not saved
@@ -237,6 +277,7 @@ run_router_shared() {
   local n=${SHARED_MODELS:-2} i
   write_shared_registry
   stop_ray
+  profile_start router_shared
   # shellcheck disable=SC2086
   start_bg "serve run" "$RESULTS/router_shared-server.log" env -u RAY_ADDRESS $FAST_INGRESS_ENV \
     "$PY" -m ray.serve.scripts run "$RESULTS/router_shared-models.yaml"
@@ -244,6 +285,7 @@ run_router_shared() {
   trap 'stop_bg "serve run" '"$pid"' 30; stop_ray' EXIT
   wait_http "serve run" "http://127.0.0.1:$ROUTER_PORT/readyz" "$pid" "$RESULTS/router_shared-server.log" "$READY_TIMEOUT"
   echo "$((SECONDS - start))" >"$RESULTS/router_shared-ready-seconds"
+  save_start_lines router_shared
   local ports=()
   for i in $(seq 1 "$n"); do
     MODEL=m$i warm_up "router_shared-m$i" "$ROUTER_PORT"
@@ -283,6 +325,7 @@ run_router() { # run_router [TARGET=router] [ENV=...]: TARGET names the results;
   phase_done "$target" && { log "$target: all results exist; skipped"; return 0; }
   write_registry
   stop_ray
+  profile_start "$target"
   # shellcheck disable=SC2086
   start_bg "serve run" "$RESULTS/$target-server.log" env -u RAY_ADDRESS $extra_env "$PY" -m ray.serve.scripts run \
     "$RESULTS/router-models.yaml"
@@ -290,6 +333,7 @@ run_router() { # run_router [TARGET=router] [ENV=...]: TARGET names the results;
   trap 'stop_bg "serve run" '"$pid"' 30; stop_ray' EXIT
   wait_http "serve run" "http://127.0.0.1:$ROUTER_PORT/readyz" "$pid" "$RESULTS/$target-server.log" "$READY_TIMEOUT"
   echo "$((SECONDS - start))" >"$RESULTS/$target-ready-seconds"
+  save_start_lines "$target"
   curl -s "http://127.0.0.1:$ROUTER_PORT/stats" >"$RESULTS/$target-stats.json" || true
   warm_up "$target" "$ROUTER_PORT"
   local c

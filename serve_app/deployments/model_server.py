@@ -110,11 +110,15 @@ class ModelServer:
         phases["gc_freeze"] = time.perf_counter() - step
         self.start_seconds = time.perf_counter() - started
         self.start_phases = {name: round(value, 3) for name, value in phases.items() if value is not None}
+        engine_phases = getattr(start_info, "phases", None) or {}
         logger.info(
             "model %s ready in %.1f s (%s)",
             config.model_name,
             self.start_seconds,
-            ", ".join(f"{name} {value:.1f} s" for name, value in self.start_phases.items()),
+            ", ".join(
+                [f"{name} {value:.1f} s" for name, value in self.start_phases.items()]
+                + [f"engine.{name} {value:.1f} s" for name, value in engine_phases.items()]
+            ),
         )
 
     # --- requests -------------------------------------------------------------------------
