@@ -10,6 +10,7 @@ Reads RESULTS/meta.json and RESULTS/<target>-c<N>.json for each target in TARGET
      "router": {...same...},
      "ratios": {"128": {"output_throughput": router/bare, ...}, ...},
      "itl": {"bare": {"1": {"median_itl_ms", "p99_itl_ms", ...}, ...}, "router": {...}},
+     "checks": {"128": {"output_throughput": {"router", "bare", "limit", "pass"}, ...}, ...},
      "shared": {...}}   # only when the shared phases ran: see shared_block()
 
 with the metric names ``vllm bench serve`` saves (output_throughput, request_throughput,
@@ -120,6 +121,8 @@ def combine(results: Path, device: str | None, main_concurrency: int) -> dict[st
         for target in TARGETS
         if runs[target]
     }
+    if runs["bare"] and runs["router"]:
+        doc["checks"] = checks(runs)
     if shared:
         doc["shared"] = shared
     return doc
@@ -156,6 +159,45 @@ def shared_block(results: Path) -> dict[str, Any]:
                 row[model] = {m: round(r[m] / b[m], 4) for m in ("median_ttft_ms", "p99_ttft_ms") if b.get(m)}
             block["ratios"][c] = row
     return block
+
+
+def checks(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Issue 13's targets 1 and 2, router vs bare, at each concurrency both ran: output throughput
+    at least bare's; median TTFT at most max(bare + 5 ms, 1.05 x bare); p99 TTFT at most 1.1 x
+    bare; at concurrency 1, median inter-token latency within 10% of bare's."""
+    rules = {
+        "output_throughput": lambda bare: (bare, ">="),
+        "median_ttft_ms": lambda bare: (max(bare + 5, 1.05 * bare), "<="),
+        "p99_ttft_ms": lambda bare: (1.1 * bare, "<="),
+    }
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for c in sorted(set(runs.get("bare", {})) & set(runs.get("router", {}))):
+        bare, router = runs["bare"][c], runs["router"][c]
+        rules_here = dict(rules)
+        if c == 1:
+            rules_here["median_itl_ms"] = lambda bare: (1.1 * bare, "<=")
+        for metric, rule in rules_here.items():
+            if bare.get(metric) is None or router.get(metric) is None:
+                continue
+            limit, sense = rule(bare[metric])
+            ok = router[metric] >= limit if sense == ">=" else router[metric] <= limit
+            out.setdefault(str(c), {})[metric] = {
+                "router": router[metric],
+                "bare": bare[metric],
+                "limit": f"{sense} {round(limit, 2)}",
+                "pass": ok,
+            }
+    return out
+
+
+def checks_markdown(doc: dict[str, Any]) -> str:
+    """One line per concurrency: each target check as PASS/FAIL with the router's value and limit."""
+    lines = ["| concurrency | check | router | limit | |", "| ---: | --- | ---: | ---: | --- |"]
+    for c, by_metric in sorted(doc.get("checks", {}).items(), key=lambda item: int(item[0])):
+        for metric, check in by_metric.items():
+            verdict = "PASS" if check["pass"] else "FAIL"
+            lines.append(f"| {c} | {metric} | {_fmt(check['router'])} | {check['limit']} | {verdict} |")
+    return "\n".join(lines)
 
 
 def ratio_key(target: str) -> str:
@@ -274,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(markdown(doc))
+    if doc.get("checks"):
+        print("\nIssue 13's targets 1 and 2 (router vs bare):\n\n" + checks_markdown(doc))
     print(f"\nwritten: {out}")
     return 0
 

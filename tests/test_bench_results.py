@@ -1,0 +1,48 @@
+"""scripts/bench_results.py: issue 13's pass/fail checks, router vs bare."""
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_results.py"
+spec = importlib.util.spec_from_file_location("bench_results", SCRIPT)
+bench_results = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench_results)
+
+
+def run(throughput, median_ttft, p99_ttft, itl=2.5):
+    return {
+        "output_throughput": throughput,
+        "median_ttft_ms": median_ttft,
+        "p99_ttft_ms": p99_ttft,
+        "median_itl_ms": itl,
+    }
+
+
+def test_checks_apply_the_issue_limits_at_each_concurrency():
+    runs = {
+        "bare": {1: run(374, 22.6, 42.0, itl=2.55), 256: run(9213, 621, 3195)},
+        # c=1: TTFT within bare + 5 ms, ITL within 10%; c=256: faster but far later to start
+        "router": {1: run(399, 27.5, 46.0, itl=2.80), 256: run(13020, 3337, 5455)},
+    }
+    checks = bench_results.checks(runs)
+    assert {metric: check["pass"] for metric, check in checks["1"].items()} == {
+        "output_throughput": True,
+        "median_ttft_ms": True,  # 27.5 <= max(22.6 + 5, 1.05 x 22.6)
+        "p99_ttft_ms": True,  # 46.0 <= 1.1 x 42.0
+        "median_itl_ms": True,  # 2.80 <= 1.1 x 2.55
+    }
+    assert {metric: check["pass"] for metric, check in checks["256"].items()} == {
+        "output_throughput": True,
+        "median_ttft_ms": False,
+        "p99_ttft_ms": False,
+    }
+    assert checks["256"]["median_ttft_ms"]["limit"] == "<= 652.05"
+    table = bench_results.checks_markdown({"checks": checks})
+    assert "| 256 | median_ttft_ms | 3,337 | <= 652.05 | FAIL |" in table
+
+
+def test_a_slower_router_fails_throughput_and_itl():
+    runs = {"bare": {1: run(374, 22.6, 42.0, itl=2.5)}, "router": {1: run(370, 22.0, 40.0, itl=2.8)}}
+    checks = bench_results.checks(runs)["1"]
+    assert not checks["output_throughput"]["pass"]
+    assert not checks["median_itl_ms"]["pass"]  # 2.8 > 2.75
