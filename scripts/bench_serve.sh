@@ -43,7 +43,8 @@
 #            replicas log)
 # Each router phase also keeps its replicas' start lines ("model ... ready in ... (phases)", the
 # vLLM engine's import/config/engine-core split) and the controller's, from Ray's serve logs, in
-# $RESULTS/<target>-start.log, and /stats after each run (event-loop lag and GC pauses included).
+# $RESULTS/<target>-start.log; after each run, /stats (event-loop lag and GC pauses included), Ray
+# Serve's serve_* series from /metrics and the replicas' warnings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/gpu/lib.sh
@@ -121,6 +122,12 @@ bench() { # bench TARGET PORT CONCURRENCY
   # replica's last 1024 requests: where this run's time to first token went.
   if [[ $target != bare* ]]; then
     curl -s "http://127.0.0.1:$port/stats" >"$RESULTS/$target-c$c-stats.json" || true
+    # Ray Serve's own queue series (ray_serve_*: requests queued in the router's handle, ongoing
+    # at the replica, routing tasks in backoff): where a request waits before the model replica.
+    curl -s "http://127.0.0.1:$port/metrics" | grep -E "^(ray_)?serve_" >"$RESULTS/$target-c$c-serve-metrics.txt" || true
+    # The replicas' warnings during the run (e.g. Ray's "Failed to get queue length ... within").
+    grep -hE "WARNING|ERROR" "${RAY_TMPDIR:-/tmp/ray}"/session_latest/logs/serve/replica_*.log 2>/dev/null \
+      | cut -c1-400 | tail -n 200 >"$RESULTS/$target-c$c-replica-warnings.log" || true
   fi
 }
 
