@@ -185,15 +185,13 @@ class PromptRenderer:
             ]
         else:
             texts = list(request.prompts)
-        limit = self.max_model_len * self.max_token_chars
         for text in texts:
-            if isinstance(text, str) and len(text) > limit:
-                at_least = -(-len(text) // self.max_token_chars)
-                raise ContextLengthError(
-                    f"This model's maximum context length is {self.max_model_len} tokens. However, your "
-                    f"request has {len(text)} characters of input, at least {at_least} tokens for this "
-                    "tokenizer. Please reduce the length of the input.",
-                    param="messages" if request.kind == "chat" else "prompt",
+            if isinstance(text, str):
+                self._refuse_chars(
+                    text,
+                    "request has {chars} characters of input",
+                    "input",
+                    "messages" if request.kind == "chat" else "prompt",
                 )
 
     def chat_ids(self, messages: list[dict[str, Any]], request: Any) -> list[int]:
@@ -234,14 +232,23 @@ class PromptRenderer:
         return self.tokenizer.encode(text, add_special_tokens=add_special)
 
     def _check_rendered_chars(self, text: str) -> None:
-        if len(text) > self.max_model_len * self.max_token_chars:
-            at_least = -(-len(text) // self.max_token_chars)
-            raise ContextLengthError(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, your "
-                f"messages render to {len(text)} characters (tools included), at least {at_least} tokens "
-                "for this tokenizer. Please reduce the length of the messages or tools.",
-                param="messages",
-            )
+        self._refuse_chars(
+            text, "messages render to {chars} characters (tools included)", "messages or tools", "messages"
+        )
+
+    def _refuse_chars(self, text: str, what: str, reduce: str, param: str) -> None:
+        """ContextLengthError when ``text`` has more characters than ``max_model_len`` tokens of
+        this tokenizer can hold (``max_token_chars`` each); ``what`` names the text (with
+        ``{chars}``), ``reduce`` what to shorten."""
+        if len(text) <= self.max_model_len * self.max_token_chars:
+            return
+        at_least = -(-len(text) // self.max_token_chars)
+        raise ContextLengthError(
+            f"This model's maximum context length is {self.max_model_len} tokens. However, your "
+            f"{what.format(chars=len(text))}, at least {at_least} tokens for this tokenizer. "
+            f"Please reduce the length of the {reduce}.",
+            param=param,
+        )
 
     def completion_ids(self, prompt: str | list[int], add_special_tokens: bool | None) -> list[int]:
         if isinstance(prompt, list):

@@ -70,3 +70,30 @@ def test_required_and_named_choices_become_vllms_json_schemas():
     assert (named.tool_choice, named.tool_name) == ("function", "get_time")
     assert chat_request(tools=TOOLS).tool_choice == "auto"
     assert chat_request(tools=TOOLS).sampling.structured is None
+
+
+def test_text_past_any_tokenization_of_the_context_is_refused_before_tokenizing():
+    """Both character checks (the raw messages, and the rendered chat with tools) give the same
+    context_length_exceeded wording, naming what to shorten."""
+    from serve_app.errors import ContextLengthError
+
+    prompts = renderer(PLAIN_TEMPLATE)
+    limit = prompts.max_model_len * prompts.max_token_chars
+    long_text = "x" * (limit + 1)
+    with pytest.raises(ContextLengthError) as raw:
+        prompts._check_chars(chat_request(messages=[{"role": "user", "content": long_text}]), None)
+    at_least = -(-(limit + 1) // prompts.max_token_chars)
+    assert raw.value.message == (
+        f"This model's maximum context length is 2048 tokens. However, your request has {limit + 1} "
+        f"characters of input, at least {at_least} tokens for this tokenizer. Please reduce the "
+        "length of the input."
+    )
+    assert raw.value.param == "messages"
+    with pytest.raises(ContextLengthError) as rendered:
+        prompts._check_rendered_chars(long_text)
+    assert rendered.value.message == (
+        f"This model's maximum context length is 2048 tokens. However, your messages render to "
+        f"{limit + 1} characters (tools included), at least {at_least} tokens for this tokenizer. "
+        "Please reduce the length of the messages or tools."
+    )
+    prompts._check_rendered_chars("x" * limit)  # at the limit: accepted
