@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -110,3 +113,27 @@ def wait_ready(base_url: str, timeout_s: float = 240) -> dict:
             last = exc
         time.sleep(0.5)
     raise TimeoutError(f"{base_url} not ready after {timeout_s} s: {last}")
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_server(command: list[str], cwd: Path, env_update: dict[str, str]) -> subprocess.Popen:
+    """``command`` (``serve run`` or ``python -m serve_app run``) as a terminal would start it: in
+    a session of its own (so a test can signal its whole group), SIGINT at its default action (a
+    background job without job control would ignore it), output piped (text), and a cluster of its
+    own: no RAY_ADDRESS (Ray 2.60 rejects an empty one), PYTHONPATH at the repository."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    env.update(env_update)
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_default_sigint,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )

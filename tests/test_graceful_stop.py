@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -19,9 +18,7 @@ import httpx
 import pytest
 
 from serve_app.app import FAST_INGRESS_ENV
-from tests.serve_fixtures import free_port, wait_ready, write_models_yaml
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.serve_fixtures import free_port, start_server, wait_ready, write_models_yaml
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -47,18 +44,8 @@ def runner(tmp_path, qwen2_checkpoint):
     port = free_port()
     models = [{"name": "qwen", "checkpoint": str(qwen2_checkpoint), "engine": "cpu", "max_model_len": 2048}]
     path = write_models_yaml(tmp_path, models, port=port)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(FAST_INGRESS_ENV, PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serve_app", "run", str(path)],
-        cwd=tmp_path,
-        env=env,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    command = [sys.executable, "-m", "serve_app", "run", str(path)]
+    process = start_server(command, tmp_path, {**FAST_INGRESS_ENV, "RAY_TMPDIR": ray_tmp})
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, timeout_s=300)

@@ -16,14 +16,10 @@ import httpx
 import pytest
 
 from serve_app.app import FAST_INGRESS_ENV
-from tests.serve_fixtures import free_port, wait_ready, write_models_yaml
+from tests.serve_fixtures import free_port, start_server, wait_ready, write_models_yaml
 
 # The Makefile's INGRESS modes: Ray Serve's proxy, and HAProxy forwarding to the router replica.
 INGRESS_ENV = {"proxy": {}, "haproxy": FAST_INGRESS_ENV}
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="module", params=list(INGRESS_ENV))
@@ -39,21 +35,8 @@ def served_yaml(request, tmp_path_factory, qwen2_checkpoint, llama_checkpoint):
     ]
     path = write_models_yaml(folder, models, port=port)
     serve = Path(sys.executable).with_name("serve")
-    # A cluster of its own: no RAY_ADDRESS (Ray 2.60 rejects an empty one).
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
-    env.update(INGRESS_ENV[request.param])
-    # Start from the YAML's folder, as `make serve` does from the repository root.
-    process = subprocess.Popen(
-        [str(serve), "run", str(path)],
-        cwd=folder,
-        env=env,
-        start_new_session=True,
-        preexec_fn=_default_sigint,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    # From the YAML's folder, as `make serve` does from the repository root.
+    process = start_server([str(serve), "run", str(path)], folder, INGRESS_ENV[request.param])
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, timeout_s=300)
