@@ -38,6 +38,7 @@ TARGETS = {
     "router_proxy": "this project behind Ray Serve's own HTTP proxy (`make serve INGRESS=proxy`)",
     "router_fast": "throughput mode without HAProxy (requests still enter through Ray's proxy)",
     "router2": "as router, with two router replicas behind HAProxy",
+    "router_actor": "as router, router -> model replica by Ray actor calls instead of gRPC",
 }
 METRICS = [
     "completed",

@@ -7,6 +7,7 @@
 #   PHASES=bare bash scripts/bench_serve.sh     # one phase per call (each takes ~4-5 min on an H100)
 #   PHASES=router bash scripts/bench_serve.sh   # the router as `make serve` runs it (HAProxy ingress)
 #   PHASES=router_proxy ...                     # behind Ray Serve's own HTTP proxy instead
+#   PHASES=router_actor ...                     # HAProxy, but router -> model by Ray actor calls, not gRPC
 #   PHASES="bare_shared router_shared" SHARED_MODELS=2 CONCURRENCY=64 ...
 #       # the same checkpoint as SHARED_MODELS models on the one GPU (m1, m2, ...), each with
 #       # 0.9/SHARED_MODELS of its memory and a fixed KV cache of SHARED_KV_GIB (default
@@ -372,9 +373,12 @@ for phase in $PHASES; do
     # A/B for the concurrency-128 regression of docs/benchmarks.md run 3.
     # (The body limit must then fit 4 MiB: serve_app/app.py check_grpc_message_limit.)
     router_grpc4m) ROUTER_BODY_BYTES=3000000 run_router router_grpc4m "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1" ;;
+    # As router, but the router reaches the model replica through Ray actor calls instead of
+    # Serve's gRPC (throughput mode turns gRPC on by default): the A/B for run 5's admission cap.
+    router_actor) run_router router_actor "$FAST_INGRESS_ENV RAY_SERVE_USE_GRPC_BY_DEFAULT=0" ;;
     # As router, with two router replicas, which HAProxy balances between.
     router2) ROUTER_REPLICAS=2 run_router router2 "$FAST_INGRESS_ENV" ;;
-    *) log "unknown phase '$phase' (expected bare, router, router_proxy, router_fast, router_grpc4m, router2, bare_shared, router_shared)"; exit 2 ;;
+    *) log "unknown phase '$phase' (expected bare, router, router_proxy, router_fast, router_grpc4m, router_actor, router2, bare_shared, router_shared)"; exit 2 ;;
   esac
 done
 log "done; results:"
