@@ -36,12 +36,14 @@ class LoopHealth:
         self.gc_pause = LatencyWindow()
         self._task: asyncio.Task[None] | None = None
         self._gc_started: float | None = None
-        gc.callbacks.append(self._on_gc)
 
     def start(self) -> None:
-        """Start sampling on the running loop (idempotent; call from a coroutine)."""
+        """Start sampling on the running loop and timing full collections (idempotent; call from a
+        coroutine once start-up is over, so that its collections are not counted)."""
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._sample())
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
 
     async def _sample(self) -> None:
         loop = asyncio.get_running_loop()
