@@ -13,7 +13,10 @@ first), with the variant's ``engine_args`` on top:
 - ``fastsafetensors``: ``load_format: fastsafetensors`` (vLLM's loader that reads the shards
   straight to the GPU; the wheel set has fastsafetensors 0.5.0);
 - ``fixed_kv``: ``kv_cache_memory_bytes`` 20 GiB, which skips vLLM's memory profiling of the
-  KV cache size (``gpu_worker.determine_available_memory``; it still runs one profile pass).
+  KV cache size (``gpu_worker.determine_available_memory``; it still runs one profile pass);
+- ``imports`` (not in the default list; no engine): ``python -X importtime`` of the replica's
+  ``from vllm import AsyncEngineArgs, AsyncLLMEngine``, the slowest modules by cumulative time
+  (run 5: 23 s in the replica, and again in the engine-core process it spawns).
 
 Per start it prints and saves: seconds from the process start to ``main`` (interpreter and this
 script's imports), the engine's own phases (``import``, ``config``, ``engine_core``:
@@ -83,11 +86,34 @@ def one(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps({"variant": args.one, "process_to_main_s": to_main, **result}), flush=True)
 
 
+def import_times(top: int = 25) -> dict:
+    """``python -X importtime`` of vLLM's engine imports in a fresh process: total seconds and the
+    ``top`` modules by cumulative microseconds (stderr lines "import time: self | cumulative | name")."""
+    code = "from vllm import AsyncEngineArgs, AsyncLLMEngine"
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True)
+    wall = time.monotonic() - started
+    rows = []
+    for line in done.stderr.splitlines():
+        parts = line.removeprefix("import time:").split("|")
+        if len(parts) == 3 and parts[1].strip().isdigit():
+            rows.append((int(parts[1]), parts[2].strip()))
+    rows.sort(reverse=True)
+    result = {
+        "variant": "imports",
+        "wall_s": round(wall, 2),
+        "slowest_cumulative_s": [(name, round(us / 1e6, 2)) for us, name in rows[:top]],
+    }
+    if done.returncode:
+        result["error"] = f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="/tmp/ck/qwen2.5-3b")
     parser.add_argument("--cache", default=os.environ.get("VLLM_CACHE_ROOT", "~/.cache/vllm"))
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="also: imports")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--out", default="/tmp/start-time.json")
     parser.add_argument("--timeout", type=float, default=240)
@@ -99,6 +125,10 @@ def main() -> int:
     results = []
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for variant in args.variants.split(",") * args.repeat:
+        if variant == "imports":
+            results.append(import_times())
+            print(json.dumps(results[-1], indent=1), flush=True)
+            continue
         log_path = Path(args.out).with_name(f"{Path(args.out).stem}-{variant}-{len(results)}.log")
         command = [sys.executable, __file__, "--one", variant]
         command += ["--checkpoint", args.checkpoint, "--cache", args.cache]
