@@ -38,14 +38,13 @@
 #            sends (on an H200 host), so give it PROMPTS_<c> for at least 40 s of traffic, e.g.
 #            PROMPTS_128=3072. Summarise with scripts/pyspy_summary.py)
 #   PROFILE_C (the concurrencies PROFILE=1 records; default: every one)
-#   START_PROFILE=1 (py-spy, if installed: the model replica's start, from the moment its process
-#            appears until it is ready, engine-core subprocess included, at 50 Hz:
-#            $RESULTS/<target>-start-<pid>.pyspy; where a start's seconds go beside the phases the
-#            replicas log)
-# Each router phase also keeps its replicas' start lines ("model ... ready in ... (phases)", the
-# vLLM engine's import/config/engine-core split) and the controller's, from Ray's serve logs, in
-# $RESULTS/<target>-start.log; after each run, /stats (event-loop lag and GC pauses included), Ray
-# Serve's serve_* series from /metrics and the replicas' warnings.
+# Each router phase also keeps, once it has stopped (Ray Serve's throughput mode buffers replica
+# log records in memory until then), its replicas' start lines and warnings and the controller's
+# start lines from Ray's serve logs: $RESULTS/<target>-serve-log-lines.log. During each run, at
+# METRICS_DELAY=30 s after `vllm bench serve` starts (mid-traffic), Ray Serve's serve_* series
+# from /metrics (requests queued in the handle, ongoing at the replica, routing tasks in back-off;
+# Ray exports them every 10 s): $RESULTS/<target>-c<c>-serve-metrics.txt; and /stats after it.
+# A replica's start, profiled: scripts/gpu/start_time.py --pyspy (outside Ray).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/gpu/lib.sh
@@ -90,10 +89,12 @@ try:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 except Exception:
     device = "unknown"
+# Calls that resume a run with other concurrencies add to the list instead of replacing it.
+earlier = meta.get("workload", {}).get("concurrency", [])
 meta.update(device=device, versions=versions, checkpoint=ckpt, model=model, workload={
     "dataset": "random", "random_input_len": int(inp), "random_output_len": int(out),
     "ignore_eos": True, "endpoint": "/v1/completions", "backend": "openai",
-    "concurrency": [int(c) for c in conc.split()],
+    "concurrency": sorted(set(earlier) | {int(c) for c in conc.split()}),
 })
 json.dump(meta, open(path, "w"), indent=1)
 PY
@@ -110,6 +111,7 @@ bench() { # bench TARGET PORT CONCURRENCY
   fi
   log "$target c=$c: $n prompts"
   profile "$target" "$c"
+  [[ $target == bare* ]] || serve_metrics "$target" "$c" "$port"
   # shellcheck disable=SC2086
   vllm_cli bench serve --backend openai --base-url "http://127.0.0.1:$port" --endpoint /v1/completions \
     --model "$MODEL" --tokenizer "$CKPT" --dataset-name random \
@@ -123,12 +125,6 @@ bench() { # bench TARGET PORT CONCURRENCY
   # replica's last 1024 requests: where this run's time to first token went.
   if [[ $target != bare* ]]; then
     curl -s "http://127.0.0.1:$port/stats" >"$RESULTS/$target-c$c-stats.json" || true
-    # Ray Serve's own queue series (ray_serve_*: requests queued in the router's handle, ongoing
-    # at the replica, routing tasks in backoff): where a request waits before the model replica.
-    curl -s "http://127.0.0.1:$port/metrics" | grep -E "^(ray_)?serve_" >"$RESULTS/$target-c$c-serve-metrics.txt" || true
-    # The replicas' warnings during the run (e.g. Ray's "Failed to get queue length ... within").
-    grep -hE "WARNING|ERROR" "${RAY_TMPDIR:-/tmp/ray}"/session_latest/logs/serve/replica_*.log 2>/dev/null \
-      | cut -c1-400 | tail -n 200 >"$RESULTS/$target-c$c-replica-warnings.log" || true
   fi
 }
 
@@ -163,35 +159,20 @@ profile() { # profile TARGET CONCURRENCY: background py-spy of the server proces
   ) &
 }
 
-profile_start() { # profile_start TARGET: py-spy the model replicas' starts (START_PROFILE=1)
-  [ "${START_PROFILE:-0}" = 1 ] || return 0
-  command -v py-spy >/dev/null || { log "START_PROFILE=1 but no py-spy on PATH"; return 0; }
+serve_metrics() { # serve_metrics TARGET CONCURRENCY PORT: Ray Serve's serve_* series, mid-traffic
   (
-    local seen=" " waited=0 pid
-    # Ray titles a replica's process ray::ServeReplica:<app>:ModelServer once the actor exists.
-    while ((waited < 1200)); do
-      for pid in $(pgrep -f "ServeReplica:.*:ModelServer" || true); do
-        [[ $seen == *" $pid "* ]] && continue
-        seen="$seen$pid "
-        py-spy record --subprocesses --nonblocking --rate 50 --duration "${START_PROFILE_S:-150}" \
-          --format raw --output "$RESULTS/$1-start-$pid.pyspy" --pid "$pid" >/dev/null 2>&1 &
-      done
-      sleep 0.2
-      waited=$((waited + 1))
-    done
+    sleep "${METRICS_DELAY:-30}"
+    curl -s --max-time 20 "http://127.0.0.1:$3/metrics" | grep -E "^(ray_)?serve_" \
+      >"$RESULTS/$1-c$2-serve-metrics.txt" || true
   ) &
-  START_PROFILER=$!
 }
 
-save_start_lines() { # save_start_lines TARGET: the replicas' and controller's start lines
-  local dir=${RAY_TMPDIR:-/tmp/ray}/session_latest/logs
+save_serve_log_lines() { # save_serve_log_lines TARGET: after the phase's stop, when logs are flushed
+  local dir=${RAY_TMPDIR:-/tmp/ray}/session_latest/logs/serve
   [ -d "$dir" ] || return 0
-  {
-    grep -hE "ready in|froze [0-9]+ start-up objects|Adding [0-9]+ replica|Replica .* started|Deploying new version|Started Serve|Application .* is ready|build" \
-      "$dir"/serve/*.log 2>/dev/null | cut -c1-400
-  } >"$RESULTS/$1-start.log" || true
-  grep -E "ready in" "$RESULTS/$1-start.log" | head -n 8 || true
-  [ -n "${START_PROFILER:-}" ] && kill "$START_PROFILER" 2>/dev/null || true
+  grep -hE "ready in|froze [0-9]+ start-up objects|Adding [0-9]+ replica|Deploying new version|Started Serve|WARNING|ERROR" \
+    "$dir"/*.log 2>/dev/null | cut -c1-400 >"$RESULTS/$1-serve-log-lines.log" || true
+  grep -cE "WARNING|ERROR" "$RESULTS/$1-serve-log-lines.log" | sed "s/^/$1: warning and error lines in Ray's serve logs: /" || true
 }
 
 warm_up() { # warm_up TARGET PORT: 64 short requests at c=64, not saved
@@ -285,7 +266,6 @@ run_router_shared() {
   local n=${SHARED_MODELS:-2} i
   write_shared_registry
   stop_ray
-  profile_start router_shared
   # shellcheck disable=SC2086
   start_bg "serve run" "$RESULTS/router_shared-server.log" env -u RAY_ADDRESS $FAST_INGRESS_ENV \
     "$PY" -m ray.serve.scripts run "$RESULTS/router_shared-models.yaml"
@@ -293,7 +273,6 @@ run_router_shared() {
   trap 'stop_bg "serve run" '"$pid"' 30; stop_ray' EXIT
   wait_http "serve run" "http://127.0.0.1:$ROUTER_PORT/readyz" "$pid" "$RESULTS/router_shared-server.log" "$READY_TIMEOUT"
   echo "$((SECONDS - start))" >"$RESULTS/router_shared-ready-seconds"
-  save_start_lines router_shared
   local ports=()
   for i in $(seq 1 "$n"); do
     MODEL=m$i warm_up "router_shared-m$i" "$ROUTER_PORT"
@@ -302,6 +281,7 @@ run_router_shared() {
   local c
   for c in $CONCURRENCY; do bench_models router_shared "$c" "${ports[@]}"; done
   stop_bg "serve run" "$pid" 90
+  save_serve_log_lines router_shared
   stop_ray
   trap - EXIT
 }
@@ -333,7 +313,6 @@ run_router() { # run_router [TARGET=router] [ENV=...]: TARGET names the results;
   phase_done "$target" && { log "$target: all results exist; skipped"; return 0; }
   write_registry
   stop_ray
-  profile_start "$target"
   # shellcheck disable=SC2086
   start_bg "serve run" "$RESULTS/$target-server.log" env -u RAY_ADDRESS $extra_env "$PY" -m ray.serve.scripts run \
     "$RESULTS/router-models.yaml"
@@ -341,13 +320,13 @@ run_router() { # run_router [TARGET=router] [ENV=...]: TARGET names the results;
   trap 'stop_bg "serve run" '"$pid"' 30; stop_ray' EXIT
   wait_http "serve run" "http://127.0.0.1:$ROUTER_PORT/readyz" "$pid" "$RESULTS/$target-server.log" "$READY_TIMEOUT"
   echo "$((SECONDS - start))" >"$RESULTS/$target-ready-seconds"
-  save_start_lines "$target"
   curl -s "http://127.0.0.1:$ROUTER_PORT/stats" >"$RESULTS/$target-stats.json" || true
   warm_up "$target" "$ROUTER_PORT"
   local c
   for c in $CONCURRENCY; do bench "$target" "$ROUTER_PORT" "$c"; done
   fields "$target" "$ROUTER_PORT"
   stop_bg "serve run" "$pid" 90
+  save_serve_log_lines "$target"
   stop_ray
   trap - EXIT
 }

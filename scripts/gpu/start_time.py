@@ -3,7 +3,8 @@
 start, from the process's own start to its first token (issue 13, target 4).
 
     python3 scripts/gpu/start_time.py --checkpoint /tmp/ck/qwen2.5-3b --out /tmp/start.json \\
-        [--variants default,fastsafetensors,fixed_kv] [--cache ~/.cache/vllm] [--repeat 1]
+        [--variants imports,default,fastsafetensors,fixed_kv] [--cache ~/.cache/vllm] [--repeat 1] \\
+        [--pyspy]   # py-spy of each start: summarise with scripts/pyspy_summary.py --rate 50
 
 Each variant starts the engine as the benchmark's router phase does (``gpu_memory_utilization``
 0.9, vLLM's defaults, the compile cache ``--cache``; start it warm by running the benchmark
@@ -31,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -117,6 +119,11 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--out", default="/tmp/start-time.json")
     parser.add_argument("--timeout", type=float, default=240)
+    parser.add_argument(
+        "--pyspy",
+        action="store_true",
+        help="record each start with py-spy (engine-core subprocess included, 50 Hz, raw) beside its log",
+    )
     parser.add_argument("--one", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -132,6 +139,10 @@ def main() -> int:
         log_path = Path(args.out).with_name(f"{Path(args.out).stem}-{variant}-{len(results)}.log")
         command = [sys.executable, __file__, "--one", variant]
         command += ["--checkpoint", args.checkpoint, "--cache", args.cache]
+        if args.pyspy and shutil.which("py-spy"):
+            # From the interpreter's first instruction: imports, config, spawn, load, compile, capture.
+            spy = ["py-spy", "record", "--subprocesses", "--rate", "50", "--format", "raw"]
+            command = [*spy, "--output", str(log_path.with_suffix(".pyspy")), "--", *command]
         wall = time.monotonic()
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)

@@ -75,8 +75,10 @@ class LoopHealth:
 
 def process_age_s() -> float | None:
     """Seconds since this process started (Linux ``/proc/self/stat`` field 22, ``proc(5)``);
-    None where /proc is missing. In a replica: Ray's worker start and the imports before the
-    replica's constructor ran, the first part of a replica's start time."""
+    None where /proc is missing. In a replica: how long its worker process existed before the
+    constructor ran. Ray may hand the actor a worker it started earlier and kept idle in its pool,
+    so this is an upper bound on the worker start and imports, not a start cost by itself (run 5:
+    14.3 s, most of it idle since the cluster's start)."""
     try:
         with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
             # The command name (field 2) may hold spaces: split after its closing parenthesis.

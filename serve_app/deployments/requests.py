@@ -43,7 +43,7 @@ class InferenceRequest:
     tool_choice: Literal["none", "auto", "required", "function"] = "none"  # function: tool_name
     tool_name: str | None = None
     parallel_tool_calls: bool = True  # False: at most one call per choice (vLLM's rule)
-    received_at: float = 0.0  # time.time() when the router took the request; 0: unknown
+    received_at: float = 0.0  # time.time() when the router's handler began (before the body); 0: unknown
     images: tuple[str, ...] = ()  # chat: the image_url parts' URLs, in message order (deployments/media.py)
 
     @property

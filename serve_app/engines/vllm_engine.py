@@ -86,7 +86,8 @@ HEALTH_PROBE_TIMEOUT_S = 1.0
 class StartInfo:
     """How one ``start()`` went: seconds to ready and whether the compile cache was already filled.
 
-    ``phases``: where those seconds went, in seconds: ``import`` (importing vLLM), ``config``
+    ``phases``: where those seconds went, in seconds: ``import`` (importing vLLM's engine API; in
+    a Ray replica the stat loggers imported most of vLLM before, so this is the rest), ``config``
     (``AsyncEngineArgs.create_engine_config``: Hugging Face config, tokenizer and platform checks)
     and ``engine_core`` (``AsyncLLM.from_vllm_config``: spawning the engine-core process, which
     loads the weights, compiles or loads the compiled graphs, profiles memory, allocates the KV

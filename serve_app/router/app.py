@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -186,8 +187,9 @@ class Router:
         self.key_store = KeyStore(auth or AuthSpec())
         self.cluster_metrics = ClusterMetrics()
         self.load: dict[str, ModelLoad] = {}
-        # The router's own share of router_to_replica: request read, parsed and checked, until
-        # it is handed to Ray (the rest is Ray's routing and the model replica's loop).
+        # The router's own share of router_to_replica: from the route handler's start (body not
+        # yet read) until the request is handed to Ray - body read, parsed, checked, routed. The
+        # rest is Ray's routing and the hop to the model replica's loop.
         self.dispatch = LatencyWindow()
         self.loop_health = LoopHealth()
         freeze_startup_heap("router")
@@ -305,13 +307,15 @@ class Router:
 
     @api.post("/v1/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest))
     async def chat_completions(self, request: Request) -> Any:
+        received = time.time()  # before the body is read: router_to_replica starts here
         body = await self._parse(request, ChatCompletionRequest)
-        return await self._serve(request, body.model, body.to_inference())
+        return await self._serve(request, body.model, replace(body.to_inference(), received_at=received))
 
     @api.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest))
     async def completions(self, request: Request) -> Any:
+        received = time.time()
         body = await self._parse(request, CompletionRequest)
-        return await self._serve(request, body.model, body.to_inference())
+        return await self._serve(request, body.model, replace(body.to_inference(), received_at=received))
 
     # --- vLLM's tokenizer endpoints -----------------------------------------------------------
     @api.post("/tokenize", openapi_extra=_body_schema(TokenizeCompletionRequest, TokenizeChatRequest))
