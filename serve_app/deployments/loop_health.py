@@ -40,8 +40,9 @@ class LoopHealth:
     def start(self) -> None:
         """Start sampling on the running loop and timing full collections (idempotent; call from a
         coroutine once start-up is over, so that its collections are not counted)."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._sample())
+        if self._task is not None and not self._task.done():
+            return  # the router calls this per request: the running case costs one check
+        self._task = asyncio.get_running_loop().create_task(self._sample())
         if self._on_gc not in gc.callbacks:
             gc.callbacks.append(self._on_gc)
 

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -309,13 +308,13 @@ class Router:
     async def chat_completions(self, request: Request) -> Any:
         received = time.time()  # before the body is read: router_to_replica starts here
         body = await self._parse(request, ChatCompletionRequest)
-        return await self._serve(request, body.model, replace(body.to_inference(), received_at=received))
+        return await self._serve(request, body.model, body.to_inference(received_at=received))
 
     @api.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest))
     async def completions(self, request: Request) -> Any:
         received = time.time()
         body = await self._parse(request, CompletionRequest)
-        return await self._serve(request, body.model, replace(body.to_inference(), received_at=received))
+        return await self._serve(request, body.model, body.to_inference(received_at=received))
 
     # --- vLLM's tokenizer endpoints -----------------------------------------------------------
     @api.post("/tokenize", openapi_extra=_body_schema(TokenizeCompletionRequest, TokenizeChatRequest))

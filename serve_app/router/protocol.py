@@ -458,13 +458,19 @@ class _SamplingFields(_Strict):
             structured=self._structured(),
         )
 
-    def _common(self, max_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None) -> dict:
+    def _common(
+        self,
+        max_tokens: int | None,
+        logprobs: int | None,
+        prompt_logprobs: int | None,
+        received_at: float | None,
+    ) -> dict:
         now = time.time()
         return {
             "request_id": uuid.uuid4().hex,
             "model": self.model,
             "created": int(now),
-            "received_at": now,
+            "received_at": now if received_at is None else received_at,
             # Without max_tokens the model server fills the context; 16 only until it knows the prompt.
             "sampling": self._sampling(16 if max_tokens is None else max_tokens, logprobs, prompt_logprobs),
             "max_tokens_given": max_tokens is not None,
@@ -547,7 +553,9 @@ class ChatCompletionRequest(_SamplingFields):
                 return constraint
         return super()._structured()
 
-    def to_inference(self) -> InferenceRequest:
+    def to_inference(self, received_at: float | None = None) -> InferenceRequest:
+        """The model server's request; ``received_at``: time.time() when the router's handler began
+        (router_to_replica and dispatch count from it), else now."""
         max_tokens = self.max_completion_tokens if self.max_tokens is None else self.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         named = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
@@ -563,7 +571,7 @@ class ChatCompletionRequest(_SamplingFields):
             add_generation_prompt=self.add_generation_prompt,
             continue_final_message=self.continue_final_message,
             chat_template=self.chat_template,
-            **self._common(max_tokens, logprobs, self.prompt_logprobs),
+            **self._common(max_tokens, logprobs, self.prompt_logprobs, received_at),
         )
 
 
@@ -611,7 +619,9 @@ class CompletionRequest(_SamplingFields):
                 raise InvalidRequestError(f"prompt[{index}] is empty", param="prompt")
         return tuple(p if isinstance(p, str) else list(p) for p in prompt)
 
-    def to_inference(self) -> InferenceRequest:
+    def to_inference(self, received_at: float | None = None) -> InferenceRequest:
+        """The model server's request; ``received_at``: time.time() when the router's handler began
+        (router_to_replica and dispatch count from it), else now."""
         prompts = self.prompts()
         if len(prompts) * (self.n or 1) > MAX_N * 4:
             raise InvalidRequestError(
@@ -626,7 +636,7 @@ class CompletionRequest(_SamplingFields):
             kind="completion",
             prompts=prompts,
             echo=bool(self.echo),
-            **self._common(self.max_tokens, self.logprobs, prompt_logprobs),
+            **self._common(self.max_tokens, self.logprobs, prompt_logprobs, received_at),
         )
 
 
