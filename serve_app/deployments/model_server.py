@@ -47,6 +47,12 @@ DEFAULT_STREAM_ITEMS_PER_S = 2560.0  # 128 streams at 50 ms: the pace measured a
 ENGINE_HEALTH_TIMEOUT_S = 1.0
 
 
+def _consume_result(future: asyncio.Future[None]) -> None:
+    """Reads a late engine check's outcome, so asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
 class ModelServer:
     """Serves one model. Ray Serve wraps it with ``serve.deployment`` in the builder."""
 
@@ -76,6 +82,8 @@ class ModelServer:
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self.latencies = StageLatencies()
         self.loop_health = LoopHealth()
+        self._pending_engine_check: asyncio.Future[None] | None = None
+        self._pending_engine_check_since = 0.0
         self.engine: Engine = engine_cls(
             config, stat_loggers=engine_stat_loggers(engine_cls, config.model_name)
         )
@@ -322,10 +330,29 @@ class ModelServer:
     async def check_health(self) -> None:
         """Called by Ray Serve every ``health_check_period_s``; raising marks the replica unhealthy
         (after three failures in a row) so Serve stops routing to it and replaces it. An engine
-        whose own check does not answer within ENGINE_HEALTH_TIMEOUT_S is hung."""
-        try:
-            await asyncio.wait_for(self.engine.check_health(), ENGINE_HEALTH_TIMEOUT_S)
-        except TimeoutError:
+        whose own check does not answer within ENGINE_HEALTH_TIMEOUT_S is hung.
+
+        A timed-out engine check is left running: while it has still not answered, the next
+        checks fail at once instead of waiting out the limit again, so a hung engine leaves
+        routing after one limit plus two periods, not three limits plus two periods."""
+        pending = self._pending_engine_check
+        if pending is not None and not pending.done():
+            waited = time.monotonic() - self._pending_engine_check_since
+            logger.error(
+                "engine of %s has still not answered the health check sent %.1f s ago: it hangs",
+                self.config.model_name,
+                waited,
+            )
+            raise EngineDeadError(
+                f"the engine of {self.config.model_name!r} has not answered a health check sent "
+                f"{waited:.1f} s ago"
+            )
+        check = asyncio.ensure_future(self.engine.check_health())
+        done, _ = await asyncio.wait({check}, timeout=ENGINE_HEALTH_TIMEOUT_S)
+        if not done:
+            self._pending_engine_check = check
+            self._pending_engine_check_since = time.monotonic() - ENGINE_HEALTH_TIMEOUT_S
+            check.add_done_callback(_consume_result)
             logger.error(
                 "engine of %s did not answer its health check within %g s: it hangs; asking Ray "
                 "Serve to replace this replica",
@@ -335,7 +362,10 @@ class ModelServer:
             raise EngineDeadError(
                 f"the engine of {self.config.model_name!r} did not answer its health check within "
                 f"{ENGINE_HEALTH_TIMEOUT_S:g} s"
-            ) from None
+            )
+        self._pending_engine_check = None
+        try:
+            check.result()
         except EngineDeadError:
             logger.error(
                 "engine of %s is dead; asking Ray Serve to replace this replica", self.config.model_name
@@ -358,6 +388,8 @@ class ModelServer:
         }
 
     async def __del__(self) -> None:
+        if self._pending_engine_check is not None:
+            self._pending_engine_check.cancel()
         await self.engine.shutdown()
         self.loop_health.close()
         self._tokenizer_thread.shutdown(wait=False)

@@ -259,7 +259,8 @@ class ModelSpec(StrictModel):
         gt=0,
         description="How often Ray Serve calls a replica's check_health (only once it has started: a "
         "long vLLM start is not cut short). Three failures in a row take the replica out of routing, "
-        "so a dead or hung engine leaves within about 3 x this plus the engine's 1 s answer limit.",
+        "so a dead engine leaves within about 3 x this, a hung one within about 2 x this plus the "
+        "engine's 1 s answer limit.",
     )
     health_check_timeout_s: float = Field(
         default=2.0,

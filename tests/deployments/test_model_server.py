@@ -45,6 +45,35 @@ def test_a_dead_engine_fails_the_health_check_so_serve_replaces_the_replica(qwen
     asyncio.run(run())
 
 
+def test_a_hung_engine_check_fails_the_next_checks_at_once_until_it_answers(qwen2_checkpoint):
+    """Three failures take a replica out of routing: the second and third must not each wait
+    out the 1 s limit again while the first check is still unanswered."""
+
+    async def run():
+        server = await started(qwen2_checkpoint)
+        answer = asyncio.Event()
+        healthy_check = server.engine.check_health
+
+        async def stuck() -> None:
+            await answer.wait()
+
+        server.engine.check_health = stuck
+        with pytest.raises(EngineDeadError, match="did not answer its health check within 1 s"):
+            await server.check_health()
+        loop = asyncio.get_running_loop()
+        before = loop.time()
+        with pytest.raises(EngineDeadError, match=r"has not answered a health check sent 1\.\d s ago"):
+            await server.check_health()
+        assert loop.time() - before < 0.1
+        answer.set()  # the engine answers late: the replica is healthy again
+        await asyncio.sleep(0)
+        server.engine.check_health = healthy_check
+        await server.check_health()
+        await server.engine.shutdown()
+
+    asyncio.run(run())
+
+
 def test_a_stream_fails_before_its_first_chunk_when_the_prompt_is_too_long(qwen2_checkpoint):
     async def run():
         server = await started(qwen2_checkpoint)
