@@ -169,7 +169,8 @@ def run_preflight_gate(registry: RegistrySpec) -> Report:
     from serve_app.preflight.render import raise_for_failures
     from serve_app.preflight.runner import run_preflight
 
-    report = run_preflight(registry, cluster_gpus=cluster_gpus())
+    # The models only: this application deploys no router (it is an application of its own).
+    report = run_preflight(registry.models, cluster_gpus=cluster_gpus())
     raise_for_failures(report)
     for name, reason in report.unavailable().items():
         logger.warning("model %s left out (on_preflight_failure: skip): %s", name, reason)

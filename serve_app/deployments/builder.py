@@ -15,6 +15,7 @@ from serve_app.deployments.prompts import TemplatePolicy
 from serve_app.engines.selection import (
     Platform,
     ResolvedEngine,
+    cpus_per_replica,
     engine_class,
     engine_config,
     gpus_per_replica,
@@ -23,11 +24,9 @@ from serve_app.engines.selection import (
 from serve_app.registry.layout import MODEL_DEPLOYMENT
 from serve_app.registry.models import ModelSpec
 
+
 # Ray Serve only offers the CPU engine a fraction of a core: the demo runs two models and the
 # router on a 2-core machine, and whole-core requests would leave one waiting for scheduling.
-DEFAULT_NUM_CPUS = {"vllm": 1.0, "cpu": 0.5}
-
-
 @dataclass(frozen=True)
 class PlannedModel:
     spec: ModelSpec
@@ -43,7 +42,7 @@ DRAIN_POLL_S = 0.5
 
 def deployment_options(spec: ModelSpec, engine: ResolvedEngine) -> dict[str, Any]:
     num_gpus = gpus_per_replica(spec, engine)
-    num_cpus = spec.resources.num_cpus if spec.resources.num_cpus is not None else DEFAULT_NUM_CPUS[engine]
+    num_cpus = cpus_per_replica(spec, engine)
     actor_options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
     if spec.resources.accelerator_type:
         actor_options["accelerator_type"] = spec.resources.accelerator_type

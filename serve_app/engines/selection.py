@@ -7,6 +7,7 @@ Engine modules are imported only when chosen, so vLLM stays an optional extra.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from typing import Literal
@@ -91,6 +92,29 @@ def gpus_per_replica(spec: ModelSpec, engine: str) -> float:
     if spec.resources.num_gpus is not None:
         return spec.resources.num_gpus
     return float(spec.tensor_parallel_size)
+
+
+# CPUs a replica asks Ray for when the registry does not say: vLLM's front end and its scheduler
+# loop want a core; the CPU engine takes half, so two demo models and the router fit a 2-core
+# machine (README, "models.yaml reference").
+DEFAULT_NUM_CPUS: dict[ResolvedEngine, float] = {"vllm": 1.0, "cpu": 0.5}
+
+
+def cpus_per_replica(spec: ModelSpec, engine: ResolvedEngine) -> float:
+    """CPUs one replica asks Ray for (the builder) and counts for (preflight's cluster_fit):
+    ``resources.num_cpus``, else ``DEFAULT_NUM_CPUS`` for the engine."""
+    if spec.resources.num_cpus is not None:
+        return spec.resources.num_cpus
+    return DEFAULT_NUM_CPUS[engine]
+
+
+def local_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, else the machine's count): what a Ray
+    cluster started here by ``serve run`` offers, unless a cgroup quota lowers it further."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is not None:
+        return len(affinity(0))
+    return os.cpu_count() or 1
 
 
 def engine_class(kind: ResolvedEngine) -> type[Engine]:

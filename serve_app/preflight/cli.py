@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="GPUs in the cluster (default: Ray's, else this node's)",
     )
+    parser.add_argument(
+        "--cluster-cpus",
+        type=float,
+        metavar="N",
+        help="CPUs in the cluster (default: Ray's, else this machine's; not checked with RAY_ADDRESS)",
+    )
     return parser
 
 
@@ -55,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         return _usage(parser, "give a registry file or --checkpoint DIR (one of them)")
     if args.gpu_memory_gib is not None and args.gpu_memory_gib <= 0:
         return _usage(parser, "--gpu-memory-gib must be > 0")
+    for flag, value in (("--cluster-gpus", args.cluster_gpus), ("--cluster-cpus", args.cluster_cpus)):
+        if value is not None and value < 0:
+            return _usage(parser, f"{flag} must be >= 0")
     # Imported here so that `--help` and usage errors stay instant.
     from serve_app.preflight.render import render, render_json
     from serve_app.preflight.runner import run_preflight, spec_for_checkpoint
@@ -71,12 +80,16 @@ def main(argv: list[str] | None = None) -> int:
             # The router refuses to start with a named key source it cannot read: say so here,
             # before `make serve` starts the cluster (registry/api_keys.py).
             load_keys(registry.router.auth)
-            models = registry.models
+            models = registry  # with its router, whose replicas count in cluster_fit
     except RegistryError as exc:
         print(f"preflight: {exc}", file=sys.stderr)
         return EXIT_USAGE
     report = run_preflight(
-        models, read_data=not args.no_data, gpu_memory_gib=args.gpu_memory_gib, cluster_gpus=args.cluster_gpus
+        models,
+        read_data=not args.no_data,
+        gpu_memory_gib=args.gpu_memory_gib,
+        cluster_gpus=args.cluster_gpus,
+        cluster_cpus=args.cluster_cpus,
     )
     if args.json:
         print(render_json(report))

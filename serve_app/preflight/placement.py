@@ -8,6 +8,7 @@ sequence (vLLM refuses to start otherwise) and a fixed headroom; against GPU mem
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from serve_app.preflight import rules
 from serve_app.preflight.gpu import GIB, GpuInfo
 from serve_app.preflight.report import CheckResult, failed, passed, skipped, warned
 from serve_app.preflight.safetensors_index import DTYPE_BYTES
-from serve_app.registry.models import ModelSpec
+from serve_app.registry.models import ModelSpec, RouterSpec
 
 if TYPE_CHECKING:
     from serve_app.preflight.context import ModelContext
@@ -211,27 +212,88 @@ def check_cluster_fit(
     gpu: GpuInfo | None,
     cluster_gpus: float | None,
     cluster_resources: Mapping[str, float] | None = None,
+    *,
+    router: RouterSpec | None = None,
+    cluster_cpus: float | None = None,
 ) -> CheckResult:
-    """demands: (spec, resolved engine) of every model that will be deployed.
+    """demands: (spec, resolved engine) of every model that will be deployed; ``router``: the
+    registry's router application, whose replicas take CPUs too (None: not deployed here).
 
-    GPUs, then custom resources (``resources.resources``) against ``cluster_resources`` (default:
-    the connected Ray cluster's, ``ray.cluster_resources()``). A custom resource no node offers
-    fails: Ray would keep those replicas pending forever. Totals only: that one node holds all
-    of a replica's resources at once is Ray's to find out."""
+    GPUs, then CPUs, then custom resources (``resources.resources``), against the cluster's:
+    ``cluster_gpus``/``cluster_cpus`` when given, else ``cluster_resources`` (default: the
+    connected Ray cluster's, ``ray.cluster_resources()``), else this machine's, where
+    ``serve run`` starts a one-node cluster. Ray keeps a replica it cannot place pending forever
+    ("has taken more than 30s to be scheduled"), so any shortfall fails. Totals only: that one
+    node holds all of a replica's resources at once is Ray's to find out."""
     result = _gpu_fit(demands, gpu, cluster_gpus)
-    custom = _custom_fit(demands, cluster_resources)
-    if custom is None:
-        return result
-    status, detail, fix = custom
-    if status == "fail":
-        return failed(result.name, detail, fix, **result.data)
-    return CheckResult(result.name, result.status, f"{result.detail}; {detail}", result.fix, result.data)
+    if cluster_resources is None:
+        cluster_resources = selection.cluster_resources()
+    for extra in (
+        _cpu_fit(demands, router, cluster_cpus, cluster_resources),
+        _custom_fit(demands, cluster_resources),
+    ):
+        if extra is None:
+            continue
+        status, detail, fix, data = extra
+        merged = {**result.data, **data}
+        if status == "fail" and result.status != "fail":
+            result = failed(result.name, detail, fix, **merged)
+        elif status == "fail":
+            result = failed(result.name, f"{result.detail}; {detail}", result.fix, **merged)
+        else:
+            result = CheckResult(result.name, result.status, f"{result.detail}; {detail}", result.fix, merged)
+    return result
+
+
+def _cpu_fit(
+    demands: list[tuple[ModelSpec, str]],
+    router: RouterSpec | None,
+    cluster_cpus: float | None,
+    cluster_resources: Mapping[str, float] | None,
+) -> tuple[str, str, str, dict[str, float]] | None:
+    """(status, detail, fix, data) for the CPUs min_replicas and the router's replicas ask for."""
+    parts = [
+        (spec.name, spec.autoscaling.min_replicas, selection.cpus_per_replica(spec, engine))  # type: ignore[arg-type]
+        for spec, engine in demands
+    ]
+    if router is not None:
+        parts.append(("router", router.num_replicas, router.num_cpus))
+    need = sum(replicas * per for _, replicas, per in parts)
+    if need == 0:
+        return None
+    breakdown = ", ".join(f"{n}: {r} x {p:g}" for n, r, p in parts if r * p)
+    if cluster_cpus is not None:
+        available, source = cluster_cpus, "the cluster"
+    elif cluster_resources is not None:
+        available, source = float(cluster_resources.get("CPU", 0.0)), "the Ray cluster"
+    elif os.environ.get("RAY_ADDRESS"):
+        return (
+            "pass",
+            f"CPUs not checked: `serve run` joins the Ray cluster at RAY_ADDRESS, which preflight "
+            f"is not connected to (pass --cluster-cpus N); min_replicas need {need:g} CPUs ({breakdown})",
+            "",
+            {"need_cpus": need},
+        )
+    else:
+        available, source = float(selection.local_cpus()), "this machine"
+    data = {"need_cpus": need, "available_cpus": available}
+    if need > available + 1e-9:
+        return (
+            "fail",
+            f"min_replicas need {need:g} CPUs ({breakdown}) but {source} has {available:g}; "
+            "replicas beyond that wait for a CPU forever",
+            "lower resources.num_cpus (fractions such as 0.5 are allowed; it is Ray's reservation, "
+            "not a limit), the router's num_cpus or autoscaling.min_replicas, or add CPUs",
+            data,
+        )
+    return "pass", f"{need:g} of {available:g} CPUs ({source}; {breakdown})", "", data
 
 
 def _custom_fit(
     demands: list[tuple[ModelSpec, str]], available: Mapping[str, float] | None
-) -> tuple[str, str, str] | None:
-    """(status, detail, fix) for the custom resources min_replicas need; None when none asks."""
+) -> tuple[str, str, str, dict[str, float]] | None:
+    """(status, detail, fix, data) for the custom resources min_replicas need; None when none
+    asks. ``available``: the connected Ray cluster's resources (None: not connected)."""
     need: dict[str, float] = {}
     for spec, _ in demands:
         for resource, amount in spec.resources.resources.items():
@@ -240,9 +302,7 @@ def _custom_fit(
         return None
     asked = ", ".join(f"{r}: {n:g}" for r, n in sorted(need.items()))
     if available is None:
-        available = selection.cluster_resources()
-    if available is None:
-        return "pass", f"custom resources ({asked}) not checked: not connected to a Ray cluster", ""
+        return "pass", f"custom resources ({asked}) not checked: not connected to a Ray cluster", "", {}
     short = [r for r, n in sorted(need.items()) if n > available.get(r, 0.0) + 1e-9]
     if short:
         have = ", ".join(f"{r}: {available.get(r, 0.0):g}" for r in short)
@@ -252,12 +312,14 @@ def _custom_fit(
             "replicas beyond that wait for a node with the resource forever",
             "start nodes with the resource (`ray start --resources '{\"NAME\": AMOUNT}'`), or change "
             "resources.resources or autoscaling.min_replicas",
+            {},
         )
     return (
         "pass",
         f"custom resources {asked} of the Ray cluster's "
         + ", ".join(f"{r}: {available[r]:g}" for r in sorted(need)),
         "",
+        {},
     )
 
 

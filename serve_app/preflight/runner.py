@@ -68,10 +68,14 @@ def run_preflight(
     read_data: bool = True,
     gpu_memory_gib: float | None = None,
     cluster_gpus: float | None = None,
+    cluster_cpus: float | None = None,
 ) -> Report:
-    """Check every model, then whether all models' min_replicas fit the cluster's GPUs."""
+    """Check every model, then whether all models' min_replicas fit the cluster's GPUs, CPUs
+    and custom resources. A ``RegistrySpec`` (a whole models.yaml) also counts its router's
+    replicas; ``cluster_gpus``/``cluster_cpus`` override what the cluster is said to have."""
     started = time.perf_counter()
     specs = _specs(models)
+    router = models.router if isinstance(models, RegistrySpec) else None
     gpu_info = probe_gpu() if gpu is PROBE else gpu
     env_info = probe_environment() if env is PROBE else env
     platform = probed_platform(gpu_info, env_info, cluster_gpus)
@@ -98,7 +102,9 @@ def run_preflight(
         if report.ok or ctx.spec.on_preflight_failure == "fail"
     ]
     cluster = [
-        placement.check_cluster_fit(deployed, gpu_info, cluster_gpus),
+        placement.check_cluster_fit(
+            deployed, gpu_info, cluster_gpus, router=router, cluster_cpus=cluster_cpus
+        ),
         placement.check_checkpoint_nodes(selection.node_view()),
     ]
     elapsed = time.perf_counter() - started

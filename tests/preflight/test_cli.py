@@ -72,6 +72,7 @@ def test_json_report(qwen2_checkpoint, broken, tmp_path, capsys):
         (["x.yaml", "--checkpoint", "."], "give a registry file or --checkpoint DIR (one of them)"),
         (["--checkpoint", "/nonexistent/dir"], "--checkpoint /nonexistent/dir: no such directory"),
         (["--checkpoint", ".", "--gpu-memory-gib", "0"], "--gpu-memory-gib must be > 0"),
+        (["--checkpoint", ".", "--cluster-cpus", "-1"], "--cluster-cpus must be >= 0"),
         (["/nonexistent/models.yaml"], "/nonexistent/models.yaml: no such file"),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
@@ -79,6 +80,23 @@ def test_json_report(qwen2_checkpoint, broken, tmp_path, capsys):
 def test_usage_errors_exit_2(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_fleet_without_the_cpus_for_its_replicas_exits_1(qwen2_checkpoint, tmp_path, capsys):
+    """The router application's replicas count too: models.yaml is the whole fleet."""
+    models = [
+        {"name": f"m{i}", "checkpoint": str(qwen2_checkpoint), "engine": "cpu", "resources": {"num_cpus": 1}}
+        for i in range(2)
+    ]
+    path = registry(tmp_path, models)
+    assert main([str(path), "--no-data", "--json", "--cluster-cpus", "2"]) == 1
+    (fit, _) = json.loads(capsys.readouterr().out)["cluster"]
+    assert fit["status"] == "fail"
+    assert fit["detail"] == (
+        "min_replicas need 2.25 CPUs (m0: 1 x 1, m1: 1 x 1, router: 1 x 0.25) but the cluster has 2; "
+        "replicas beyond that wait for a CPU forever"
+    )
+    assert main([str(path), "--no-data", "--json", "--cluster-cpus", "3"]) == 0
 
 
 def test_yaml_errors_exit_2(tmp_path, capsys):

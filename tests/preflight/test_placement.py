@@ -102,7 +102,7 @@ def test_cluster_fit_counts_every_models_min_replicas(qwen2_checkpoint):
     assert cluster.detail.startswith(
         "min_replicas need 9 GPUs (m0: 3 x 1, m1: 3 x 1, m2: 3 x 1) but this node has 8"
     )
-    assert run_preflight(models, gpu=H100, env=GOOD_ENV, read_data=False, cluster_gpus=16).ok
+    assert run_preflight(models, gpu=H100, env=GOOD_ENV, read_data=False, cluster_gpus=16, cluster_cpus=9).ok
 
 
 def test_cluster_fit_leaves_out_skipped_models(qwen2_checkpoint, copy_checkpoint):
@@ -112,16 +112,26 @@ def test_cluster_fit_leaves_out_skipped_models(qwen2_checkpoint, copy_checkpoint
     bad = spec_for_checkpoint(
         broken, on_preflight_failure="skip", autoscaling={"min_replicas": 4, "max_replicas": 4}
     )
-    report = run_preflight([*good, bad], gpu=H100, env=GOOD_ENV)
+    report = run_preflight([*good, bad], gpu=H100, env=GOOD_ENV, cluster_cpus=8)
     assert report.cluster[0].status == "pass" and report.cluster[0].data["need_gpus"] == 8
+    assert report.cluster[0].data["need_cpus"] == 8
     assert list(report.unavailable()) == ["ckpt"] and report.blocking() == []
 
 
 def test_cluster_fit_without_gpus(qwen2_checkpoint):
-    cpu_only = run_preflight(specs(qwen2_checkpoint, 2), gpu=None, env=NO_VLLM, read_data=False)
-    assert cpu_only.cluster[0].detail == "no model needs a GPU at min_replicas"
-    vllm = run_preflight(specs(qwen2_checkpoint, 2, engine="vllm"), gpu=None, env=NO_VLLM, read_data=False)
-    assert vllm.cluster[0].detail == "no CUDA GPU visible; min_replicas need 2 GPUs (m0: 1 x 1, m1: 1 x 1)"
+    two = specs(qwen2_checkpoint, 2)
+    cpu_only = run_preflight(two, gpu=None, env=NO_VLLM, read_data=False, cluster_cpus=2)
+    assert cpu_only.cluster[0].detail == (
+        "no model needs a GPU at min_replicas; 1 of 2 CPUs (the cluster; m0: 1 x 0.5, m1: 1 x 0.5)"
+    )
+    vllm = run_preflight(
+        specs(qwen2_checkpoint, 2, engine="vllm"), gpu=None, env=NO_VLLM, read_data=False, cluster_cpus=2
+    )
+    assert vllm.cluster[0].status == "skipped"
+    assert vllm.cluster[0].detail == (
+        "no CUDA GPU visible; min_replicas need 2 GPUs (m0: 1 x 1, m1: 1 x 1); "
+        "2 of 2 CPUs (the cluster; m0: 1 x 1, m1: 1 x 1)"
+    )
 
 
 def test_ray_cluster_is_only_asked_when_connected(monkeypatch):
@@ -185,11 +195,53 @@ def test_cluster_fit_counts_custom_resources(qwen2_checkpoint):
         "min_replicas need custom resources node_b: 2 but the Ray cluster has node_b: 1; "
         "replicas beyond that wait for a node with the resource forever"
     )
-    fits = check_cluster_fit(demands, None, None, {"node_b": 2.0})
+    fits = check_cluster_fit(demands, None, None, {"CPU": 2.0, "node_b": 2.0})
     assert fits.status == "pass"
     assert fits.detail == (
-        "no model needs a GPU at min_replicas; custom resources node_b: 2 of the Ray cluster's node_b: 2"
+        "no model needs a GPU at min_replicas; 2 of 2 CPUs (the Ray cluster; m0: 2 x 0.5, m1: 2 x 0.5); "
+        "custom resources node_b: 2 of the Ray cluster's node_b: 2"
     )
+
+
+def test_cluster_fit_counts_cpus_and_the_routers(qwen2_checkpoint):
+    """Ray keeps a replica it has no CPU for pending forever: `serve run` then hangs on "has taken
+    more than 30s to be scheduled" instead of failing. Preflight says so first."""
+    from serve_app.registry.models import ResourcesSpec, RouterSpec
+
+    models = specs(qwen2_checkpoint, 3, engine="cpu", autoscaling={"min_replicas": 2, "max_replicas": 2})
+    demands = [(m, "cpu") for m in models]
+    router = RouterSpec(num_replicas=2)
+    short = check_cluster_fit(demands, None, 0.0, router=router, cluster_cpus=2)
+    assert short.status == "fail"
+    assert short.detail == (
+        "min_replicas need 3.5 CPUs (m0: 2 x 0.5, m1: 2 x 0.5, m2: 2 x 0.5, router: 2 x 0.25) but the "
+        "cluster has 2; replicas beyond that wait for a CPU forever"
+    )
+    assert short.fix.startswith("lower resources.num_cpus (fractions such as 0.5 are allowed")
+    assert short.data == {"need_cpus": 3.5, "available_cpus": 2.0}
+    # The connected Ray cluster's CPUs, when preflight runs inside it (`serve run`'s build task).
+    assert check_cluster_fit(demands, None, 0.0, {"CPU": 4.0}, router=router).status == "pass"
+    # vLLM replicas take a whole CPU each unless resources.num_cpus says otherwise.
+    light = [(m.model_copy(update={"resources": ResourcesSpec(num_cpus=0.1)}), "vllm") for m in models]
+    assert check_cluster_fit(light, None, 6.0, {"CPU": 0.6}).status == "pass"
+    assert check_cluster_fit([(m, "vllm") for m in models], None, 6.0, {"CPU": 5.0}).status == "fail"
+
+
+def test_cluster_fit_leaves_cpus_unchecked_for_a_cluster_it_cannot_see(qwen2_checkpoint, monkeypatch):
+    monkeypatch.delitem(sys.modules, "ray", raising=False)  # not connected
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    models = specs(qwen2_checkpoint, 8, engine="cpu")
+    result = check_cluster_fit([(m, "cpu") for m in models], None, 0.0)
+    assert result.status == "pass"
+    assert result.detail.endswith(
+        "CPUs not checked: `serve run` joins the Ray cluster at RAY_ADDRESS, which preflight is not "
+        "connected to (pass --cluster-cpus N); min_replicas need 4 CPUs (m0: 1 x 0.5, m1: 1 x 0.5, "
+        "m2: 1 x 0.5, m3: 1 x 0.5, m4: 1 x 0.5, m5: 1 x 0.5, m6: 1 x 0.5, m7: 1 x 0.5)"
+    )
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setattr("serve_app.engines.selection.local_cpus", lambda: 2)
+    local = check_cluster_fit([(m, "cpu") for m in models], None, 0.0)
+    assert local.status == "fail" and "but this machine has 2;" in local.detail
 
 
 def test_checkpoint_nodes_says_where_checkpoints_were_read():
@@ -213,6 +265,7 @@ def test_the_committed_demo_registry_fits_one_gpu_when_auto_picks_vllm(tmp_path)
 
     from serve_app.registry.layout import MODEL_IMPORT_PATH
     from serve_app.registry.loader import parse_model_args
+    from serve_app.registry.models import RouterSpec
 
     root = Path(__file__).resolve().parents[2]
     document = yaml.safe_load((root / "models.yaml").read_text())
@@ -222,6 +275,10 @@ def test_the_committed_demo_registry_fits_one_gpu_when_auto_picks_vllm(tmp_path)
         if app["import_path"] == MODEL_IMPORT_PATH
     ]
     one_h100 = GpuInfo("NVIDIA H100", (9, 0), 80 * GIB, count=1)
-    fit = check_cluster_fit([(m, "vllm") for m in models], one_h100, 1.0)
+    router = RouterSpec()
+    fit = check_cluster_fit([(m, "vllm") for m in models], one_h100, 1.0, router=router, cluster_cpus=4)
     assert fit.status == "pass", fit.detail
-    assert check_cluster_fit([(m, "cpu") for m in models], None, 0.0).status == "pass"
+    # `make serve` on the 2-core CI machine: three CPU-engine models and the router.
+    on_cpu = check_cluster_fit([(m, "cpu") for m in models], None, 0.0, router=router, cluster_cpus=2)
+    assert on_cpu.status == "pass", on_cpu.detail
+    assert on_cpu.data["need_cpus"] == 1.75
