@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import time
@@ -80,6 +81,7 @@ class ModelServer:
         self.config = config
         self.pace = StreamPace(stream_interval_s, stream_items_per_s)
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        self._endpoint_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize-endpoint")
         self.latencies = StageLatencies()
         self.loop_health = LoopHealth()
         self._pending_engine_check: asyncio.Future[None] | None = None
@@ -103,6 +105,13 @@ class ModelServer:
         )
         if self.prompts.request_templates is not None:
             await self.prompts.request_templates.pool.start()
+        # /tokenize and /detokenize take input of any length, as vLLM's do (no max_model_len
+        # there), and 10 MB of text takes about 10 s to tokenize: they get a thread and a copy of
+        # the tokenizer of their own (a fast tokenizer is not safe to share between threads), so
+        # they never hold up the tokenizing of generation requests.
+        self.endpoint_prompts = PromptRenderer(
+            copy.deepcopy(tokenizer), config.model_name, self.engine.max_model_len
+        )
         self.image_policy = image_policy or ImagePolicy()
         self.image_prompts: ImagePrompts | None = None
         if vision_model(config.checkpoint) is not None:
@@ -294,9 +303,10 @@ class ModelServer:
     async def tokenize(self, job: dict[str, Any]) -> dict[str, Any]:
         """``{"count", "max_model_len", "tokens", "token_strs"}`` for a prompt or chat messages."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._tokenizer_thread, self._tokenize, job)
+        return await loop.run_in_executor(self._endpoint_thread, self._tokenize, job)
 
     def _tokenize(self, job: dict[str, Any]) -> dict[str, Any]:
+        prompts = self.endpoint_prompts
         if "messages" in job:
             options = SimpleNamespace(
                 add_generation_prompt=job["add_generation_prompt"],
@@ -305,26 +315,25 @@ class ModelServer:
                 chat_template_kwargs=job["chat_template_kwargs"],
                 tools=job.get("tools"),
             )
-            tokens = self.prompts.chat_ids(job["messages"], options)
+            tokens = prompts.chat_ids(job["messages"], options)
         else:
-            tokens = self.prompts.completion_ids(job["prompt"], job["add_special_tokens"])
-        strs = self.prompts.tokenizer.convert_ids_to_tokens(tokens) if job["return_token_strs"] else None
+            tokens = prompts.completion_ids(job["prompt"], job["add_special_tokens"])
+        strs = prompts.tokenizer.convert_ids_to_tokens(tokens) if job["return_token_strs"] else None
         return {
             "count": len(tokens),
-            "max_model_len": self.prompts.max_model_len,
+            "max_model_len": prompts.max_model_len,
             "tokens": tokens,
             "token_strs": strs,
         }
 
     async def detokenize(self, tokens: list[int]) -> dict[str, str]:
         """``{"prompt": text}`` for token ids; ids outside the vocabulary are a 400."""
-        self.prompts.check_vocab(tokens, param="tokens")
         loop = asyncio.get_running_loop()
-        return {
-            "prompt": await loop.run_in_executor(
-                self._tokenizer_thread, self.prompts.tokenizer.decode, tokens
-            )
-        }
+        return {"prompt": await loop.run_in_executor(self._endpoint_thread, self._detokenize, tokens)}
+
+    def _detokenize(self, tokens: list[int]) -> str:
+        self.endpoint_prompts.check_vocab(tokens, param="tokens")  # millions of ids: off the loop
+        return self.endpoint_prompts.tokenizer.decode(tokens)
 
     # --- health and introspection -----------------------------------------------------------
     async def check_health(self) -> None:
@@ -393,6 +402,7 @@ class ModelServer:
         await self.engine.shutdown()
         self.loop_health.close()
         self._tokenizer_thread.shutdown(wait=False)
+        self._endpoint_thread.shutdown(wait=False)
         if self.prompts.request_templates is not None:
             self.prompts.request_templates.pool.close()
 

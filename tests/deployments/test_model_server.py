@@ -74,6 +74,35 @@ def test_a_hung_engine_check_fails_the_next_checks_at_once_until_it_answers(qwen
     asyncio.run(run())
 
 
+def test_a_long_tokenize_never_holds_up_generation(qwen2_checkpoint):
+    """/tokenize takes any length, as vLLM's does (10 MB took 10.8 s on the CI machine): it runs on
+    a thread and tokenizer of its own, so completions keep being tokenized meanwhile."""
+    import threading
+
+    async def run():
+        server = await started(qwen2_checkpoint)
+        release = threading.Event()
+        tokenizer = server.endpoint_prompts.tokenizer
+        encode = tokenizer.encode
+
+        def slow_encode(*args, **kwargs):
+            release.wait(30)
+            return encode(*args, **kwargs)
+
+        tokenizer.encode = slow_encode
+        job = {"prompt": "hello " * 10, "add_special_tokens": True, "return_token_strs": False}
+        tokenizing = asyncio.ensure_future(server.tokenize(job))
+        await asyncio.sleep(0.1)
+        reply = await asyncio.wait_for(server.complete(completion("Hello", 2)), 10)
+        assert reply["choices"][0]["finish_reason"] == "length"
+        assert not tokenizing.done()
+        release.set()
+        assert (await tokenizing)["count"] == len(server.prompts.tokenizer.encode(job["prompt"]))
+        await server.engine.shutdown()
+
+    asyncio.run(run())
+
+
 def test_a_stream_fails_before_its_first_chunk_when_the_prompt_is_too_long(qwen2_checkpoint):
     async def run():
         server = await started(qwen2_checkpoint)
