@@ -96,6 +96,10 @@ class RequestTooLargeError(RequestError):
     """The request body is larger than the router's ``max_request_body_bytes`` (HTTP 413)."""
 
 
+class RequestTimeoutError(RequestError):
+    """The request body did not arrive within the router's ``request_body_timeout_s`` (HTTP 408)."""
+
+
 class ModelNotFoundError(RequestError):
     """The ``model`` field names no served model (nor alias)."""
 

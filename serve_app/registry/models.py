@@ -367,6 +367,15 @@ class RouterSpec(StrictModel):
         "whose limit the app raises to 64 MiB (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH, Ray's "
         "default 4 MiB), and the pickled request is never larger than its JSON plus a small margin.",
     )
+    request_body_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Longest time a request body may take to arrive, from its headers to its last "
+        "byte; a slower one gets 408 and its connection is closed, so a client that declares a "
+        "body and sends it slowly (or never) does not hold a connection open. 60 s carries the "
+        "largest body (48 MiB) at about 7 Mbit/s.",
+    )
     max_messages: int = Field(default=2048, ge=1, description="Most chat messages in one request.")
     max_content_parts: int = Field(default=256, ge=1, description="Most content parts in one message.")
     max_prompt_chars: int = Field(

@@ -42,7 +42,7 @@ from serve_app.router.fleet import Fleet, ModelApp, ServedModel
 from serve_app.router.health import fleet_readiness, model_readiness
 from serve_app.router.limits import (
     INLINE_PARSE_BYTES,
-    BodySizeLimit,
+    BodyLimits,
     RequestLimits,
     parse_request,
 )
@@ -67,15 +67,15 @@ REQUEST_MODELS = (ChatCompletionRequest, CompletionRequest, TokenizeCompletionRe
 api = FastAPI(title="modelopt-serve", description="OpenAI-compatible router for ModelOpt FP8 models")
 
 
-def _body_limit() -> int:
-    """This replica's ``max_request_body_bytes`` (the Router instance holds the registry's value)."""
+def _limits() -> RequestLimits:
+    """This replica's limits (the Router instance holds the registry's values)."""
     try:
-        return serve.get_replica_context().servable_object.limits.max_request_body_bytes
+        return serve.get_replica_context().servable_object.limits
     except Exception:  # outside a replica, or before the Router is constructed
-        return RequestLimits.from_spec(RouterSpec()).max_request_body_bytes
+        return RequestLimits.from_spec(RouterSpec())
 
 
-api.add_middleware(BodySizeLimit, limit_bytes=_body_limit)
+api.add_middleware(BodyLimits, limits=_limits)
 
 
 def _api_keys() -> ApiKeys | None:

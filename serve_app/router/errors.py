@@ -29,6 +29,7 @@ from serve_app.errors import (
     ModelNotFoundError,
     ModelUnavailableError,
     RequestError,
+    RequestTimeoutError,
     RequestTooLargeError,
     unwrap,
 )
@@ -49,6 +50,7 @@ ERROR_TABLE: list[tuple[type[BaseException], ErrorKind]] = [
     (ModelNotAllowedError, ErrorKind(403, "PermissionDeniedError", "model_not_allowed")),
     (ModelNotFoundError, ErrorKind(404, "NotFoundError", "model_not_found")),
     (RequestTooLargeError, ErrorKind(413, "RequestTooLargeError", "request_too_large")),
+    (RequestTimeoutError, ErrorKind(408, "RequestTimeoutError", "request_timeout")),
     (ContextLengthError, ErrorKind(400, "BadRequestError", "context_length_exceeded")),
     (RequestError, ErrorKind(400, "BadRequestError", "invalid_request")),
     (BackPressureError, ErrorKind(503, "ServiceUnavailableError", "overloaded")),

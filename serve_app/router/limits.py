@@ -2,8 +2,8 @@
 
 Three layers, cheapest first:
 
-1. ``BodySizeLimit`` (ASGI middleware): the body in bytes, from ``Content-Length`` and again
-   while the body streams in (chunked uploads) -> 413.
+1. ``BodyLimits`` (ASGI middleware): the body in bytes, from ``Content-Length`` and again
+   while the body streams in (chunked uploads) -> 413; the time it takes to arrive -> 408.
 2. ``check_document``: one walk over the parsed JSON, before pydantic sees it: nesting depth,
    text that cannot be encoded as UTF-8 (lone UTF-16 surrogates, in keys or values), the number of
    messages, of content parts per message and of prompt items, and the prompt's characters -> 400
@@ -18,14 +18,16 @@ stall every other request on the router.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from serve_app.errors import InvalidRequestError, RequestTooLargeError
+from serve_app.errors import InvalidRequestError, RequestTimeoutError, RequestTooLargeError
 from serve_app.registry.models import RouterSpec
 from serve_app.router.errors import error_response
 
@@ -39,6 +41,7 @@ class RequestLimits:
     defaults and their reasons live (``RouterSpec``; README's reference table)."""
 
     max_request_body_bytes: int
+    request_body_timeout_s: float
     max_messages: int
     max_content_parts: int
     max_prompt_chars: int
@@ -203,36 +206,57 @@ def too_large(limit: int) -> RequestTooLargeError:
     )
 
 
-class BodySizeLimit:
-    """ASGI middleware: 413 past ``limit_bytes()`` bytes of request body.
+def too_slow(timeout_s: float) -> RequestTimeoutError:
+    return RequestTimeoutError(
+        f"request body did not arrive within {timeout_s:g} s (this server's request_body_timeout_s)",
+        param=None,
+    )
+
+
+class BodyLimits:
+    """ASGI middleware: 413 past ``limits().max_request_body_bytes`` bytes of request body, 408
+    when the body has not fully arrived ``limits().request_body_timeout_s`` seconds after the
+    request's headers.
 
     ``Content-Length`` is checked before the app runs (the body is never read); a chunked body
     is counted as it streams in, and the read that crosses the limit raises
-    ``RequestTooLargeError``, which the app's error handler answers with 413.
-    ``limit_bytes`` is a callable because the router's config arrives after the app is built."""
+    ``RequestTooLargeError``, which the app's error handler answers with 413. A read that waits
+    past the deadline raises ``RequestTimeoutError`` (408, and the server closes the connection,
+    its body unread). Reads after the body's last chunk (a streaming response listening for the
+    client's disconnect) have no deadline. ``limits`` is a callable because the router's config
+    arrives after the app is built."""
 
-    def __init__(self, app: Any, limit_bytes: Any) -> None:
+    def __init__(self, app: Any, limits: Callable[[], RequestLimits]) -> None:
         self.app = app
-        self.limit_bytes = limit_bytes
+        self.limits = limits
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_bytes()
+        limits = self.limits()
+        limit, timeout_s = limits.max_request_body_bytes, limits.request_body_timeout_s
         declared = dict(scope.get("headers") or ()).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await error_response(too_large(limit))(scope, receive, send)
             return
         seen = 0
+        deadline: float | None = time.monotonic() + timeout_s
 
-        async def counted_receive() -> dict:
-            nonlocal seen
-            message = await receive()
+        async def limited_receive() -> dict:
+            nonlocal seen, deadline
+            if deadline is None:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise too_slow(timeout_s) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     raise too_large(limit)
+                if not message.get("more_body", False):
+                    deadline = None
             return message
 
-        await self.app(scope, counted_receive, send)
+        await self.app(scope, limited_receive, send)

@@ -45,7 +45,8 @@ def two_model_app(serve_cluster, tmp_path_factory, qwen2_checkpoint, llama_check
             "chat_template_timeout_s": 1.0,
         },
     ]
-    path = write_models_yaml(folder, models)
+    # tests/router/test_hardening.py: a body that arrives too slowly
+    path = write_models_yaml(folder, models, request_body_timeout_s=10)
     start_app_from_yaml(path)
     wait_ready(serve_cluster)
     return serve_cluster

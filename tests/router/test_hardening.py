@@ -172,6 +172,68 @@ def test_a_chunked_body_over_the_byte_limit_is_413(two_model_app):
     assert error_of(response, 413)["code"] == "request_too_large"
 
 
+def test_a_body_that_arrives_too_slowly_is_408_and_the_connection_closes(two_model_app):
+    """A client that declares 1,000 bytes and sends 52 used to keep its connection open (70 s and
+    counting). The two-model app's router allows 10 s (``request_body_timeout_s``)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(two_model_app)
+    started = time.monotonic()
+    with socket.create_connection((url.hostname, url.port), timeout=60) as conn:
+        conn.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b'{"model": "qwen", "prompt": "' + b"x" * 23
+        )
+        reply = b""
+        while chunk := conn.recv(65536):  # until the server closes the connection
+            reply += chunk
+    waited = time.monotonic() - started
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert 9 < waited < 30
+    error = json.loads(body)["error"]
+    assert error == {
+        "message": "request body did not arrive within 10 s (this server's request_body_timeout_s)",
+        "type": "RequestTimeoutError",
+        "param": None,
+        "code": "request_timeout",
+    }
+
+
+def test_the_body_deadline_ends_with_the_body():
+    """A streamed answer listens for the client's disconnect on the same receive channel for as
+    long as it streams: those reads must not inherit the body's deadline."""
+    import asyncio
+
+    from serve_app.router.limits import BodyLimits
+
+    limits = RequestLimits.from_spec(RouterSpec(request_body_timeout_s=0.2))
+    seen: list[dict] = []
+
+    async def app(scope, receive, send):
+        seen.append(await receive())
+        seen.append(await receive())  # the disconnect, after the deadline
+
+    async def receive_twice():
+        messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+        async def receive():
+            if messages:
+                return messages.pop()
+            await asyncio.sleep(0.5)
+            return {"type": "http.disconnect"}
+
+        return receive
+
+    async def run():
+        middleware = BodyLimits(app, lambda: limits)
+        await middleware({"type": "http", "headers": []}, await receive_twice(), None)
+
+    asyncio.run(run())
+    assert [m["type"] for m in seen] == ["http.request", "http.disconnect"]
+
+
 def test_too_many_messages_is_400_naming_messages(two_model_app):
     body = {"model": "qwen", "messages": [{"role": "user", "content": "hi"}] * 2049}
     error = error_of(post(two_model_app, "/v1/chat/completions", body), 400)
