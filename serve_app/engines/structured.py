@@ -27,6 +27,7 @@ import torch
 import xgrammar as xgr
 
 from serve_app.engines.protocol import StructuredOutput
+from serve_app.engines.schema_walk import schema_nodes
 from serve_app.errors import InvalidRequestError
 
 PARAM = "response_format"
@@ -109,7 +110,11 @@ def _check_schema(value: str, param: str = PARAM) -> None:
         ) from None
     if not isinstance(schema, dict | bool):
         raise InvalidRequestError(f"{param}: the JSON schema must be an object", param=param)
-    if feature := unsupported_json_feature(schema):
+    try:
+        feature = unsupported_json_feature(schema)
+    except InvalidRequestError as error:  # nested past the walk's limit
+        raise InvalidRequestError(f"{param}: {error.message}", param=param) from None
+    if feature:
         raise InvalidRequestError(
             f"{param}: the JSON schema uses {feature}, which structured outputs (xgrammar) do not support",
             param=param,
@@ -133,18 +138,12 @@ def unsupported_json_feature(schema: Any, path: str = "$") -> str | None:
     ``contains``, ``minContains``, ``maxContains`` on arrays; string formats xgrammar lacks; a
     ``pattern`` or ``format`` together with ``minLength``/``maxLength``; ``propertyNames`` beside
     ``properties``/``patternProperties``/``additionalProperties``; several ``patternProperties``
-    or ``patternProperties`` beside ``properties``. Every nested object and list is searched.
+    or ``patternProperties`` beside ``properties``. Every nested object and list is searched
+    (``schema_walk.schema_nodes``: InvalidRequestError past its depth limit).
     """
-    if isinstance(schema, list):
-        found = (unsupported_json_feature(item, f"{path}[{i}]") for i, item in enumerate(schema))
-        return next((feature for feature in found if feature), None)
-    if not isinstance(schema, dict):
-        return None
-    if problem := _node_problem(schema):
-        return f"{problem} (at {path})"
-    for key, value in schema.items():
-        if isinstance(value, dict | list) and (found := unsupported_json_feature(value, f"{path}.{key}")):
-            return found
+    for node, where in schema_nodes(schema):
+        if isinstance(node, dict) and (problem := _node_problem(node)):
+            return f"{problem} (at {path}{where[1:]})"
     return None
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from serve_app.deployments.requests import SEED_MAX, SEED_MIN, InferenceRequest
 from serve_app.engines.protocol import SamplingOptions, StructuredOutput
+from serve_app.engines.schema_walk import MAX_SCHEMA_DEPTH, schema_nodes
 from serve_app.errors import InvalidRequestError
 from serve_app.router.tools import (
     AssistantToolCall,
@@ -55,7 +56,6 @@ class JsonSchema(_Strict):
     strict: bool | None = False
 
 
-MAX_SCHEMA_DEPTH = 64  # as the body's own nesting limit (router/limits.py max_json_depth)
 MAX_CONSTRAINT_CHARS = 262_144  # a schema, regex or grammar: compiling is CPU time per request
 MAX_CHOICES = 1024  # structured_outputs.choice: each alternative is compiled into the grammar
 MAX_CHOICE_CHARS = 1024
@@ -66,23 +66,12 @@ def external_ref(schema: Any) -> str | None:
 
     Neither xgrammar nor vLLM fetches such a reference: xgrammar logs a warning and leaves that
     part unconstrained, so the output would not follow the schema the client sent. Refused here,
-    for both engines, instead. Iterative, so a deep schema cannot exhaust the stack; nesting past
-    ``MAX_SCHEMA_DEPTH`` raises InvalidRequestError (a schema sent as a string escapes the body's
-    own depth limit)."""
-    stack: list[tuple[Any, str, int]] = [(schema, "$", 0)]
-    while stack:
-        node, path, depth = stack.pop()
-        if depth > MAX_SCHEMA_DEPTH:
-            raise InvalidRequestError(
-                f"the JSON schema is nested more than {MAX_SCHEMA_DEPTH} levels deep", param=None
-            )
-        if isinstance(node, list):
-            stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(node))
-        elif isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and not ref.startswith("#"):
-                return f"{path}.$ref = {ref[:200]!r}"
-            stack.extend((value, f"{path}.{key}", depth + 1) for key, value in node.items())
+    for both engines, instead. Nesting past ``MAX_SCHEMA_DEPTH`` raises InvalidRequestError
+    (``engines/schema_walk.py``)."""
+    for node, path in schema_nodes(schema):
+        ref = node.get("$ref") if isinstance(node, dict) else None
+        if isinstance(ref, str) and not ref.startswith("#"):
+            return f"{path}.$ref = {ref[:200]!r}"
     return None
 
 

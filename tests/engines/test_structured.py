@@ -17,6 +17,7 @@ import xgrammar as xgr
 from serve_app.engines.protocol import StructuredOutput
 from serve_app.engines.structured import (
     GrammarBackend,
+    check_structured,
     choice_grammar,
     grammar_source,
     unsupported_json_feature,
@@ -207,3 +208,13 @@ def test_choice_grammar_accepts_exactly_the_choices(qwen2_checkpoint):
         assert matcher.accept_string(choice) and matcher.is_completed()
     assert not xgr.GrammarMatcher(compiled).accept_string("nope")
     assert choice_grammar(["a"]) == 'root ::= "a"'
+
+
+def test_a_schema_nested_past_the_walks_limit_is_a_400_naming_the_field():
+    deep: dict = {"type": "object"}
+    for _ in range(70):
+        deep = {"type": "object", "properties": {"a": deep}}
+    with pytest.raises(InvalidRequestError) as raised:
+        check_structured(StructuredOutput("json", json.dumps(deep)))
+    assert raised.value.param == "response_format"
+    assert str(raised.value) == "response_format: the JSON schema is nested more than 64 levels deep"
