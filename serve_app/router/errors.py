@@ -105,7 +105,10 @@ def error_response(error: BaseException, retry_after_s: int | None = None) -> JS
     error = unwrap(error)
     kind = next((k for cls, k in ERROR_TABLE if isinstance(error, cls)), INTERNAL)
     if isinstance(error, RequestError):
-        return JSONResponse(error_body(str(error), kind, error.param), kind.status)
+        # The body is left unread: the connection cannot carry another request (RFC 9110 15.5.9
+        # and 15.5.14), and a stalled upload must not keep it open.
+        close = {"Connection": "close"} if kind.status in (408, 413) else None
+        return JSONResponse(error_body(str(error), kind, error.param), kind.status, headers=close)
     request_id = uuid.uuid4().hex
     headers = {}
     if kind.status == 503:
