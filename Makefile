@@ -14,7 +14,7 @@ DEMO := checkpoints/qwen2-small/config.json checkpoints/llama-small/config.json 
 # be set where the Ray cluster starts: `ray start` or, as here, `serve run`.
 INGRESS ?= haproxy
 SERVE_ENV_proxy :=
-SERVE_ENV_haproxy := RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH=67108864
+SERVE_ENV_haproxy := RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH=67108864 RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S=60
 SERVE_ENV := $(SERVE_ENV_$(INGRESS))
 
 .PHONY: setup serve test lint preflight demo-checkpoints clean

@@ -102,10 +102,16 @@ GRPC_HEADROOM = 1.25  # the router's body limit times this must fit one gRPC mes
 
 # Set where the Ray cluster starts (`ray start`, or `serve run` starting a local one); the
 # cluster's processes, this one included, inherit them.
+# HAProxy's `timeout client` (Ray's default 3,600 s) is how long a client may stay silent while
+# HAProxy waits for its request: headers that never end (slowloris) or a stalled body held one of
+# HAProxy's 4,096 connections for an hour. It does not cut a request waiting on a slow answer
+# (docs/hardening.md); 60 s matches the router's request_body_timeout_s default.
+HAPROXY_CLIENT_TIMEOUT_ENV = "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"
 FAST_INGRESS_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     GRPC_MESSAGE_ENV: str(GRPC_MESSAGE_BYTES),
+    HAPROXY_CLIENT_TIMEOUT_ENV: "60",
 }
 INGRESS_SWITCHES = ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY")
 
