@@ -25,8 +25,6 @@ from serve_app.registry.layout import MODEL_DEPLOYMENT
 from serve_app.registry.models import ModelSpec
 
 
-# Ray Serve only offers the CPU engine a fraction of a core: the demo runs two models and the
-# router on a 2-core machine, and whole-core requests would leave one waiting for scheduling.
 @dataclass(frozen=True)
 class PlannedModel:
     spec: ModelSpec

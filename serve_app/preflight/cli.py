@@ -10,6 +10,7 @@ Exit code: 0 nothing failed (warnings allowed), 1 a check failed, 2 usage or YAM
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -62,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpu_memory_gib is not None and args.gpu_memory_gib <= 0:
         return _usage(parser, "--gpu-memory-gib must be > 0")
     for flag, value in (("--cluster-gpus", args.cluster_gpus), ("--cluster-cpus", args.cluster_cpus)):
-        if value is not None and value < 0:
-            return _usage(parser, f"{flag} must be >= 0")
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            return _usage(parser, f"{flag} must be a number >= 0")
     # Imported here so that `--help` and usage errors stay instant.
     from serve_app.preflight.render import render, render_json
     from serve_app.preflight.runner import run_preflight, spec_for_checkpoint
