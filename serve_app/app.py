@@ -107,11 +107,19 @@ GRPC_HEADROOM = 1.25  # the router's body limit times this must fit one gRPC mes
 # HAProxy's 4,096 connections for an hour. It does not cut a request waiting on a slow answer
 # (docs/hardening.md); 60 s matches the router's request_body_timeout_s default.
 HAPROXY_CLIENT_TIMEOUT_ENV = "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"
+# In direct-ingress mode Ray keeps every application's ingress replica reachable for this long
+# when it stops, "so load balancers can deregister" it (Ray 2.60 replica.py, default 30 s), even
+# when idle. Every model application is one (route_prefix null: no load balancer ever sends it
+# anything; the router's handles drop a stopping replica at once), so each model update, scale-in
+# and Ctrl-C waited 30 s, and `make serve`'s Ctrl-C about a minute. HAProxy takes in a stopping
+# router replica by a config reload within about a second; 5 s leaves room for that.
+MIN_DRAINING_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 FAST_INGRESS_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     GRPC_MESSAGE_ENV: str(GRPC_MESSAGE_BYTES),
     HAPROXY_CLIENT_TIMEOUT_ENV: "60",
+    MIN_DRAINING_ENV: "5",
 }
 INGRESS_SWITCHES = ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY")
 

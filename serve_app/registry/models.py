@@ -371,10 +371,10 @@ class RouterSpec(StrictModel):
         default=60.0,
         gt=0,
         le=3600,
-        description="Longest time a request body may take to arrive, from its headers to its last "
-        "byte; a slower one gets 408 and its connection is closed, so a client that declares a "
-        "body and sends it slowly (or never) does not hold a connection open. 60 s carries the "
-        "largest body (48 MiB) at about 7 Mbit/s.",
+        description="Longest time the router waits, in all, for a request body to arrive; past it "
+        "the request gets 408 with Connection: close, so a client that declares a body and sends "
+        "it slowly (or never) does not hold a request open. 60 s carries the largest body (48 MiB) "
+        "at about 7 Mbit/s.",
     )
     max_messages: int = Field(default=2048, ge=1, description="Most chat messages in one request.")
     max_content_parts: int = Field(default=256, ge=1, description="Most content parts in one message.")

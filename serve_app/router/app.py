@@ -62,7 +62,13 @@ from serve_app.workers import WorkerPool
 logger = logging.getLogger("ray.serve")
 READY_TIMEOUT_S = 5.0
 PARSE_WORKERS = 2  # processes per router replica that parse bodies over INLINE_PARSE_BYTES
-REQUEST_MODELS = (ChatCompletionRequest, CompletionRequest, TokenizeCompletionRequest, TokenizeChatRequest)
+REQUEST_MODELS = (
+    ChatCompletionRequest,
+    CompletionRequest,
+    TokenizeCompletionRequest,
+    TokenizeChatRequest,
+    DetokenizeRequest,
+)
 
 api = FastAPI(title="modelopt-serve", description="OpenAI-compatible router for ModelOpt FP8 models")
 
@@ -323,12 +329,17 @@ class Router:
         app, served = await self._served(request, body.model)
         try:
             job = tokenize_job(body)
-            return JSONResponse(await self._when_placed(app, served.handle.tokenize.remote(job)))
+            # The model server's ready JSON: serialising millions of ids here would stall the router.
+            answer = await self._when_placed(app, served.handle.tokenize.remote(job))
+            return Response(answer, media_type="application/json")
         except Exception as exc:
             return error_response(exc)
 
-    @api.post("/detokenize")
-    async def detokenize(self, body: DetokenizeRequest, request: Request) -> Any:
+    # The body is read by _parse, as on every other route: a body FastAPI reads itself turns the
+    # 408 and 413 of router/limits.py into its own 400 and keeps the connection open.
+    @api.post("/detokenize", openapi_extra=_body_schema(DetokenizeRequest))
+    async def detokenize(self, request: Request) -> Any:
+        body = await self._parse(request, DetokenizeRequest)
         app, served = await self._served(request, body.model)
         try:
             return JSONResponse(await self._when_placed(app, served.handle.detokenize.remote(body.tokens)))

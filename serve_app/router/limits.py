@@ -215,16 +215,17 @@ def too_slow(timeout_s: float) -> RequestTimeoutError:
 
 class BodyLimits:
     """ASGI middleware: 413 past ``limits().max_request_body_bytes`` bytes of request body, 408
-    when the body has not fully arrived ``limits().request_body_timeout_s`` seconds after the
-    request's headers.
+    once the reads of the body have waited ``limits().request_body_timeout_s`` seconds in all.
 
     ``Content-Length`` is checked before the app runs (the body is never read); a chunked body
     is counted as it streams in, and the read that crosses the limit raises
-    ``RequestTooLargeError``, which the app's error handler answers with 413. A read that waits
-    past the deadline raises ``RequestTimeoutError`` (408, and the server closes the connection,
-    its body unread). Reads after the body's last chunk (a streaming response listening for the
-    client's disconnect) have no deadline. ``limits`` is a callable because the router's config
-    arrives after the app is built."""
+    ``RequestTooLargeError``, which the app's error handler answers with 413. Only the time spent
+    waiting for the client counts against the deadline, not the router's own delays between
+    reads (a body already received is never refused); the read that would wait past it raises
+    ``RequestTimeoutError`` (408 with ``Connection: close``, its body unread). Reads after the
+    body's last chunk (a streaming response listening for the client's disconnect) have no
+    deadline. ``limits`` is a callable because the router's config arrives after the app is
+    built."""
 
     def __init__(self, app: Any, limits: Callable[[], RequestLimits]) -> None:
         self.app = app
@@ -241,22 +242,27 @@ class BodyLimits:
             await error_response(too_large(limit))(scope, receive, send)
             return
         seen = 0
-        deadline: float | None = time.monotonic() + timeout_s
+        waited = 0.0
+        body_done = False
 
         async def limited_receive() -> dict:
-            nonlocal seen, deadline
-            if deadline is None:
+            nonlocal seen, waited, body_done
+            if body_done:
                 return await receive()
+            started = time.monotonic()
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+                # timeout_s - waited > 0: a read that used up the budget raised below.
+                message = await asyncio.wait_for(receive(), timeout_s - waited)
             except TimeoutError:
                 raise too_slow(timeout_s) from None
+            waited += time.monotonic() - started
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     raise too_large(limit)
-                if not message.get("more_body", False):
-                    deadline = None
+                body_done = not message.get("more_body", False)
+            if not body_done and waited >= timeout_s:
+                raise too_slow(timeout_s)
             return message
 
         await self.app(scope, limited_receive, send)

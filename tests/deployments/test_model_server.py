@@ -97,7 +97,8 @@ def test_a_long_tokenize_never_holds_up_generation(qwen2_checkpoint):
         assert reply["choices"][0]["finish_reason"] == "length"
         assert not tokenizing.done()
         release.set()
-        assert (await tokenizing)["count"] == len(server.prompts.tokenizer.encode(job["prompt"]))
+        answer = json.loads(await tokenizing)
+        assert answer["count"] == len(server.prompts.tokenizer.encode(job["prompt"]))
         await server.engine.shutdown()
 
     asyncio.run(run())
@@ -129,3 +130,17 @@ def test_without_max_tokens_the_completion_fills_the_context(qwen2_checkpoint):
     assert events[-2:] == ["data: [DONE]", ""]
     streamed = "".join(json.loads(e[6:])["choices"][0]["text"] for e in events[:-2])
     assert streamed == body["choices"][0]["text"]
+
+
+def test_tokenize_json_is_vllms_response_serialised_in_slices():
+    from serve_app.deployments.model_server import JSON_SLICE, tokenize_json
+
+    tokens = list(range(2 * JSON_SLICE + 5))  # three slices
+    strs = [f'tok"{i}é\\' for i in tokens]
+    assert json.loads(tokenize_json(128, tokens, strs)) == {
+        "count": len(tokens),
+        "max_model_len": 128,
+        "tokens": tokens,
+        "token_strs": strs,
+    }
+    assert tokenize_json(8, [], None) == b'{"count":0,"max_model_len":8,"tokens":[],"token_strs":null}'

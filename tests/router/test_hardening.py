@@ -172,9 +172,11 @@ def test_a_chunked_body_over_the_byte_limit_is_413(two_model_app):
     assert error_of(response, 413)["code"] == "request_too_large"
 
 
-def test_a_body_that_arrives_too_slowly_is_408_and_the_connection_closes(two_model_app):
+@pytest.mark.parametrize("path", ["/v1/completions", "/detokenize"])
+def test_a_body_that_arrives_too_slowly_is_408_and_the_connection_closes(two_model_app, path):
     """A client that declares 1,000 bytes and sends 52 used to keep its connection open (70 s and
-    counting). The two-model app's router allows 10 s (``request_body_timeout_s``)."""
+    counting). The two-model app's router allows 10 s (``request_body_timeout_s``). /detokenize
+    once let FastAPI read its body, which turned the 408 into a 400 on an open connection."""
     import socket
     from urllib.parse import urlsplit
 
@@ -182,8 +184,10 @@ def test_a_body_that_arrives_too_slowly_is_408_and_the_connection_closes(two_mod
     started = time.monotonic()
     with socket.create_connection((url.hostname, url.port), timeout=60) as conn:
         conn.sendall(
-            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 1000\r\n\r\n" + b'{"model": "qwen", "prompt": "' + b"x" * 23
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+            + b"Content-Length: 1000\r\n\r\n"
+            + b'{"model": "qwen", "prompt": "'
+            + b"x" * 23
         )
         reply = b""
         while chunk := conn.recv(65536):  # until the server closes the connection
@@ -232,6 +236,38 @@ def test_the_body_deadline_ends_with_the_body():
 
     asyncio.run(run())
     assert [m["type"] for m in seen] == ["http.request", "http.disconnect"]
+
+
+def test_the_body_deadline_counts_only_the_wait_for_the_client():
+    """A body that has arrived is never refused because the router was slow to read it."""
+    import asyncio
+
+    from serve_app.errors import RequestTimeoutError
+    from serve_app.router.limits import BodyLimits
+
+    limits = RequestLimits.from_spec(RouterSpec(request_body_timeout_s=0.2))
+
+    async def run(first_chunk_after_s: float) -> list[dict]:
+        seen: list[dict] = []
+        chunks = [{"type": "http.request", "body": b"{", "more_body": True}]
+
+        async def receive():
+            if chunks:
+                return chunks.pop()
+            await asyncio.sleep(first_chunk_after_s)
+            return {"type": "http.request", "body": b"}", "more_body": False}
+
+        async def app(scope, receive, send):
+            await asyncio.sleep(0.3)  # the router is busy: past the deadline before it reads
+            seen.append(await receive())
+            seen.append(await receive())
+
+        await BodyLimits(app, lambda: limits)({"type": "http", "headers": []}, receive, None)
+        return seen
+
+    assert [m["body"] for m in asyncio.run(run(0.05))] == [b"{", b"}"]
+    with pytest.raises(RequestTimeoutError, match=r"did not arrive within 0\.2 s"):
+        asyncio.run(run(0.5))  # the client is the slow one
 
 
 def test_too_many_messages_is_400_naming_messages(two_model_app):
