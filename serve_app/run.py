@@ -51,6 +51,10 @@ def run(registry_path: Path, serve_args: list[str] | None = None) -> int:
     command = [sys.executable, "-m", "ray.serve.scripts", "run", str(registry_path), *(serve_args or [])]
     child = subprocess.Popen(command, start_new_session=True, preexec_fn=_default_signals)
     stop = threading.Event()
+    names = [m.name for m in registry.models]
+    threading.Thread(
+        target=announce_ready, args=(ready_url(registry_path), names, child, stop), daemon=True
+    ).start()
     force = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -85,6 +89,45 @@ def run(registry_path: Path, serve_args: list[str] | None = None) -> int:
         end_session(child.pid)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+READY_POLL_S = 1.0
+
+
+def ready_url(registry_path: Path) -> str:
+    """The router's /readyz from the config file's ``http_options`` (Ray's defaults otherwise:
+    127.0.0.1:8000); a wildcard host is asked on the loopback address."""
+    import yaml
+
+    document = yaml.safe_load(Path(registry_path).read_text()) or {}
+    options = document.get("http_options") or {}
+    host = str(options.get("host") or "127.0.0.1")
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://{host}:{int(options.get('port') or 8000)}/readyz"
+
+
+def announce_ready(url: str, models: list[str], child: subprocess.Popen, stop: threading.Event) -> None:
+    """Print one line once ``url`` answers 200, so whoever ran ``make serve`` knows when to send
+    requests (``serve run``'s last line, "Submitted deploy config successfully", comes long before
+    the models are up). Gives up when ``serve run`` ends or a signal arrives."""
+    import urllib.error
+    import urllib.request
+
+    base = url.removesuffix("/readyz")
+    while child.poll() is None and not stop.is_set():
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    print(f"serve_app run: ready: {base}/v1 serves {', '.join(models)}", flush=True)
+                    return
+        except urllib.error.HTTPError as error:
+            if error.code == 401:
+                print(f"serve_app run: up at {base}/v1 (its /readyz needs an API key)", flush=True)
+                return
+        except (OSError, ValueError):
+            pass  # not listening yet
+        stop.wait(READY_POLL_S)
 
 
 def model_application_names(registry_path: Path) -> list[str]:

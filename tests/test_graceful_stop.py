@@ -80,6 +80,8 @@ def test_sigterm_lets_a_stream_in_flight_finish_then_stops_everything(runner):
     reader = threading.Thread(target=stream)
     reader.start()
     assert first.wait(60), "the stream never started"
+    time.sleep(1.5)  # the runner polls /readyz every second
+
     process.send_signal(signal.SIGTERM)
     reader.join(timeout=120)
     output = process.communicate(timeout=180)[0]
@@ -89,5 +91,6 @@ def test_sigterm_lets_a_stream_in_flight_finish_then_stops_everything(runner):
     assert '"finish_reason":"length"' in events[-2].replace(" ", ""), events[-2]
     assert process.returncode == 0, output[-3000:]
     assert "serve_app run: draining llm-qwen" in output and "serve_app run: models drained" in output
+    assert f"serve_app run: ready: {base}/v1 serves qwen\n" in output
     time.sleep(1)
     assert processes_mentioning(ray_tmp) == [], output[-3000:]

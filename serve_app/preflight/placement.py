@@ -261,7 +261,7 @@ def _cpu_fit(
     need = sum(replicas * per for _, replicas, per in parts)
     if need == 0:
         return None
-    breakdown = ", ".join(f"{n}: {r} x {p:g}" for n, r, p in parts if r * p)
+    breakdown = "replicas x CPUs: " + ", ".join(f"{n}: {r} x {p:g}" for n, r, p in parts if r * p)
     if cluster_cpus is not None:
         available, source = cluster_cpus, "the cluster"
     elif cluster_resources is not None:

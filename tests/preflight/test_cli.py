@@ -94,7 +94,8 @@ def test_a_fleet_without_the_cpus_for_its_replicas_exits_1(qwen2_checkpoint, tmp
     (fit, _) = json.loads(capsys.readouterr().out)["cluster"]
     assert fit["status"] == "fail"
     assert fit["detail"] == (
-        "min_replicas need 2.25 CPUs (m0: 1 x 1, m1: 1 x 1, router: 1 x 0.25) but the cluster has 2; "
+        "min_replicas need 2.25 CPUs (replicas x CPUs: m0: 1 x 1, m1: 1 x 1, router: 1 x 0.25) "
+        "but the cluster has 2; "
         "replicas beyond that wait for a CPU forever"
     )
     assert main([str(path), "--no-data", "--json", "--cluster-cpus", "3"]) == 0

@@ -122,7 +122,8 @@ def test_cluster_fit_without_gpus(qwen2_checkpoint):
     two = specs(qwen2_checkpoint, 2)
     cpu_only = run_preflight(two, gpu=None, env=NO_VLLM, read_data=False, cluster_cpus=2)
     assert cpu_only.cluster[0].detail == (
-        "no model needs a GPU at min_replicas; 1 of 2 CPUs (the cluster; m0: 1 x 0.5, m1: 1 x 0.5)"
+        "no model needs a GPU at min_replicas; "
+        "1 of 2 CPUs (the cluster; replicas x CPUs: m0: 1 x 0.5, m1: 1 x 0.5)"
     )
     vllm = run_preflight(
         specs(qwen2_checkpoint, 2, engine="vllm"), gpu=None, env=NO_VLLM, read_data=False, cluster_cpus=2
@@ -130,7 +131,7 @@ def test_cluster_fit_without_gpus(qwen2_checkpoint):
     assert vllm.cluster[0].status == "skipped"
     assert vllm.cluster[0].detail == (
         "no CUDA GPU visible; min_replicas need 2 GPUs (m0: 1 x 1, m1: 1 x 1); "
-        "2 of 2 CPUs (the cluster; m0: 1 x 1, m1: 1 x 1)"
+        "2 of 2 CPUs (the cluster; replicas x CPUs: m0: 1 x 1, m1: 1 x 1)"
     )
 
 
@@ -198,7 +199,8 @@ def test_cluster_fit_counts_custom_resources(qwen2_checkpoint):
     fits = check_cluster_fit(demands, None, None, {"CPU": 2.0, "node_b": 2.0})
     assert fits.status == "pass"
     assert fits.detail == (
-        "no model needs a GPU at min_replicas; 2 of 2 CPUs (the Ray cluster; m0: 2 x 0.5, m1: 2 x 0.5); "
+        "no model needs a GPU at min_replicas; "
+        "2 of 2 CPUs (the Ray cluster; replicas x CPUs: m0: 2 x 0.5, m1: 2 x 0.5); "
         "custom resources node_b: 2 of the Ray cluster's node_b: 2"
     )
 
@@ -214,7 +216,8 @@ def test_cluster_fit_counts_cpus_and_the_routers(qwen2_checkpoint):
     short = check_cluster_fit(demands, None, 0.0, router=router, cluster_cpus=2)
     assert short.status == "fail"
     assert short.detail == (
-        "min_replicas need 3.5 CPUs (m0: 2 x 0.5, m1: 2 x 0.5, m2: 2 x 0.5, router: 2 x 0.25) but the "
+        "min_replicas need 3.5 CPUs (replicas x CPUs: m0: 2 x 0.5, m1: 2 x 0.5, m2: 2 x 0.5, "
+        "router: 2 x 0.25) but the "
         "cluster has 2; replicas beyond that wait for a CPU forever"
     )
     assert short.fix.startswith("lower resources.num_cpus (fractions such as 0.5 are allowed")
@@ -235,7 +238,8 @@ def test_cluster_fit_leaves_cpus_unchecked_for_a_cluster_it_cannot_see(qwen2_che
     assert result.status == "pass"
     assert result.detail.endswith(
         "CPUs not checked: `serve run` joins the Ray cluster at RAY_ADDRESS, which preflight is not "
-        "connected to (pass --cluster-cpus N); min_replicas need 4 CPUs (m0: 1 x 0.5, m1: 1 x 0.5, "
+        "connected to (pass --cluster-cpus N); min_replicas need 4 CPUs (replicas x CPUs: "
+        "m0: 1 x 0.5, m1: 1 x 0.5, "
         "m2: 1 x 0.5, m3: 1 x 0.5, m4: 1 x 0.5, m5: 1 x 0.5, m6: 1 x 0.5, m7: 1 x 0.5)"
     )
     monkeypatch.delenv("RAY_ADDRESS")
