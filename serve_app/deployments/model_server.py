@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
+from serve_app.deployments import client_errors
 from serve_app.deployments.choices import Choice, plan_choices
 from serve_app.deployments.fan_in import fan_in
 from serve_app.deployments.gc_heap import freeze_startup_heap
@@ -99,6 +100,7 @@ class ModelServer:
         ``stream_interval_s`` and ``stream_items_per_s``: the streams' pace (``StreamPace``)."""
         started = time.perf_counter()
         phases = {"process_to_init": process_age_s()}
+        client_errors.install()
         if checkpoint_manifest is not None:
             import ray
 
