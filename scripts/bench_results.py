@@ -39,6 +39,7 @@ TARGETS = {
     "router_fast": "throughput mode without HAProxy (requests still enter through Ray's proxy)",
     "router2": "as router, with two router replicas behind HAProxy",
     "router_actor": "as router, router -> model replica by Ray actor calls instead of gRPC",
+    "router_pace": "as router, with a larger stream pace budget (STREAM_ITEMS_PER_S)",
 }
 METRICS = [
     "completed",
@@ -74,6 +75,17 @@ ITL = ("mean_itl_ms", "median_itl_ms", "p99_itl_ms")
 SHARED_TARGETS = ("bare_shared", "router_shared")
 SHARED_NAME = re.compile(rf"^({'|'.join(SHARED_TARGETS)})-m(\d+)-c(\d+)\.json$")
 RESULT_NAME = re.compile(rf"^({'|'.join(TARGETS)})-c(\d+)\.json$")
+# Ray Serve's queue gauges, read mid-traffic by bench_serve.sh (serve_metrics): where requests
+# wait between the router and the model replica (issue 13, target 1). Ray's names, less "ray_".
+SERVE_GAUGES = {
+    "serve_deployment_queued_queries": "queued in the handle, not yet given to a replica",
+    "serve_num_ongoing_requests_at_replicas": "given to replicas, as the handle counts",
+    "serve_replica_processing_queries": "running in the replica",
+    "serve_num_scheduling_tasks": "the handle's routing tasks",
+    "serve_num_scheduling_tasks_in_backoff": "routing tasks backing off",
+    "serve_request_router_queue_len": "the handle's cached queue length of each replica",
+}
+SERVE_METRICS_NAME = re.compile(rf"^({'|'.join(TARGETS)})-c(\d+)-serve-metrics\.txt$")
 
 
 def load_runs(results: Path) -> dict[str, dict[int, dict[str, Any]]]:
@@ -126,7 +138,47 @@ def combine(results: Path, device: str | None, main_concurrency: int) -> dict[st
         doc["checks"] = checks(runs)
     if shared:
         doc["shared"] = shared
+    gauges = serve_gauges(results)
+    if gauges:
+        doc["serve_gauges"] = gauges
     return doc
+
+
+def serve_gauges(results: Path) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """``{target: {concurrency: {gauge: {deployment: value}}}}`` from each
+    ``<target>-c<N>-serve-metrics.txt``, summed over replicas and handles; gauges named in
+    SERVE_GAUGES only (prometheus_client's parser reads the file)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for path in sorted(results.glob("*-serve-metrics.txt")):
+        match = SERVE_METRICS_NAME.match(path.name)
+        if not match:
+            continue
+        target, concurrency = match.group(1), match.group(2)
+        per_gauge: dict[str, dict[str, float]] = {}
+        for family in text_string_to_metric_families(path.read_text()):
+            for sample in family.samples:
+                name = sample.name.removeprefix("ray_")
+                if name not in SERVE_GAUGES:
+                    continue
+                where = sample.labels.get("deployment") or sample.labels.get("application") or "-"
+                values = per_gauge.setdefault(name, {})
+                values[where] = values.get(where, 0.0) + sample.value
+        if per_gauge:
+            found.setdefault(target, {})[concurrency] = per_gauge
+    return found
+
+
+def gauges_markdown(doc: dict[str, Any]) -> str:
+    rows = ["| target | c | gauge | by deployment |", "| --- | ---: | --- | --- |"]
+    for target, by_c in doc.get("serve_gauges", {}).items():
+        for c, per_gauge in sorted(by_c.items(), key=lambda item: int(item[0])):
+            for name in SERVE_GAUGES:
+                if name in per_gauge:
+                    values = ", ".join(f"{d}: {v:g}" for d, v in sorted(per_gauge[name].items()))
+                    rows.append(f"| {target} | {c} | {name} | {values} |")
+    return "\n".join(rows)
 
 
 def shared_block(results: Path) -> dict[str, Any]:
@@ -319,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(doc))
     if doc.get("checks"):
         print("\nIssue 13's targets 1 and 2 (router vs bare):\n\n" + checks_markdown(doc))
+    if doc.get("serve_gauges"):
+        print("\nRay Serve's queue gauges, mid-traffic:\n\n" + gauges_markdown(doc))
     print(f"\nwritten: {out}")
     return 0
 

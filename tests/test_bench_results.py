@@ -46,3 +46,27 @@ def test_a_slower_router_fails_throughput_and_itl():
     checks = bench_results.checks(runs)["1"]
     assert not checks["output_throughput"]["pass"]
     assert not checks["median_itl_ms"]["pass"]  # 2.8 > 2.75
+
+
+def test_serve_gauges_say_where_requests_wait(tmp_path):
+    """Ray's export format, as bench_serve.sh saves it mid-traffic (only the serve_ lines)."""
+    (tmp_path / "router-c256-serve-metrics.txt").write_text(
+        'ray_serve_deployment_queued_queries{application="m",deployment="ModelServer",handle="h1"} 180.0\n'
+        'ray_serve_deployment_queued_queries{application="router",deployment="Router",handle="h2"} 0.0\n'
+        'ray_serve_replica_processing_queries{application="m",deployment="ModelServer",replica="r1"} 70.0\n'
+        'ray_serve_num_scheduling_tasks_in_backoff{application="m",deployment="ModelServer"} 2.0\n'
+        'ray_serve_deployment_processing_latency_ms_count{deployment="ModelServer"} 5.0\n'
+    )
+    (tmp_path / "notes-serve-metrics.txt").write_text("ray_serve_deployment_queued_queries 1.0\n")
+    gauges = bench_results.serve_gauges(tmp_path)
+    assert gauges == {
+        "router": {
+            "256": {
+                "serve_deployment_queued_queries": {"ModelServer": 180.0, "Router": 0.0},
+                "serve_replica_processing_queries": {"ModelServer": 70.0},
+                "serve_num_scheduling_tasks_in_backoff": {"ModelServer": 2.0},
+            }
+        }
+    }
+    table = bench_results.gauges_markdown({"serve_gauges": gauges})
+    assert "| router | 256 | serve_deployment_queued_queries | ModelServer: 180, Router: 0 |" in table
