@@ -6,6 +6,7 @@ field, and saying what is allowed.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -226,8 +227,10 @@ def describe_error(error: dict[str, Any], args: Any, source: str) -> str:
     field = ".".join(str(part) for part in loc)
     message = error["msg"]
     if error["type"] == "extra_forbidden":
-        allowed = ", ".join(sorted(_fields_at(loc[:-1], top=not in_model)))
-        message = f"unknown field; allowed fields here: {allowed}"
+        names = sorted(_fields_at(loc[:-1], top=not in_model))
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1) if loc else []
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        message = f"unknown field; {hint}allowed fields here: {', '.join(names)}"
     elif error["type"] == "literal_error" or error["type"].startswith(("greater_than", "less_than")):
         message = f"{message} (got {error.get('input')!r})"
     return f"{where}: field {field!r}: {message}" if field else f"{where}: {message}"

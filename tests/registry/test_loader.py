@@ -56,7 +56,10 @@ def test_unknown_field_names_file_model_field_and_allowed_fields(tmp_path, ckpt_
     with pytest.raises(RegistryError) as info:
         load_registry(path)
     message = str(info.value)
-    assert f"{path}: application 'qwen' (name 'qwen'): field 'max_model_length': unknown field" in message
+    assert (
+        f"{path}: application 'qwen' (name 'qwen'): field 'max_model_length': unknown field; "
+        "did you mean 'max_model_len'? allowed fields here: " in message
+    )
     assert "max_model_len" in message.split("allowed fields here:")[1]
 
 
