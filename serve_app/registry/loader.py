@@ -101,10 +101,11 @@ def parse_model_args(
     args = dict(args)
     live = [field for field in LIVE_FIELDS if field in args]
     if live:
-        moves = ", ".join(f"{field} -> {LIVE_FIELDS[field]}" for field in live)
+        moves = ", ".join(f"{field} -> {LIVE_FIELDS[field]}" for field in live if field != LIVE_FIELDS[field])
+        names = f", under Ray Serve's names ({moves})" if moves else ""
         raise RegistryError(
             f"{source}: field(s) {', '.join(live)} belong in the application's 'deployments:' entry "
-            f"(- name: {MODEL_DEPLOYMENT}), under Ray Serve's names ({moves}), where changing them "
+            f"(- name: {MODEL_DEPLOYMENT}){names}, where changing them "
             "restarts nothing; under 'args' every change would restart the model"
         )
     own_base = args.pop("base_dir", None)
@@ -245,7 +246,10 @@ def _model_name(args: Any, index: int) -> str | None:
 
 
 def _fields_at(path: list[Any], top: bool) -> list[str]:
-    """Field names allowed at a location, to list them after 'unknown field'."""
+    """Field names allowed at a location, to list them after 'unknown field'. A model's live
+    fields are left out: they go in the application's ``deployments:`` entry, not its args."""
+    if not top and not path:
+        return [name for name in ModelSpec.model_fields if name not in LIVE_FIELDS]
     model: type[BaseModel] = RegistrySpec if top else ModelSpec
     for part in path:
         annotation = model.model_fields.get(str(part))

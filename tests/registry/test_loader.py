@@ -85,10 +85,23 @@ def test_live_option_under_args_names_where_it_belongs(tmp_path, ckpt_dir):
     with pytest.raises(
         RegistryError,
         match=r"application 'qwen': field\(s\) max_ongoing_requests belong in the application's "
-        r"'deployments:' entry \(- name: ModelServer\), under Ray Serve's names "
-        r"\(max_ongoing_requests -> max_ongoing_requests\), where changing them restarts nothing",
+        r"'deployments:' entry \(- name: ModelServer\), where changing them restarts nothing",
     ):
         load_registry(path)
+    document["applications"][1]["args"]["autoscaling"] = {"min_replicas": 1}
+    path.write_text(yaml.safe_dump(document))
+    renamed = r"under Ray Serve's names \(autoscaling -> autoscaling_config\),"
+    with pytest.raises(RegistryError, match=renamed):
+        load_registry(path)
+
+
+def test_the_allowed_fields_of_a_model_leave_out_the_live_ones(tmp_path, ckpt_dir):
+    path = write(tmp_path, [{"name": "qwen", "checkpoint": "ck", "max_model_length": 10}])
+    with pytest.raises(RegistryError) as info:
+        load_registry(path)
+    allowed = str(info.value).split("allowed fields here: ")[1].split(", ")
+    assert "max_model_len" in allowed
+    assert not {"autoscaling", "max_ongoing_requests", "max_queued_requests"} & set(allowed)
 
 
 def test_one_application_layout_of_earlier_versions_says_how_to_move(tmp_path):
