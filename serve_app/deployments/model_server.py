@@ -50,6 +50,7 @@ ENGINE_HEALTH_TIMEOUT_S = 1.0
 
 
 JSON_SLICE = 16_384  # list items serialised per json.dumps call: about a millisecond each
+TOKENIZE_PIECE_BYTES = 4 * 1024 * 1024  # per message of /tokenize's answer stream
 
 
 def tokenize_json(max_model_len: int, tokens: list[int], token_strs: list[str] | None) -> bytes:
@@ -327,11 +328,16 @@ class ModelServer:
         return [ids], plan_choices(request, [ids], self.prompts, media)
 
     # --- tokenizer endpoints (vLLM's /tokenize and /detokenize) ---------------------------------
-    async def tokenize(self, job: dict[str, Any]) -> bytes:
-        """vLLM's TokenizeResponse for a prompt or chat messages, as JSON bytes:
-        ``{"count", "max_model_len", "tokens", "token_strs"}`` (``tokenize_json``)."""
+    async def tokenize(self, job: dict[str, Any]) -> AsyncIterator[bytes]:
+        """vLLM's TokenizeResponse for a prompt or chat messages, as JSON bytes in pieces of at
+        most ``TOKENIZE_PIECE_BYTES``: ``{"count", "max_model_len", "tokens", "token_strs"}``
+        (``tokenize_json``). The answer to a 16 MiB body can pass 140 MB, more than one message
+        between deployments carries (64 MiB under make serve), so it crosses as a stream.
+        Raises (before the first piece) what tokenizing raises."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._endpoint_thread, self._tokenize, job)
+        answer = await loop.run_in_executor(self._endpoint_thread, self._tokenize, job)
+        for start in range(0, len(answer), TOKENIZE_PIECE_BYTES):
+            yield answer[start : start + TOKENIZE_PIECE_BYTES]
 
     def _tokenize(self, job: dict[str, Any]) -> bytes:
         prompts = self.endpoint_prompts

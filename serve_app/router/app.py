@@ -329,11 +329,25 @@ class Router:
         app, served = await self._served(request, body.model)
         try:
             job = tokenize_job(body)
-            # The model server's ready JSON: serialising millions of ids here would stall the router.
-            answer = await self._when_placed(app, served.handle.tokenize.remote(job))
-            return Response(answer, media_type="application/json")
+            # The model server's ready JSON, as a stream of pieces (one message could not carry
+            # it): serialising millions of ids here would stall the router.
+            pieces = served.stream_handle.tokenize.remote(job)
+            first = await self._when_placed(app, pieces.__anext__())
         except Exception as exc:
             return error_response(exc)
+
+        async def answer() -> AsyncIterator[bytes]:
+            finished = False
+            try:
+                yield first
+                async for piece in pieces:
+                    yield piece
+                finished = True
+            finally:
+                if not finished:  # the client went away, or the replica did: the JSON is cut
+                    pieces.cancel()
+
+        return StreamingResponse(answer(), media_type="application/json")
 
     # The body is read by _parse, as on every other route: a body FastAPI reads itself turns the
     # 408 and 413 of router/limits.py into its own 400 and keeps the connection open.

@@ -91,7 +91,11 @@ def test_a_long_tokenize_never_holds_up_generation(qwen2_checkpoint):
 
         tokenizer.encode = slow_encode
         job = {"prompt": "hello " * 10, "add_special_tokens": True, "return_token_strs": False}
-        tokenizing = asyncio.ensure_future(server.tokenize(job))
+
+        async def whole_answer() -> bytes:
+            return b"".join([piece async for piece in server.tokenize(job)])
+
+        tokenizing = asyncio.ensure_future(whole_answer())
         await asyncio.sleep(0.1)
         reply = await asyncio.wait_for(server.complete(completion("Hello", 2)), 10)
         assert reply["choices"][0]["finish_reason"] == "length"
@@ -144,3 +148,23 @@ def test_tokenize_json_is_vllms_response_serialised_in_slices():
         "token_strs": strs,
     }
     assert tokenize_json(8, [], None) == b'{"count":0,"max_model_len":8,"tokens":[],"token_strs":null}'
+
+
+def test_a_large_tokenize_answer_crosses_in_pieces(qwen2_checkpoint, monkeypatch):
+    """The answer to a 16 MiB body can pass 140 MB, more than one message between deployments
+    carries (an attacker's 144 MB answer got a 500): it is sent as a stream of pieces."""
+    import serve_app.deployments.model_server as model_server
+
+    monkeypatch.setattr(model_server, "TOKENIZE_PIECE_BYTES", 100)
+
+    async def run():
+        server = await started(qwen2_checkpoint)
+        job = {"prompt": "hello world " * 50, "add_special_tokens": True, "return_token_strs": True}
+        pieces = [piece async for piece in server.tokenize(job)]
+        await server.engine.shutdown()
+        return pieces
+
+    pieces = asyncio.run(run())
+    assert len(pieces) > 5 and all(len(piece) <= 100 for piece in pieces)
+    answer = json.loads(b"".join(pieces))
+    assert answer["count"] == len(answer["tokens"]) == len(answer["token_strs"])
