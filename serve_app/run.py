@@ -104,6 +104,8 @@ def ready_url(registry_path: Path) -> str:
     host = str(options.get("host") or "127.0.0.1")
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
     return f"http://{host}:{int(options.get('port') or 8000)}/readyz"
 
 

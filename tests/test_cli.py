@@ -68,3 +68,21 @@ def test_validate_checks_the_api_key_sources(tmp_path, qwen2_checkpoint, capsys,
     (tmp_path / "models.yaml").write_text(yaml.safe_dump(document))
     assert main(["validate", str(tmp_path / "models.yaml")]) == 2
     assert "router.auth.api_keys_env names NO_SUCH_KEYS, which is unset or empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("http_options", "url"),
+    [
+        ({}, "http://127.0.0.1:8000/readyz"),
+        ({"host": "0.0.0.0", "port": 9001}, "http://127.0.0.1:9001/readyz"),
+        ({"host": "::1", "port": 9002}, "http://[::1]:9002/readyz"),
+        ({"host": "10.0.0.5"}, "http://10.0.0.5:8000/readyz"),
+    ],
+)
+def test_run_asks_readyz_where_the_config_file_serves(tmp_path, http_options, url):
+    """`serve_app run` prints its "ready" line once this URL answers 200."""
+    from serve_app.run import ready_url
+
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump({"http_options": http_options, "applications": []}))
+    assert ready_url(path) == url
