@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -27,8 +28,14 @@ def _table(title: str, results: list[CheckResult]) -> Table:
     return table
 
 
+# Rich draws tables 80 columns wide when stdout is not a terminal (make serve's log, CI), which
+# wrapped the report into about 200 lines.
+LOG_WIDTH = 160
+
+
 def render(report: Report, console: Console | None = None) -> None:
-    console = console or Console()
+    if console is None:
+        console = Console() if sys.stdout.isatty() else Console(width=LOG_WIDTH)
     for model in report.models:
         verdict = "ok" if model.ok else f"FAILED (on_preflight_failure: {model.policy})"
         console.print(_table(f"{model.model}: {verdict}\n{model.checkpoint}", model.results))
