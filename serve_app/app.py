@@ -105,7 +105,8 @@ GRPC_HEADROOM = 1.25  # the router's body limit times this must fit one gRPC mes
 # HAProxy's `timeout client` (Ray's default 3,600 s) is how long a client may stay silent while
 # HAProxy waits for its request: headers that never end (slowloris) or a stalled body held one of
 # HAProxy's 4,096 connections for an hour. It does not cut a request waiting on a slow answer
-# (docs/hardening.md); 60 s matches the router's request_body_timeout_s default.
+# (docs/hardening.md). 70 s: above the router's request_body_timeout_s default (60 s), so a stalled
+# body gets the router's 408 in OpenAI's error shape rather than HAProxy's own 400.
 HAPROXY_CLIENT_TIMEOUT_ENV = "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"
 # In direct-ingress mode Ray keeps every application's ingress replica reachable for this long
 # when it stops, "so load balancers can deregister" it (Ray 2.60 replica.py, default 30 s), even
@@ -118,7 +119,7 @@ FAST_INGRESS_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     GRPC_MESSAGE_ENV: str(GRPC_MESSAGE_BYTES),
-    HAPROXY_CLIENT_TIMEOUT_ENV: "60",
+    HAPROXY_CLIENT_TIMEOUT_ENV: "70",
     MIN_DRAINING_ENV: "5",
 }
 INGRESS_SWITCHES = ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY")

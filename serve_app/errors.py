@@ -12,6 +12,7 @@
     │   ├── ChatTemplateMissingError chat request to a model without a template   -> 400
     │   ├── ChatTemplateError        the chat template refused, failed or ran out of time -> 400
     │   ├── RequestTooLargeError     the body is larger than the router accepts   -> 413
+    │   ├── RequestTimeoutError      the body did not arrive in time              -> 408
     │   ├── ModelNotFoundError       no served model has that name                -> 404
     │   ├── AuthenticationError      API keys are on and the key is missing or wrong -> 401
     │   └── ModelNotAllowedError     the key may not use the requested model       -> 403

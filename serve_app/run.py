@@ -121,7 +121,8 @@ def announce_ready(url: str, models: list[str], child: subprocess.Popen, stop: t
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 if response.status == 200:
-                    print(f"serve_app run: ready: {base}/v1 serves {', '.join(models)}", flush=True)
+                    served = ready_summary(response.read(), models)
+                    print(f"serve_app run: ready: {base}/v1 {served}", flush=True)
                     return
         except urllib.error.HTTPError as error:
             if error.code == 401:
@@ -130,6 +131,29 @@ def announce_ready(url: str, models: list[str], child: subprocess.Popen, stop: t
         except (OSError, ValueError):
             pass  # not listening yet
         stop.wait(READY_POLL_S)
+
+
+def ready_summary(body: bytes, models: list[str]) -> str:
+    """What a 200 from /readyz says is served: its available models (router/health.py
+    ``fleet_readiness``), and the others with why; ``models`` (the file's) when it cannot be read."""
+    import json
+
+    try:
+        states = json.loads(body)["models"]
+        serving = [name for name, state in states.items() if state.get("available")]
+        left_out = [
+            f"{name} ({_first_line(state.get('reason'))})"
+            for name, state in states.items()
+            if name not in serving
+        ]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"serves {', '.join(models)}"
+    return f"serves {', '.join(serving)}" + (f"; not serving {', '.join(left_out)}" if left_out else "")
+
+
+def _first_line(reason: object, limit: int = 120) -> str:
+    lines = str(reason or "unavailable").splitlines() or ["unavailable"]
+    return lines[0][:limit]
 
 
 def model_application_names(registry_path: Path) -> list[str]:

@@ -55,6 +55,8 @@ def test_serve_gauges_say_where_requests_wait(tmp_path):
         'ray_serve_deployment_queued_queries{application="router",deployment="Router",handle="h2"} 0.0\n'
         'ray_serve_replica_processing_queries{application="m",deployment="ModelServer",replica="r1"} 70.0\n'
         'ray_serve_num_scheduling_tasks_in_backoff{application="m",deployment="ModelServer"} 2.0\n'
+        'ray_serve_request_router_queue_len{application="m",deployment="ModelServer",handle="a"} 70.0\n'
+        'ray_serve_request_router_queue_len{application="m",deployment="ModelServer",handle="b"} 68.0\n'
         'ray_serve_deployment_processing_latency_ms_count{deployment="ModelServer"} 5.0\n'
     )
     (tmp_path / "notes-serve-metrics.txt").write_text("ray_serve_deployment_queued_queries 1.0\n")
@@ -62,11 +64,14 @@ def test_serve_gauges_say_where_requests_wait(tmp_path):
     assert gauges == {
         "router": {
             "256": {
-                "serve_deployment_queued_queries": {"ModelServer": 180.0, "Router": 0.0},
-                "serve_replica_processing_queries": {"ModelServer": 70.0},
-                "serve_num_scheduling_tasks_in_backoff": {"ModelServer": 2.0},
+                "serve_deployment_queued_queries": {"m/ModelServer": 180.0, "router/Router": 0.0},
+                "serve_replica_processing_queries": {"m/ModelServer": 70.0},
+                "serve_num_scheduling_tasks_in_backoff": {"m/ModelServer": 2.0},
+                # two router replicas' handles see the same replica: not 138
+                "serve_request_router_queue_len": {"m/ModelServer": 70.0},
             }
         }
     }
     table = bench_results.gauges_markdown({"serve_gauges": gauges})
-    assert "| router | 256 | serve_deployment_queued_queries | ModelServer: 180, Router: 0 |" in table
+    row = "| router | 256 | serve_deployment_queued_queries | m/ModelServer: 180, router/Router: 0 |"
+    assert row in table

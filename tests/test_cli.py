@@ -86,3 +86,21 @@ def test_run_asks_readyz_where_the_config_file_serves(tmp_path, http_options, ur
     path = tmp_path / "models.yaml"
     path.write_text(yaml.safe_dump({"http_options": http_options, "applications": []}))
     assert ready_url(path) == url
+
+
+def test_the_ready_line_names_what_readyz_says_is_served():
+    import json
+
+    from serve_app.run import ready_summary
+
+    body = {
+        "status": "ready",
+        "models": {
+            "qwen": {"ready": True, "available": True},
+            "llama": {"ready": False, "available": False, "reason": "preflight failed:\nshards: missing"},
+        },
+    }
+    assert ready_summary(json.dumps(body).encode(), ["qwen", "llama"]) == (
+        "serves qwen; not serving llama (preflight failed:)"
+    )
+    assert ready_summary(b"not json", ["qwen", "llama"]) == "serves qwen, llama"

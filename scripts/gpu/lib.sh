@@ -12,7 +12,7 @@ PY=${PY:-python3}
 # `make serve`'s ingress (serve_app/app.py FAST_INGRESS_ENV): Ray Serve's throughput mode with
 # HAProxy forwarding HTTP straight to the router replica. Set where the Ray cluster starts.
 # shellcheck disable=SC2034 # read by the scripts that source this file
-FAST_INGRESS_ENV="RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH=67108864 RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S=60 RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=5"
+FAST_INGRESS_ENV="RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH=67108864 RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S=70 RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=5"
 vllm_cli() { "$PY" -m vllm.entrypoints.cli.main "$@"; }
 serve_cli() { "$PY" -m ray.serve.scripts "$@"; }
 ray_cli() { "$PY" -m ray.scripts.scripts "$@"; }

@@ -13,7 +13,7 @@ import copy
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
@@ -50,29 +50,45 @@ ENGINE_HEALTH_TIMEOUT_S = 1.0
 
 
 JSON_SLICE = 16_384  # list items serialised per json.dumps call: about a millisecond each
-TOKENIZE_PIECE_BYTES = 4 * 1024 * 1024  # per message of /tokenize's answer stream
+# Per message of /tokenize's answer stream: under Ray's default 4 MiB gRPC message limit (a
+# deployment may run without make serve's 64 MiB), with room for the message's own framing.
+TOKENIZE_PIECE_BYTES = 1024 * 1024
 
 
-def tokenize_json(max_model_len: int, tokens: list[int], token_strs: list[str] | None) -> bytes:
-    """vLLM's TokenizeResponse (vllm/entrypoints/serve/tokenize/protocol.py) as compact JSON.
+def tokenize_json(max_model_len: int, tokens: list[int], token_strs: list[str] | None) -> list[bytes]:
+    """vLLM's TokenizeResponse (vllm/entrypoints/serve/tokenize/protocol.py) as compact JSON, in
+    consecutive byte strings whose concatenation is the document.
 
-    Serialised a slice of ``JSON_SLICE`` items at a time: one json.dumps of the 2.4 million ids of
-    a 4 MiB prompt holds the GIL, and so this replica's event loop and its streams, for most of a
-    second; between slices the interpreter can switch threads. The bytes then cross to the
-    router, which sends them as they are instead of serialising them on its own event loop."""
+    Serialised and encoded a slice of ``JSON_SLICE`` items at a time, never as one string: one
+    json.dumps (or one join, or one encode) of the 2.4 million ids of a 4 MiB prompt holds the
+    GIL, and so this replica's event loop and its streams, for most of a second; between slices
+    the interpreter can switch threads. The router sends the bytes on as they are instead of
+    serialising them on its own event loop."""
 
-    def array(items: list[Any]) -> str:
-        slices = (
-            json.dumps(items[i : i + JSON_SLICE], ensure_ascii=False, separators=(",", ":"))[1:-1]
-            for i in range(0, len(items), JSON_SLICE)
-        )
-        return "[" + ",".join(slices) + "]"
+    def array(items: list[Any]) -> Iterator[bytes]:
+        yield b"["
+        for i in range(0, len(items), JSON_SLICE):
+            text = json.dumps(items[i : i + JSON_SLICE], ensure_ascii=False, separators=(",", ":"))
+            yield (("," if i else "") + text[1:-1]).encode()
+        yield b"]"
 
-    strs = "null" if token_strs is None else array(token_strs)
-    return (
-        f'{{"count":{len(tokens)},"max_model_len":{max_model_len},"tokens":{array(tokens)},'
-        f'"token_strs":{strs}}}'
-    ).encode()
+    head = f'{{"count":{len(tokens)},"max_model_len":{max_model_len},"tokens":'.encode()
+    strs = [b"null"] if token_strs is None else list(array(token_strs))
+    return [head, *array(tokens), b',"token_strs":', *strs, b"}"]
+
+
+def pieces_of(parts: list[bytes], size: int) -> Iterator[bytes]:
+    """``parts`` regrouped into byte strings of at most ``size`` bytes, in order."""
+    piece = bytearray()
+    for part in parts:
+        for start in range(0, len(part), size):
+            chunk = part[start : start + size]
+            if len(piece) + len(chunk) > size:
+                yield bytes(piece)
+                piece.clear()
+            piece += chunk
+    if piece:
+        yield bytes(piece)
 
 
 def _consume_result(future: asyncio.Future[None]) -> None:
@@ -112,8 +128,8 @@ class ModelServer:
         self._endpoint_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize-endpoint")
         self.latencies = StageLatencies()
         self.loop_health = LoopHealth()
-        self._pending_engine_check: asyncio.Future[None] | None = None
-        self._pending_engine_check_since = 0.0
+        self._failed_engine_check: asyncio.Future[None] | None = None
+        self._failed_engine_check_since = 0.0
         self.engine: Engine = engine_cls(
             config, stat_loggers=engine_stat_loggers(engine_cls, config.model_name)
         )
@@ -332,14 +348,15 @@ class ModelServer:
         """vLLM's TokenizeResponse for a prompt or chat messages, as JSON bytes in pieces of at
         most ``TOKENIZE_PIECE_BYTES``: ``{"count", "max_model_len", "tokens", "token_strs"}``
         (``tokenize_json``). The answer to a 16 MiB body can pass 140 MB, more than one message
-        between deployments carries (64 MiB under make serve), so it crosses as a stream.
+        between deployments carries (64 MiB under make serve, 4 MiB by Ray's default), so it
+        crosses as a stream.
         Raises (before the first piece) what tokenizing raises."""
         loop = asyncio.get_running_loop()
-        answer = await loop.run_in_executor(self._endpoint_thread, self._tokenize, job)
-        for start in range(0, len(answer), TOKENIZE_PIECE_BYTES):
-            yield answer[start : start + TOKENIZE_PIECE_BYTES]
+        parts = await loop.run_in_executor(self._endpoint_thread, self._tokenize, job)
+        for piece in pieces_of(parts, TOKENIZE_PIECE_BYTES):
+            yield piece
 
-    def _tokenize(self, job: dict[str, Any]) -> bytes:
+    def _tokenize(self, job: dict[str, Any]) -> list[bytes]:
         prompts = self.endpoint_prompts
         if "messages" in job:
             options = SimpleNamespace(
@@ -370,38 +387,38 @@ class ModelServer:
         (after three failures in a row) so Serve stops routing to it and replaces it. An engine
         whose own check does not answer within ENGINE_HEALTH_TIMEOUT_S is hung.
 
-        A timed-out engine check is left running: while it has still not answered, the next
-        checks fail at once instead of waiting out the limit again, so a hung engine leaves
-        routing after one limit plus two periods, not three limits plus two periods."""
-        pending = self._pending_engine_check
-        if pending is not None and not pending.done():
-            waited = time.monotonic() - self._pending_engine_check_since
-            logger.error(
-                "engine of %s has still not answered the health check sent %.1f s ago: it hangs",
-                self.config.model_name,
-                waited,
-            )
-            raise EngineDeadError(
-                f"the engine of {self.config.model_name!r} has not answered a health check sent "
-                f"{waited:.1f} s ago"
-            )
+        After such a failure the next checks do not wait out the limit again. While that engine
+        check is still unanswered they fail at once. If it ended in a failure of its own (the vLLM
+        engine's probe has its own 1 s limit), the next check asks the engine again in the
+        background and fails at once; the check after it reads that answer. So a hung engine
+        leaves routing after about one limit plus two periods, and one that answers again passes
+        the next check. Raises EngineDeadError."""
+        previous = self._failed_engine_check
+        if previous is not None:
+            waited = time.monotonic() - self._failed_engine_check_since
+            if not previous.done():
+                self._log_unhealthy("has still not answered the health check sent %.1f s ago", waited)
+                raise EngineDeadError(
+                    f"the engine of {self.config.model_name!r} has not answered a health check sent "
+                    f"{waited:.1f} s ago"
+                )
+            self._failed_engine_check = None
+            failure = None if previous.cancelled() else previous.exception()
+            if failure is not None:
+                self._ask_engine_in_background()
+                self._log_unhealthy("failed the health check sent %.1f s ago: %s", waited, failure)
+                raise EngineDeadError(
+                    f"the engine of {self.config.model_name!r} failed its last health check: {failure}"
+                )
         check = asyncio.ensure_future(self.engine.check_health())
         done, _ = await asyncio.wait({check}, timeout=ENGINE_HEALTH_TIMEOUT_S)
         if not done:
-            self._pending_engine_check = check
-            self._pending_engine_check_since = time.monotonic() - ENGINE_HEALTH_TIMEOUT_S
-            check.add_done_callback(_consume_result)
-            logger.error(
-                "engine of %s did not answer its health check within %g s: it hangs; asking Ray "
-                "Serve to replace this replica",
-                self.config.model_name,
-                ENGINE_HEALTH_TIMEOUT_S,
-            )
+            self._keep_failed_check(check, time.monotonic() - ENGINE_HEALTH_TIMEOUT_S)
+            self._log_unhealthy("did not answer its health check within %g s", ENGINE_HEALTH_TIMEOUT_S)
             raise EngineDeadError(
                 f"the engine of {self.config.model_name!r} did not answer its health check within "
                 f"{ENGINE_HEALTH_TIMEOUT_S:g} s"
             )
-        self._pending_engine_check = None
         try:
             check.result()
         except EngineDeadError:
@@ -409,6 +426,20 @@ class ModelServer:
                 "engine of %s is dead; asking Ray Serve to replace this replica", self.config.model_name
             )
             raise
+
+    def _ask_engine_in_background(self) -> None:
+        self._keep_failed_check(asyncio.ensure_future(self.engine.check_health()), time.monotonic())
+
+    def _keep_failed_check(self, check: asyncio.Future[None], since: float) -> None:
+        self._failed_engine_check, self._failed_engine_check_since = check, since
+        check.add_done_callback(_consume_result)
+
+    def _log_unhealthy(self, what: str, *args: Any) -> None:
+        logger.error(
+            "engine of %s " + what + "; asking Ray Serve to replace this replica",
+            self.config.model_name,
+            *args,
+        )
 
     async def info(self) -> dict[str, Any]:
         """Readiness details for /readyz and the model card for /v1/models."""
@@ -426,8 +457,8 @@ class ModelServer:
         }
 
     async def __del__(self) -> None:
-        if self._pending_engine_check is not None:
-            self._pending_engine_check.cancel()
+        if self._failed_engine_check is not None:
+            self._failed_engine_check.cancel()
         await self.engine.shutdown()
         self.loop_health.close()
         self._tokenizer_thread.shutdown(wait=False)

@@ -108,13 +108,12 @@ def cpus_per_replica(spec: ModelSpec, engine: ResolvedEngine) -> float:
     return DEFAULT_NUM_CPUS[engine]
 
 
-def local_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, else the machine's count): what a Ray
-    cluster started here by ``serve run`` offers, unless a cgroup quota lowers it further."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    if affinity is not None:
-        return len(affinity(0))
-    return os.cpu_count() or 1
+def local_cpus() -> float:
+    """The CPUs a Ray node started on this machine offers, as Ray counts them outside a container
+    (``multiprocessing.cpu_count()``, ray/_private/utils.py ``get_num_cpus``, Ray 2.60). Under a
+    container's CPU quota Ray counts fewer, which this does not see (preflight imports no Ray):
+    pass ``--cluster-cpus`` there."""
+    return float(os.cpu_count() or 1)
 
 
 def engine_class(kind: ResolvedEngine) -> type[Engine]:

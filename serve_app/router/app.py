@@ -332,8 +332,15 @@ class Router:
             # The model server's ready JSON, as a stream of pieces (one message could not carry
             # it): serialising millions of ids here would stall the router.
             pieces = served.stream_handle.tokenize.remote(job)
-            first = await self._when_placed(app, pieces.__anext__())
         except Exception as exc:
+            return error_response(exc)
+        try:
+            first = await self._when_placed(app, pieces.__anext__())
+        except BaseException as exc:
+            # A request still queued for a replica would otherwise run for nobody.
+            pieces.cancel()
+            if not isinstance(exc, Exception):
+                raise
             return error_response(exc)
 
         async def answer() -> AsyncIterator[bytes]:
@@ -380,7 +387,13 @@ class Router:
                 return JSONResponse(answer)
             stream = served.stream_handle.stream.remote(request)
             # Await the first chunk before answering so that a bad request still gets a 4xx status.
-            first = await self._when_placed(app, stream.__anext__())
+            try:
+                first = await self._when_placed(app, stream.__anext__())
+            except BaseException:
+                # No replica took it in time, the client left, or the model refused it: a request
+                # still queued for a replica would otherwise run for nobody.
+                stream.cancel()
+                raise
         except StopAsyncIteration:
             load.ended(started)
             return error_response(RuntimeError("the model server ended the stream without output"))

@@ -201,12 +201,14 @@ def validate_document(document: Any, model: type[BaseModel]) -> tuple[BaseModel 
 
 
 def too_large(limit: int) -> RequestTooLargeError:
+    """The 413 for a body over ``limit`` bytes."""
     return RequestTooLargeError(
         f"request body is larger than this server accepts ({limit} bytes)", param=None
     )
 
 
 def too_slow(timeout_s: float) -> RequestTimeoutError:
+    """The 408 for a body whose reads waited ``timeout_s`` seconds in all."""
     return RequestTimeoutError(
         f"request body did not arrive within {timeout_s:g} s (this server's request_body_timeout_s)",
         param=None,
@@ -251,8 +253,11 @@ class BodyLimits:
                 return await receive()
             started = time.monotonic()
             try:
-                # timeout_s - waited > 0: a read that used up the budget raised below.
-                message = await asyncio.wait_for(receive(), timeout_s - waited)
+                # timeout_s - waited > 0: a read that used up the budget raised below. Not
+                # wait_for: on Python 3.11 it runs receive() in a task of its own, so even a chunk
+                # already received would wait for a turn of the event loop, counted as the client's.
+                async with asyncio.timeout(timeout_s - waited):
+                    message = await receive()
             except TimeoutError:
                 raise too_slow(timeout_s) from None
             waited += time.monotonic() - started
