@@ -152,13 +152,11 @@ def engine_config(checkpoint: Path) -> Any:
 
 
 def start_serving(registry: Path, out: Path) -> subprocess.Popen:
+    from serve_app.app import FAST_INGRESS_ENV  # make serve's ingress, kept in one place
+
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
-    env.update(
-        RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
-        RAY_SERVE_ENABLE_HA_PROXY="1",
-        RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH="67108864",
-    )
+    env.update(FAST_INGRESS_ENV)
     logfile = open(out / "serve.log", "w")  # noqa: SIM115 - lives as long as the server
     log(f"starting serve run {registry} (log {out / 'serve.log'})")
     return subprocess.Popen(

@@ -405,7 +405,7 @@ class ModelServer:
             self._failed_engine_check = None
             failure = None if previous.cancelled() else previous.exception()
             if failure is not None:
-                self._ask_engine_in_background()
+                self._keep_failed_check(asyncio.ensure_future(self.engine.check_health()), time.monotonic())
                 self._log_unhealthy("failed the health check sent %.1f s ago: %s", waited, failure)
                 raise EngineDeadError(
                     f"the engine of {self.config.model_name!r} failed its last health check: {failure}"
@@ -422,13 +422,8 @@ class ModelServer:
         try:
             check.result()
         except EngineDeadError:
-            logger.error(
-                "engine of %s is dead; asking Ray Serve to replace this replica", self.config.model_name
-            )
+            self._log_unhealthy("is dead")
             raise
-
-    def _ask_engine_in_background(self) -> None:
-        self._keep_failed_check(asyncio.ensure_future(self.engine.check_health()), time.monotonic())
 
     def _keep_failed_check(self, check: asyncio.Future[None], since: float) -> None:
         self._failed_engine_check, self._failed_engine_check_since = check, since

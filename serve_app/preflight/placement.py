@@ -261,7 +261,7 @@ def _cpu_fit(
     need = sum(replicas * per for _, replicas, per in parts)
     if need == 0:
         return None
-    breakdown = "replicas x CPUs: " + ", ".join(f"{n}: {r} x {p:g}" for n, r, p in parts if r * p)
+    breakdown = "replicas x CPUs: " + _breakdown(parts)
     if cluster_cpus is not None:
         available, source = cluster_cpus, "the cluster"
     elif cluster_resources is not None:
@@ -287,6 +287,11 @@ def _cpu_fit(
             data,
         )
     return "pass", f"{need:g} of {available:g} CPUs ({source}; {breakdown})", "", data
+
+
+def _breakdown(parts: list[tuple[str, int, float]]) -> str:
+    """``(name, replicas, amount per replica)`` as "m0: 2 x 0.5, m1: 1 x 1", leaving out zeros."""
+    return ", ".join(f"{n}: {r} x {p:g}" for n, r, p in parts if r * p)
 
 
 def _custom_fit(
@@ -356,7 +361,7 @@ def _gpu_fit(
         for spec, engine in demands
     ]
     need = sum(replicas * per for _, replicas, per in parts)
-    breakdown = ", ".join(f"{n}: {r} x {p:g}" for n, r, p in parts if r * p)
+    breakdown = _breakdown(parts)
     if need == 0:
         return passed(name, "no model needs a GPU at min_replicas")
     available = cluster_gpus if cluster_gpus is not None else selection.cluster_gpus()

@@ -56,7 +56,7 @@ def summary(report: Report) -> str:
     return f"{head}; {report.elapsed_s:.2f} s; exit {report.exit_code}"
 
 
-def render_text(report: Report, width: int = 160) -> str:
+def render_text(report: Report, width: int = LOG_WIDTH) -> str:
     """The tables as plain text (for exceptions and logs)."""
     buffer = io.StringIO()
     render(

@@ -229,6 +229,17 @@ class Router:
         app = await self._route_for(request, model)
         return app, await self.fleet.served(app)
 
+    async def _first(self, app: ModelApp, stream: DeploymentResponseGenerator) -> Any:
+        """The first item of a streamed handle call (``_when_placed``). On any failure (no
+        replica in time, the client gone, the model refusing it) the call is cancelled: a request
+        still queued for a replica would otherwise run for nobody. Raises what the call raised,
+        StopAsyncIteration for an empty stream."""
+        try:
+            return await self._when_placed(app, stream.__anext__())
+        except BaseException:
+            stream.cancel()
+            raise
+
     async def _when_placed(self, app: ModelApp, call: Any) -> Any:
         """Await ``call`` (a request's first result). When the model has no RUNNING replica (scaled
         to zero, starting, being replaced), Serve queues the request and starts one; past the
@@ -332,15 +343,8 @@ class Router:
             # The model server's ready JSON, as a stream of pieces (one message could not carry
             # it): serialising millions of ids here would stall the router.
             pieces = served.stream_handle.tokenize.remote(job)
+            first = await self._first(app, pieces)
         except Exception as exc:
-            return error_response(exc)
-        try:
-            first = await self._when_placed(app, pieces.__anext__())
-        except BaseException as exc:
-            # A request still queued for a replica would otherwise run for nobody.
-            pieces.cancel()
-            if not isinstance(exc, Exception):
-                raise
             return error_response(exc)
 
         async def answer() -> AsyncIterator[bytes]:
@@ -387,13 +391,7 @@ class Router:
                 return JSONResponse(answer)
             stream = served.stream_handle.stream.remote(request)
             # Await the first chunk before answering so that a bad request still gets a 4xx status.
-            try:
-                first = await self._when_placed(app, stream.__anext__())
-            except BaseException:
-                # No replica took it in time, the client left, or the model refused it: a request
-                # still queued for a replica would otherwise run for nobody.
-                stream.cancel()
-                raise
+            first = await self._first(app, stream)
         except StopAsyncIteration:
             load.ended(started)
             return error_response(RuntimeError("the model server ended the stream without output"))
