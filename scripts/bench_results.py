@@ -40,6 +40,7 @@ TARGETS = {
     "router2": "as router, with two router replicas behind HAProxy",
     "router_actor": "as router, router -> model replica by Ray actor calls instead of gRPC",
     "router_pace": "as router, with a larger stream pace budget (PACE_ITEMS_PER_S)",
+    "router_thread": "as router, the model replica's code on an event loop apart from Serve's",
 }
 METRICS = [
     "completed",
@@ -84,6 +85,9 @@ SERVE_GAUGES = {
     "serve_num_scheduling_tasks": "the handle's routing tasks",
     "serve_num_scheduling_tasks_in_backoff": "routing tasks backing off",
     "serve_request_router_queue_len": "the handle's cached queue length of each replica",
+    # vLLM's own (RayPrometheusStatLogger, labelled by model_name): where the engine has them.
+    "vllm:num_requests_running": "in the engine's running batch",
+    "vllm:num_requests_waiting": "waiting in the engine's scheduler",
 }
 SERVE_METRICS_NAME = re.compile(rf"^({'|'.join(TARGETS)})-c(\d+)-serve-metrics\.txt$")
 
@@ -168,7 +172,10 @@ def serve_gauges(results: Path) -> dict[str, dict[str, dict[str, dict[str, float
                 if name not in SERVE_GAUGES:
                     continue
                 labels = sample.labels
-                where = f"{labels.get('application', '-')}/{labels.get('deployment', '-')}"
+                if "model_name" in labels:  # vLLM's series carry the model, not the deployment
+                    where = f"{labels['model_name']}/engine"
+                else:
+                    where = f"{labels.get('application', '-')}/{labels.get('deployment', '-')}"
                 values = per_gauge.setdefault(name, {})
                 if name in PER_HANDLE_VIEWS:
                     values[where] = max(values.get(where, sample.value), sample.value)

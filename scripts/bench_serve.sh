@@ -8,6 +8,7 @@
 #   PHASES=router bash scripts/bench_serve.sh   # the router as `make serve` runs it (HAProxy ingress)
 #   PHASES=router_proxy ...                     # behind Ray Serve's own HTTP proxy instead
 #   PHASES=router_actor ...                     # HAProxy, but router -> model by Ray actor calls, not gRPC
+#   PHASES=router_thread ...                    # HAProxy, model replica code on its own event loop
 #   PHASES=router_pace PACE_ITEMS_PER_S=10240 ...  # the router with a larger stream pace budget
 #   PHASES="bare_shared router_shared" SHARED_MODELS=2 CONCURRENCY=64 ...
 #       # the same checkpoint as SHARED_MODELS models on the one GPU (m1, m2, ...), each with
@@ -160,10 +161,11 @@ profile() { # profile TARGET CONCURRENCY: background py-spy of the server proces
   ) &
 }
 
-serve_metrics() { # serve_metrics TARGET CONCURRENCY PORT: Ray Serve's serve_* series, mid-traffic
+serve_metrics() { # serve_metrics TARGET CONCURRENCY PORT: Ray Serve's serve_* series and vLLM's
+  # running/waiting counts, mid-traffic
   (
     sleep "${METRICS_DELAY:-30}"
-    curl -s --max-time 20 "http://127.0.0.1:$3/metrics" | grep -E "^(ray_)?serve_" \
+    curl -s --max-time 20 "http://127.0.0.1:$3/metrics" | grep -E "^(ray_)?serve_|^vllm:num_requests_(running|waiting)\{" \
       >"$RESULTS/$1-c$2-serve-metrics.txt" || true
   ) &
 }
@@ -362,9 +364,12 @@ for phase in $PHASES; do
     # As router, but the router reaches the model replica through Ray actor calls instead of
     # Serve's gRPC (throughput mode turns gRPC on by default): the A/B for run 5's admission cap.
     router_actor) run_router router_actor "$FAST_INGRESS_ENV RAY_SERVE_USE_GRPC_BY_DEFAULT=0" ;;
+    # As router, with the model replica's code on an event loop of its own, apart from Serve's
+    # (throughput mode puts them on one): the other A/B for run 5's admission cap.
+    router_thread) run_router router_thread "$FAST_INGRESS_ENV RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=1" ;;
     # As router, with two router replicas, which HAProxy balances between.
     router2) ROUTER_REPLICAS=2 run_router router2 "$FAST_INGRESS_ENV" ;;
-    *) log "unknown phase '$phase' (expected bare, router, router_pace, router_proxy, router_fast, router_grpc4m, router_actor, router2, bare_shared, router_shared)"; exit 2 ;;
+    *) log "unknown phase '$phase' (expected bare, router, router_pace, router_proxy, router_fast, router_grpc4m, router_actor, router_thread, router2, bare_shared, router_shared)"; exit 2 ;;
   esac
 done
 log "done; results:"

@@ -58,6 +58,8 @@ def test_serve_gauges_say_where_requests_wait(tmp_path):
         'ray_serve_request_router_queue_len{application="m",deployment="ModelServer",handle="a"} 70.0\n'
         'ray_serve_request_router_queue_len{application="m",deployment="ModelServer",handle="b"} 68.0\n'
         'ray_serve_deployment_processing_latency_ms_count{deployment="ModelServer"} 5.0\n'
+        'vllm:num_requests_running{model_name="m",ReplicaId="r1"} 66.0\n'
+        'vllm:num_requests_waiting{model_name="m",ReplicaId="r1"} 0.0\n'
     )
     (tmp_path / "notes-serve-metrics.txt").write_text("ray_serve_deployment_queued_queries 1.0\n")
     gauges = bench_results.serve_gauges(tmp_path)
@@ -69,6 +71,8 @@ def test_serve_gauges_say_where_requests_wait(tmp_path):
                 "serve_num_scheduling_tasks_in_backoff": {"m/ModelServer": 2.0},
                 # two router replicas' handles see the same replica: not 138
                 "serve_request_router_queue_len": {"m/ModelServer": 70.0},
+                "vllm:num_requests_running": {"m/engine": 66.0},
+                "vllm:num_requests_waiting": {"m/engine": 0.0},
             }
         }
     }
