@@ -163,10 +163,20 @@ profile() { # profile TARGET CONCURRENCY: background py-spy of the server proces
 
 serve_metrics() { # serve_metrics TARGET CONCURRENCY PORT: Ray Serve's serve_* series and vLLM's
   # running/waiting counts, mid-traffic
+  # Every 10 s from METRICS_DELAY (20 s: vllm bench serve takes about that to start) while the
+  # run lasts; the last snapshot with requests in the engine is kept (run 6: a single one at 30 s
+  # could fall before the traffic, at zeros).
+  local out="$RESULTS/$1-c$2-serve-metrics.txt" tmp="$RESULTS/.$1-c$2-serve-metrics.tmp"
   (
-    sleep "${METRICS_DELAY:-30}"
-    curl -s --max-time 20 "http://127.0.0.1:$3/metrics" | grep -E "^(ray_)?serve_|^vllm:num_requests_(running|waiting)\{" \
-      >"$RESULTS/$1-c$2-serve-metrics.txt" || true
+    sleep "${METRICS_DELAY:-20}"
+    local tries
+    for tries in $(seq 60); do
+      curl -s --max-time 20 "http://127.0.0.1:$3/metrics" | grep -E "^(ray_)?serve_|^vllm:num_requests_(running|waiting)\{" >"$tmp" || true
+      if grep -qE '^vllm:num_requests_running\{[^}]*\} [1-9]' "$tmp"; then mv "$tmp" "$out"; else [ -f "$out" ] && break; fi
+      [ -f "$RESULTS/$1-c$2.json" ] && break
+      sleep 10
+    done
+    rm -f "$tmp"
   ) &
 }
 

@@ -32,8 +32,9 @@ registry's name) and ``ReplicaId``.
 
 ``check_health`` asks the engine-core process a question (``AsyncLLM.is_sleeping``, which goes
 through the core's input queue between two steps), so a core that hangs (a stuck kernel or
-collective) fails the check within ``HEALTH_PROBE_TIMEOUT_S`` instead of passing it because the
-front end's ``errored`` flag is still False.
+collective) fails the check within ``HEALTH_PROBE_TIMEOUT_S`` of loop time (engines/deadlines.py:
+the answer comes back through the output handler, which under full load holds this loop for up
+to about 2 s) instead of passing it because the front end's ``errored`` flag is still False.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.engines.context_length import read_text_config
+from serve_app.engines.deadlines import answered_within
 from serve_app.engines.protocol import (
     EngineConfig,
     EngineStats,
@@ -80,6 +82,7 @@ DEFAULT_COMPILE_CACHE_ROOT = Path("~/.cache/modelopt-serve/compile")
 # The engine core answers a utility call between two steps; one step under full load takes tens to
 # a few hundred ms on an H100/H200 (chunked prefill bounds it by max_num_batched_tokens).
 HEALTH_PROBE_TIMEOUT_S = 1.0
+HEALTH_PROBE_WALL_CAP_S = 8.0  # however busy the loop, below the deployment's health_check_timeout_s
 
 
 @dataclass(frozen=True)
@@ -335,14 +338,18 @@ class VLLMEngine:
 
         try:
             await llm.check_health()
-            await asyncio.wait_for(llm.is_sleeping(), HEALTH_PROBE_TIMEOUT_S)
+            probe = asyncio.ensure_future(llm.is_sleeping())
+            answered = await answered_within(probe, HEALTH_PROBE_TIMEOUT_S, HEALTH_PROBE_WALL_CAP_S)
+            if answered:
+                probe.result()
         except VLLMEngineDeadError as error:
             raise EngineDeadError(f"the vLLM engine of {self.config.model_name!r} died: {error}") from error
-        except TimeoutError as error:
+        if not answered:
+            probe.cancel()
             raise EngineDeadError(
                 f"the vLLM engine core of {self.config.model_name!r} did not answer within "
                 f"{HEALTH_PROBE_TIMEOUT_S:g} s with {len(self._in_flight)} request(s) in flight: it hangs"
-            ) from error
+            )
 
     # -- introspection -----------------------------------------------------------------------
 

@@ -263,10 +263,12 @@ class ModelSpec(StrictModel):
         "engine's 1 s answer limit.",
     )
     health_check_timeout_s: float = Field(
-        default=2.0,
+        default=10.0,
         gt=0,
-        description="How long Ray Serve waits for one check_health answer before counting a failure "
-        "(a backstop: the model server itself fails a check whose engine has not answered in 1 s).",
+        description="How long Ray Serve waits for one check_health answer before counting a failure: "
+        "a backstop for a replica whose event loop is stuck. The model server itself fails a check "
+        "whose engine has not answered in 1 s of loop time (8 s at most). Under full load vLLM's "
+        "output handler holds the loop up to about 2 s, and the 2 s of before missed checks there.",
     )
 
     # Changing the fleet (docs/architecture.md): draining and scale to zero.
