@@ -161,18 +161,30 @@ profile() { # profile TARGET CONCURRENCY: background py-spy of the server proces
   ) &
 }
 
-serve_metrics() { # serve_metrics TARGET CONCURRENCY PORT: Ray Serve's serve_* series and vLLM's
-  # running/waiting counts, mid-traffic
+serve_metrics() { # serve_metrics TARGET CONCURRENCY PORT: Ray Serve's serve_* series, vLLM's
+  # running/waiting counts, the coroutine census and per-thread CPU, mid-traffic
   # Every 10 s from METRICS_DELAY (20 s: vllm bench serve takes about that to start) while the
   # run lasts; the last snapshot with requests in the engine is kept (run 6: a single one at 30 s
   # could fall before the traffic, at zeros).
   local out="$RESULTS/$1-c$2-serve-metrics.txt" tmp="$RESULTS/.$1-c$2-serve-metrics.tmp"
   (
     sleep "${METRICS_DELAY:-20}"
-    local tries
+    local tries seen=0
     for tries in $(seq 60); do
       curl -s --max-time 20 "http://127.0.0.1:$3/metrics" | grep -E "^(ray_)?serve_|^vllm:num_requests_(running|waiting)\{" >"$tmp" || true
-      if grep -qE '^vllm:num_requests_running\{[^}]*\} [1-9]' "$tmp"; then mv "$tmp" "$out"; else [ -f "$out" ] && break; fi
+      if grep -qE '^vllm:num_requests_running\{[^}]*\} [1-9]' "$tmp"; then
+        mv "$tmp" "$out"
+        seen=$((seen + 1))
+        # Once, about 10 s into the traffic: where the replicas' coroutines wait (/stats?waiting=1,
+        # serve_app/deployments/await_census.py; it holds each loop a moment) and each thread's
+        # CPU (top's second frame).
+        [ "$seen" = 2 ] || { [ -f "$RESULTS/$1-c$2.json" ] && break; sleep 10; continue; }
+        curl -s --max-time 40 "http://127.0.0.1:$3/stats?waiting=1" >"$RESULTS/$1-c$2-waiting.json" || true
+        top -b -H -n 2 -d 2 -w 250 2>/dev/null | awk '/^top -/ {frame++} frame == 2' | head -60 \
+          >"$RESULTS/$1-c$2-top.txt" || true
+      else
+        [ -f "$out" ] && break
+      fi
       [ -f "$RESULTS/$1-c$2.json" ] && break
       sleep 10
     done

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from serve_app.deployments import client_errors
+from serve_app.deployments.await_census import await_census
 from serve_app.deployments.choices import Choice, plan_choices
 from serve_app.deployments.fan_in import fan_in
 from serve_app.deployments.gc_heap import freeze_startup_heap
@@ -442,8 +443,10 @@ class ModelServer:
             *args,
         )
 
-    async def info(self) -> dict[str, Any]:
-        """Readiness details for /readyz and the model card for /v1/models."""
+    async def info(self, waiting: bool = False) -> dict[str, Any]:
+        """Readiness details for /readyz and the model card for /v1/models; with ``waiting``
+        (``/stats?waiting=1``) also where this process's coroutines wait (``await_census``)."""
+        census = {"waiting": await_census()} if waiting else {}
         return {
             "model": self.config.model_name,
             "max_model_len": self.engine.max_model_len,
@@ -455,6 +458,7 @@ class ModelServer:
             "stats": self.engine.stats().as_dict(),
             "latency": self.latencies.summary(),
             "engine_start": _start_info(self.engine),
+            **census,
         }
 
     async def __del__(self) -> None:

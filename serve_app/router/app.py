@@ -23,6 +23,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentResponseGenerator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve_app.deployments.await_census import await_census
 from serve_app.deployments.gc_heap import freeze_startup_heap
 from serve_app.deployments.latency import LatencyWindow
 from serve_app.deployments.loop_health import LoopHealth
@@ -61,6 +62,7 @@ from serve_app.workers import WorkerPool
 
 logger = logging.getLogger("ray.serve")
 READY_TIMEOUT_S = 5.0
+CENSUS_TIMEOUT_S = 30.0  # /stats?waiting=1, asked mid-load: run 6 had requests queued 4.5 s there
 PARSE_WORKERS = 2  # processes per router replica that parse bodies over INLINE_PARSE_BYTES
 REQUEST_MODELS = (
     ChatCompletionRequest,
@@ -447,28 +449,34 @@ class Router:
         return Response(await self.cluster_metrics.render(), media_type=CONTENT_TYPE)
 
     @api.get("/stats")
-    async def stats(self) -> JSONResponse:
+    async def stats(self, waiting: bool = False) -> JSONResponse:
         """One replica's details per running model (engine counters, latency stages, engine
         start), asked through the model's queue like a request: diagnostics, not a health check
         (a busy model answers late). A model with no replica running is not asked (nor woken).
         ``/metrics`` has every replica's. ``router``: this router replica's ``dispatch`` (request
-        received -> handed to Ray, ms), ``loop_lag`` and ``gc_pause`` (deployments/loop_health.py)."""
+        received -> handed to Ray, ms), ``loop_lag`` and ``gc_pause`` (deployments/loop_health.py).
+        ``?waiting=1`` adds, for this router replica and each model's, where the process's
+        coroutines wait (deployments/await_census.py; it holds each loop for a moment)."""
         await self.fleet.ensure_started()
         self.loop_health.start()
         apps = list(self.fleet.apps.values())
-        results = await asyncio.gather(*(self._model_status(app) for app in apps))
+        results = await asyncio.gather(*(self._model_status(app, waiting) for app in apps))
         router = {"dispatch": self.dispatch.summary(), **self.loop_health.summary()}
+        if waiting:
+            router["waiting"] = await_census()
         return JSONResponse(
             {"router": router, "models": {app.name: r for app, r in zip(apps, results, strict=True)}}
         )
 
-    async def _model_status(self, app: ModelApp) -> dict[str, Any]:
+    async def _model_status(self, app: ModelApp, waiting: bool = False) -> dict[str, Any]:
         body = model_readiness(app)
         if not body["ready"]:
             return body
         try:
             served = await self.fleet.served(app)
-            info = await asyncio.wait_for(served.handle.info.remote(), READY_TIMEOUT_S)
+            # The census is asked for under load, where the call waits in the model's queue too.
+            limit = CENSUS_TIMEOUT_S if waiting else READY_TIMEOUT_S
+            info = await asyncio.wait_for(served.handle.info.remote(waiting=waiting), limit)
         except Exception as exc:
             return {**body, "ready": False, "reason": f"{type(exc).__name__}: {exc}"[:500]}
         return {**body, **info}

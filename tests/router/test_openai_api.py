@@ -248,3 +248,20 @@ def test_stats_report_where_time_to_first_token_went(client, two_model_app):
     assert {"process_to_init", "engine", "tokenizer", "gc_freeze"} <= set(model["start_phases"])
     phases = model["start_phases"]
     assert sum(phases.values()) <= model["start_seconds"] + phases["process_to_init"] + 0.1
+
+
+def test_stats_waiting_says_where_a_stream_in_flight_waits(client, two_model_app):
+    """/stats?waiting=1 (issue 13's census): with a stream open, the model replica's census finds
+    it suspended in this project's code, and the router's finds its relay; plain /stats has none."""
+    stream = client.completions.create(model="qwen-tiny", prompt="Hi", max_tokens=200, stream=True)
+    try:
+        next(iter(stream))
+        stats = httpx.get(f"{two_model_app}/stats", params={"waiting": "1"}, timeout=60).json()
+    finally:
+        stream.close()
+    model = stats["models"]["qwen-tiny"]["waiting"]
+    assert model["suspended"] >= model["leaves"] > 0
+    assert any("serve_app/" in place for place, _ in model["top"]), model["top"]
+    assert stats["router"]["waiting"]["leaves"] > 0
+    plain = httpx.get(f"{two_model_app}/stats", timeout=30).json()
+    assert "waiting" not in plain["router"] and "waiting" not in plain["models"]["qwen-tiny"]
