@@ -41,6 +41,7 @@ TARGETS = {
     "router_actor": "as router, router -> model replica by Ray actor calls instead of gRPC",
     "router_pace": "as router, with a larger stream pace budget (PACE_ITEMS_PER_S)",
     "router_thread": "as router, the model replica's code on an event loop apart from Serve's",
+    "router_split": "as router, the model's streams over MODEL_REPLICAS replicas sharing the GPU",
 }
 METRICS = [
     "completed",

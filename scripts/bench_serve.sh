@@ -9,6 +9,7 @@
 #   PHASES=router_proxy ...                     # behind Ray Serve's own HTTP proxy instead
 #   PHASES=router_actor ...                     # HAProxy, but router -> model by Ray actor calls, not gRPC
 #   PHASES=router_thread ...                    # HAProxy, model replica code on its own event loop
+#   PHASES=router_split MODEL_REPLICAS=2 ...    # the model's streams over 2 replicas on the one GPU
 #   PHASES=router_pace PACE_ITEMS_PER_S=10240 ...  # the router with a larger stream pace budget
 #   PHASES="bare_shared router_shared" SHARED_MODELS=2 CONCURRENCY=64 ...
 #       # the same checkpoint as SHARED_MODELS models on the one GPU (m1, m2, ...), each with
@@ -312,16 +313,25 @@ run_router_shared() {
 }
 
 write_registry() { # the project's registry for the same checkpoint, one replica on the whole GPU
-  "$PY" - "$RESULTS/router-models.yaml" "$CKPT" "$MODEL" "$ROUTER_PORT" "$COMPILE_CACHE" "${ROUTER_REPLICAS:-}" "${ROUTER_BODY_BYTES:-}" "${_PACE_ITEMS_PER_S:-}" <<'PY'
+  "$PY" - "$RESULTS/router-models.yaml" "$CKPT" "$MODEL" "$ROUTER_PORT" "$COMPILE_CACHE" "${ROUTER_REPLICAS:-}" "${ROUTER_BODY_BYTES:-}" "${_PACE_ITEMS_PER_S:-}" "${_MODEL_REPLICAS:-1}" <<'PY'
 import sys
 import yaml
 from serve_app.registry.layout import serve_config
-path, ckpt, model, port, cache, replicas, body_bytes, items_per_s = sys.argv[1:]
+path, ckpt, model, port, cache, replicas, body_bytes, items_per_s, model_replicas = sys.argv[1:]
 models = [{
     "name": model, "checkpoint": ckpt, "engine": "vllm",
     # vllm serve's defaults: no max_model_len, max_num_seqs or enforce_eager of our own.
     "gpu_memory_utilization": 0.9, "resources": {"num_gpus": 1}, "compile_cache_dir": cache,
 }]
+n = int(model_replicas)
+if n > 1:  # router_split: n replicas (n engines, n front-end processes) share the one GPU
+    models[0].update(
+        gpu_memory_utilization=round(0.9 / n, 3),
+        resources={"num_gpus": round(0.9 / n - 0.01, 3)},
+        autoscaling={"min_replicas": n, "max_replicas": n},
+        # Replicas starting together skew each other's memory profiling (examples/gpu.yaml).
+        engine_args={"kv_cache_memory_bytes": int(40 / n * 2**30)},
+    )
 if items_per_s:
     models[0]["stream_items_per_s"] = float(items_per_s)
 router = {}
@@ -389,9 +399,13 @@ for phase in $PHASES; do
     # As router, with the model replica's code on an event loop of its own, apart from Serve's
     # (throughput mode puts them on one): the other A/B for run 5's admission cap.
     router_thread) run_router router_thread "$FAST_INGRESS_ENV RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=1" ;;
+    # As router, with the model's streams spread over MODEL_REPLICAS (2) replicas sharing the GPU:
+    # as many vLLM front ends (output handling, detokenizing) as replicas, each with its own
+    # engine core. Run 6 put the concurrency-256 wait in the one replica's process.
+    router_split) _MODEL_REPLICAS=${MODEL_REPLICAS:-2} run_router router_split "$FAST_INGRESS_ENV" ;;
     # As router, with two router replicas, which HAProxy balances between.
     router2) ROUTER_REPLICAS=2 run_router router2 "$FAST_INGRESS_ENV" ;;
-    *) log "unknown phase '$phase' (expected bare, router, router_pace, router_proxy, router_fast, router_grpc4m, router_actor, router_thread, router2, bare_shared, router_shared)"; exit 2 ;;
+    *) log "unknown phase '$phase' (expected bare, router, router_pace, router_proxy, router_fast, router_grpc4m, router_actor, router_thread, router_split, router2, bare_shared, router_shared)"; exit 2 ;;
   esac
 done
 log "done; results:"
