@@ -11,13 +11,15 @@ one that awaits another coroutine, an async generator's ``asend``/``athrow``, or
 (an async generator parked at ``yield``, waiting for its reader) is not where the time goes;
 one that awaits anything else (a future, a task, a C-level awaitable such as gRPC's) is a
 *leaf*, and leaves are counted by their frame's place and what they await. The walk holds the
-loop for as long as ``gc.get_objects()`` takes (tens to hundreds of ms in a vLLM process), so it
-runs only when asked for.
+loop for as long as ``gc.get_objects()`` takes, so it runs only when asked for, at most once
+every few seconds (``Census``). The objects frozen at start-up (deployments/gc_heap.py) are not
+in ``gc.get_objects()``, so the walk covers what was made since: requests, mostly.
 """
 
 from __future__ import annotations
 
 import gc
+import time
 import types
 from collections import Counter
 from typing import Any
@@ -90,3 +92,23 @@ def await_census(top: int = TOP) -> dict[str, Any]:
         "at_yield": at_yield,
         "top": [[place, count] for place, count in leaves.most_common(top)],
     }
+
+
+class Census:
+    """``await_census`` at most once every ``min_interval_s`` seconds per process: a caller that
+    asks again sooner gets the last census, with its age (``age_s``). ``/stats`` is open to any
+    client when API keys are off, and each census holds the loop for the walk: asking in a loop
+    must not hold up the streams."""
+
+    def __init__(self, min_interval_s: float = 5.0) -> None:
+        self.min_interval_s = min_interval_s
+        self._last: dict[str, Any] | None = None
+        self._taken = 0.0
+
+    def take(self) -> dict[str, Any]:
+        """The census, fresh or from the last ``min_interval_s`` seconds: ``await_census``'s keys
+        plus ``age_s``."""
+        now = time.monotonic()
+        if self._last is None or now - self._taken >= self.min_interval_s:
+            self._last, self._taken = await_census(), now
+        return {**self._last, "age_s": round(now - self._taken, 3)}

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from serve_app.deployments import client_errors
-from serve_app.deployments.await_census import await_census
+from serve_app.deployments.await_census import Census
 from serve_app.deployments.choices import Choice, plan_choices
 from serve_app.deployments.fan_in import fan_in
 from serve_app.deployments.gc_heap import freeze_startup_heap
@@ -134,6 +134,7 @@ class ModelServer:
         self._endpoint_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize-endpoint")
         self.latencies = StageLatencies()
         self.loop_health = LoopHealth()
+        self.census = Census()
         self._failed_engine_check: asyncio.Future[None] | None = None
         self._failed_engine_check_since = 0.0
         self.engine: Engine = engine_cls(
@@ -446,7 +447,7 @@ class ModelServer:
     async def info(self, waiting: bool = False) -> dict[str, Any]:
         """Readiness details for /readyz and the model card for /v1/models; with ``waiting``
         (``/stats?waiting=1``) also where this process's coroutines wait (``await_census``)."""
-        census = {"waiting": await_census()} if waiting else {}
+        census = {"waiting": self.census.take()} if waiting else {}
         return {
             "model": self.config.model_name,
             "max_model_len": self.engine.max_model_len,

@@ -23,7 +23,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentResponseGenerator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.deployments.await_census import await_census
+from serve_app.deployments.await_census import Census
 from serve_app.deployments.gc_heap import freeze_startup_heap
 from serve_app.deployments.latency import LatencyWindow
 from serve_app.deployments.loop_health import LoopHealth
@@ -199,6 +199,7 @@ class Router:
         # rest is Ray's routing and the hop to the model replica's loop.
         self.dispatch = LatencyWindow()
         self.loop_health = LoopHealth()
+        self.census = Census()  # /stats?waiting=1
         freeze_startup_heap("router")
 
     async def _route(self, model: str) -> ModelApp:
@@ -463,7 +464,7 @@ class Router:
         results = await asyncio.gather(*(self._model_status(app, waiting) for app in apps))
         router = {"dispatch": self.dispatch.summary(), **self.loop_health.summary()}
         if waiting:
-            router["waiting"] = await_census()
+            router["waiting"] = self.census.take()
         return JSONResponse(
             {"router": router, "models": {app.name: r for app, r in zip(apps, results, strict=True)}}
         )
