@@ -114,6 +114,7 @@ bench() { # bench TARGET PORT CONCURRENCY
   fi
   log "$target c=$c: $n prompts"
   profile "$target" "$c"
+  METRICS_PID=
   [[ $target == bare* ]] || serve_metrics "$target" "$c" "$port"
   # shellcheck disable=SC2086
   vllm_cli bench serve --backend openai --base-url "http://127.0.0.1:$port" --endpoint /v1/completions \
@@ -123,6 +124,8 @@ bench() { # bench TARGET PORT CONCURRENCY
     --metric-percentiles 50,90,99 --label "$target" --metadata "target=$target" "concurrency=$c" \
     --save-result --result-dir "$RESULTS" --result-filename "$file" ${BENCH_EXTRA:-} \
     2>&1 | tee "$RESULTS/$target-c$c.log" | grep -E "^(Successful|Failed|Benchmark duration|Request throughput|Output token throughput|Median TTFT|P99 TTFT|Median TPOT|P99 TPOT)" || true
+  # A run that failed leaves no result file to stop the snapshots: stop them here.
+  [ -z "$METRICS_PID" ] || kill "$METRICS_PID" 2>/dev/null || true
   [ -f "$RESULTS/$file" ] || { log "$target c=$c: no result file; see $RESULTS/$target-c$c.log"; tail -n 30 "$RESULTS/$target-c$c.log"; return 1; }
   # The router's per-stage latencies (router -> replica, tokenize, engine first output) over the
   # replica's last 1024 requests: where this run's time to first token went.
@@ -169,9 +172,12 @@ serve_metrics() { # serve_metrics TARGET CONCURRENCY PORT: Ray Serve's serve_* s
   # could fall before the traffic, at zeros).
   local out="$RESULTS/$1-c$2-serve-metrics.txt" tmp="$RESULTS/.$1-c$2-serve-metrics.tmp"
   (
+    trap 'rm -f "$tmp"' EXIT
     sleep "${METRICS_DELAY:-20}"
     local tries seen=0
+    # Until this run's result file exists (at most 10 minutes, should the run fail without one).
     for tries in $(seq 60); do
+      [ -f "$RESULTS/$1-c$2.json" ] && break
       curl -s --max-time 20 "http://127.0.0.1:$3/metrics" | grep -E "^(ray_)?serve_|^vllm:num_requests_(running|waiting)\{" >"$tmp" || true
       if grep -qE '^vllm:num_requests_running\{[^}]*\} [1-9]' "$tmp"; then
         mv "$tmp" "$out"
@@ -179,18 +185,16 @@ serve_metrics() { # serve_metrics TARGET CONCURRENCY PORT: Ray Serve's serve_* s
         # Once, about 10 s into the traffic: where the replicas' coroutines wait (/stats?waiting=1,
         # serve_app/deployments/await_census.py; it holds each loop a moment) and each thread's
         # CPU (top's second frame).
-        [ "$seen" = 2 ] || { [ -f "$RESULTS/$1-c$2.json" ] && break; sleep 10; continue; }
-        curl -s --max-time 40 "http://127.0.0.1:$3/stats?waiting=1" >"$RESULTS/$1-c$2-waiting.json" || true
-        top -b -H -n 2 -d 2 -w 250 2>/dev/null | awk '/^top -/ {frame++} frame == 2' | head -60 \
-          >"$RESULTS/$1-c$2-top.txt" || true
-      else
-        [ -f "$out" ] && break
+        if [ "$seen" = 2 ]; then
+          curl -s --max-time 40 "http://127.0.0.1:$3/stats?waiting=1" >"$RESULTS/$1-c$2-waiting.json" || true
+          top -b -H -n 2 -d 2 -w 250 2>/dev/null | awk '/^top -/ {frame++} frame == 2' | head -60 \
+            >"$RESULTS/$1-c$2-top.txt" || true
+        fi
       fi
-      [ -f "$RESULTS/$1-c$2.json" ] && break
       sleep 10
     done
-    rm -f "$tmp"
   ) &
+  METRICS_PID=$!
 }
 
 save_serve_log_lines() { # save_serve_log_lines TARGET: after the phase's stop, when logs are flushed

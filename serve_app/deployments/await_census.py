@@ -4,7 +4,7 @@ Issue 13's concurrency-256 run on an H200 (docs/benchmarks.md, run 6) had Ray Se
 requests in the model replica while vLLM ran 24 and had none waiting: about 220 requests were
 inside the replica but not yet at the model server's first line, for seconds, with the event loop
 answering on time most of the time (``loop_lag`` p50 1 ms). Neither Serve's gauges nor the
-latency stages can say which ``await`` holds them; this census can, from one snapshot.
+latency stages can say which ``await`` holds them; this census is meant to, from one snapshot.
 
 Every coroutine and async generator object the garbage collector tracks is visited. A suspended
 one that awaits another coroutine, an async generator's ``asend``/``athrow``, or nothing
@@ -19,14 +19,14 @@ in ``gc.get_objects()``, so the walk covers what was made since: requests, mostl
 from __future__ import annotations
 
 import gc
+import inspect
 import time
 import types
 from collections import Counter
 from typing import Any
 
-# Awaited objects that are a link in a chain, not a wait: the thing they lead to is visited too.
-_LINKS = (types.CoroutineType, types.AsyncGeneratorType, types.GeneratorType)
-_LINK_TYPE_NAMES = frozenset({"async_generator_asend", "async_generator_athrow", "coroutine_wrapper"})
+# Awaited objects that lead to another coroutine or async generator, itself visited: not a wait.
+_LINK_TYPE_NAMES = frozenset({"async_generator_asend", "async_generator_athrow"})
 TOP = 20
 CALLERS = 2  # callers named after a leaf's own place, where a chain of coroutines shows them
 
@@ -34,53 +34,91 @@ CALLERS = 2  # callers named after a leaf's own place, where a chain of coroutin
 def _place(frame: types.FrameType) -> str:
     """``"<path>:<line> <function>"``, the path from the package root (or the standard library's)."""
     path = frame.f_code.co_filename
-    if "serve_app/" in path:
-        path = "serve_app/" + path.rsplit("serve_app/", 1)[1]
-    elif "-packages/" in path:  # site-packages, dist-packages
+    if "-packages/" in path:  # site-packages, dist-packages
         path = path.rsplit("-packages/", 1)[1]
+    elif "serve_app/" in path:
+        path = "serve_app/" + path.rsplit("serve_app/", 1)[1]
     elif "/lib/python3" in path:
         path = path.split("/lib/python3", 1)[1].split("/", 1)[-1]
     return f"{path}:{frame.f_lineno} {frame.f_code.co_name}"
 
 
-def await_census(top: int = TOP) -> dict[str, Any]:
-    """``{"suspended": n, "leaves": n, "at_yield": n, "top": [[place, count], ...]}``.
+def _not_started(obj: types.CoroutineType | types.AsyncGeneratorType) -> bool:
+    if type(obj) is types.CoroutineType:
+        return inspect.getcoroutinestate(obj) == inspect.CORO_CREATED
+    state = getattr(inspect, "getasyncgenstate", None)  # Python 3.12+
+    if state is not None:
+        return state(obj) == "AGEN_CREATED"
+    return obj.ag_frame is not None and obj.ag_frame.f_lasti <= 0
 
-    ``place`` is ``"<file>:<line> <function> awaits <type>"`` for a leaf (``file`` from the
-    package root), then `` <- <file>:<line> <function>`` for up to CALLERS coroutines or async
-    generators awaiting it (a chain through an async generator's ``__anext__`` cannot be
-    followed), ``top`` the ``top`` most common, largest first. ``at_yield`` counts async
-    generators parked at a ``yield`` (a stream whose reader has not asked for the next item)."""
+
+def _innermost(awaited: types.GeneratorType) -> tuple[types.FrameType | None, object]:
+    """A generator-based awaitable (``@types.coroutine``, ``yield from``, Ray's
+    ``DeploymentResponse.__await__``): its innermost generator's frame and what that awaits."""
+    while type(awaited.gi_yieldfrom) is types.GeneratorType:
+        awaited = awaited.gi_yieldfrom
+    return awaited.gi_frame, awaited.gi_yieldfrom
+
+
+def _suspended(obj: object) -> tuple[types.FrameType, object] | None:
+    """(frame, what it awaits) of a coroutine or async generator that is neither finished nor
+    running this census; None for anything else."""
+    kind = type(obj)  # type(), not isinstance(): an object's own __class__ may raise
+    if kind is types.CoroutineType:
+        if obj.cr_frame is None or obj.cr_running:
+            return None
+        return obj.cr_frame, obj.cr_await
+    if kind is types.AsyncGeneratorType:
+        # ag_running stays True while an asend is in progress, also when the generator is
+        # suspended at an await inside it: only ag_await tells a wait from running code.
+        if obj.ag_frame is None or (obj.ag_running and obj.ag_await is None):
+            return None
+        return obj.ag_frame, obj.ag_await
+    return None
+
+
+def await_census(top: int = TOP) -> dict[str, Any]:
+    """``{"suspended": n, "leaves": n, "at_yield": n, "not_started": [[place, count], ...],
+    "top": [[place, count], ...]}``.
+
+    ``place`` in ``top`` is ``"<file>:<line> <function> awaits <type>"`` for a leaf (``file``
+    from the package root), then `` <- <file>:<line> <function>`` for up to CALLERS coroutines
+    or async generators awaiting it; the ``top`` most common, largest first. A chain through an
+    async generator's ``__anext__`` (or a ``coroutine_wrapper``) cannot be followed to its
+    caller. ``at_yield`` counts started async generators parked at a ``yield`` (a stream whose
+    reader has not asked for the next item); ``not_started`` coroutines and async generators
+    created but not yet run once (a task still queued for its first step), by place."""
     leaves: Counter[str] = Counter()
+    not_started: Counter[str] = Counter()
     suspended = at_yield = 0
-    found: list[tuple[types.FrameType, object, object]] = []
+    found: list[tuple[types.FrameType, object, object, str | None]] = []
     # id of an awaited coroutine -> (the coroutine or async generator awaiting it, its frame)
     awaiter: dict[int, tuple[object, types.FrameType]] = {}
     for obj in gc.get_objects():
-        if isinstance(obj, types.CoroutineType):
-            frame, awaited = obj.cr_frame, obj.cr_await
-            if frame is None or obj.cr_running or awaited is None:
-                continue  # finished, running this census, or not started
-        elif isinstance(obj, types.AsyncGeneratorType):
-            # ag_running stays True while an asend is in progress, also when the generator is
-            # suspended at an await inside it: only ag_await tells a wait from running code.
-            frame, awaited = obj.ag_frame, obj.ag_await
-            if frame is None or (awaited is None and obj.ag_running):
-                continue  # finished, or running this census
-            if awaited is None:
+        state = _suspended(obj)
+        if state is None:
+            continue
+        frame, awaited = state
+        if awaited is None:
+            if _not_started(obj):
+                not_started[_place(frame)] += 1
+            elif type(obj) is types.AsyncGeneratorType:
                 suspended += 1
                 at_yield += 1
-                continue
-        else:
             continue
         suspended += 1
-        if isinstance(awaited, _LINKS) or type(awaited).__name__ in _LINK_TYPE_NAMES:
+        if type(awaited) in (types.CoroutineType, types.AsyncGeneratorType):
             awaiter[id(awaited)] = (obj, frame)
-            continue
-        found.append((frame, obj, awaited))
-    for frame, obj, awaited in found:
-        name = type(awaited).__name__
-        chain = [f"{_place(frame)} awaits {'Future' if name == 'FutureIter' else name}"]
+        elif type(awaited).__name__ not in _LINK_TYPE_NAMES:
+            inner = None
+            if type(awaited) is types.GeneratorType:
+                inner_frame, awaited = _innermost(awaited)
+                inner = _place(inner_frame) if inner_frame is not None else None
+            found.append((frame, obj, awaited, inner))
+    for frame, obj, awaited, inner in found:
+        name = "Future" if type(awaited).__name__ == "FutureIter" else type(awaited).__name__
+        name = "nothing (a bare yield)" if awaited is None else name
+        chain = [f"{inner or _place(frame)} awaits {name}"] + ([_place(frame)] if inner else [])
         caller = awaiter.get(id(obj))
         while caller is not None and len(chain) <= CALLERS:
             chain.append(_place(caller[1]))
@@ -90,6 +128,7 @@ def await_census(top: int = TOP) -> dict[str, Any]:
         "suspended": suspended,
         "leaves": sum(leaves.values()),
         "at_yield": at_yield,
+        "not_started": [[place, count] for place, count in not_started.most_common(top)],
         "top": [[place, count] for place, count in leaves.most_common(top)],
     }
 
@@ -107,8 +146,12 @@ class Census:
 
     def take(self) -> dict[str, Any]:
         """The census, fresh or from the last ``min_interval_s`` seconds: ``await_census``'s keys
-        plus ``age_s``."""
+        (or ``error``, naming why the walk failed) plus ``age_s``."""
         now = time.monotonic()
         if self._last is None or now - self._taken >= self.min_interval_s:
-            self._last, self._taken = await_census(), now
+            try:
+                census = await_census()
+            except Exception as error:  # a diagnostic must not fail /stats (or read as "not ready")
+                census = {"error": f"{type(error).__name__}: {error}"[:500]}
+            self._last, self._taken = census, now
         return {**self._last, "age_s": round(now - self._taken, 3)}

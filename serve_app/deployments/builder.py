@@ -105,4 +105,5 @@ def bind_model(planned: PlannedModel) -> Application:
         manifest,
         image_policy(planned.spec.media),
         stream_items_per_s=planned.spec.stream_items_per_s,
+        health_check_timeout_s=planned.spec.health_check_timeout_s,
     )

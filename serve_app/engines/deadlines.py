@@ -1,8 +1,9 @@
 """A deadline that counts only the time the event loop was free to see an answer.
 
-A model replica's one event loop also runs vLLM's output handler. Under full load (an H200 at
-concurrency 256, docs/benchmarks.md run 6) a pass of it held the loop for up to 2.2 s, and an
-engine's answer that arrived in that time could not be seen until the pass ended. A health check
+A model replica's one event loop runs vLLM's output handler, Ray Serve's request handling and
+every stream. Under full load (an H200 at concurrency 256, docs/benchmarks.md run 6) the loop was
+held for up to 2.2 s at a time (``loop_lag`` max; what held it was not measured), and an engine's
+answer that arrived in that time could not be seen until the loop was free. A health check
 timed by the wall clock then calls a busy engine hung, and three such failures have Ray Serve
 replace the replica with every stream on it. This deadline counts the wait in short ticks and
 credits each tick with at most its asked length, so time the loop spent on other work does not
@@ -24,7 +25,10 @@ async def answered_within(
 
     Each tick of ``tick_s`` seconds counts at most ``tick_s`` however late the loop woke from it:
     on an idle loop the wait ends after about ``budget_s``, on a loop held up by other callbacks
-    after ``budget_s`` plus the time they held it, and never after more than ``wall_cap_s``."""
+    after ``budget_s`` plus the time they held it, and never after more than ``wall_cap_s``.
+    Raises ValueError for a ``tick_s`` that is not above 0."""
+    if tick_s <= 0:
+        raise ValueError(f"tick_s must be above 0, not {tick_s}")
     loop = asyncio.get_running_loop()
     started = loop.time()
     counted = 0.0

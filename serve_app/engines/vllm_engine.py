@@ -33,8 +33,9 @@ registry's name) and ``ReplicaId``.
 ``check_health`` asks the engine-core process a question (``AsyncLLM.is_sleeping``, which goes
 through the core's input queue between two steps), so a core that hangs (a stuck kernel or
 collective) fails the check within ``HEALTH_PROBE_TIMEOUT_S`` of loop time (engines/deadlines.py:
-the answer comes back through the output handler, which under full load holds this loop for up
-to about 2 s) instead of passing it because the front end's ``errored`` flag is still False.
+the answer comes back through the output handler on this loop, which under full load was held
+for up to 2.2 s at a time) instead of passing it because the front end's ``errored`` flag is
+still False.
 """
 
 from __future__ import annotations
@@ -333,9 +334,13 @@ class VLLMEngine:
         await llm.abort(request_id)
 
     async def check_health(self) -> None:
+        """Raise EngineDeadError if the engine core died or does not answer a utility call
+        (``is_sleeping``) within HEALTH_PROBE_TIMEOUT_S of loop time (HEALTH_PROBE_WALL_CAP_S of
+        wall time at most); an unanswered probe is cancelled, also when this check is."""
         llm = self._require_started()
         from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDeadError
 
+        probe: asyncio.Future[Any] | None = None
         try:
             await llm.check_health()
             probe = asyncio.ensure_future(llm.is_sleeping())
@@ -344,8 +349,10 @@ class VLLMEngine:
                 probe.result()
         except VLLMEngineDeadError as error:
             raise EngineDeadError(f"the vLLM engine of {self.config.model_name!r} died: {error}") from error
+        finally:
+            if probe is not None and not probe.done():
+                probe.cancel()
         if not answered:
-            probe.cancel()
             raise EngineDeadError(
                 f"the vLLM engine core of {self.config.model_name!r} did not answer within "
                 f"{HEALTH_PROBE_TIMEOUT_S:g} s with {len(self._in_flight)} request(s) in flight: it hangs"

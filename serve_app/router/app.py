@@ -200,6 +200,7 @@ class Router:
         self.dispatch = LatencyWindow()
         self.loop_health = LoopHealth()
         self.census = Census()  # /stats?waiting=1
+        self._stats_gathering: dict[bool, asyncio.Future[dict[str, Any]]] = {}
         freeze_startup_heap("router")
 
     async def _route(self, model: str) -> ModelApp:
@@ -457,17 +458,25 @@ class Router:
         ``/metrics`` has every replica's. ``router``: this router replica's ``dispatch`` (request
         received -> handed to Ray, ms), ``loop_lag`` and ``gc_pause`` (deployments/loop_health.py).
         ``?waiting=1`` adds, for this router replica and each model's, where the process's
-        coroutines wait (deployments/await_census.py; it holds each loop for a moment)."""
+        coroutines wait (deployments/await_census.py; it holds each loop for a moment). Callers
+        that ask while an answer of the same kind is being gathered share it."""
         await self.fleet.ensure_started()
         self.loop_health.start()
+        # One gathering at a time per kind: each asks every model through its queue, and 200
+        # clients asking at once must not put 200 calls in each queue (they share the answer).
+        gathering = self._stats_gathering.get(waiting)
+        if gathering is None or gathering.done():
+            gathering = asyncio.ensure_future(self._gather_stats(waiting))
+            self._stats_gathering[waiting] = gathering
+        return JSONResponse(await asyncio.shield(gathering))
+
+    async def _gather_stats(self, waiting: bool) -> dict[str, Any]:
         apps = list(self.fleet.apps.values())
         results = await asyncio.gather(*(self._model_status(app, waiting) for app in apps))
         router = {"dispatch": self.dispatch.summary(), **self.loop_health.summary()}
         if waiting:
             router["waiting"] = self.census.take()
-        return JSONResponse(
-            {"router": router, "models": {app.name: r for app, r in zip(apps, results, strict=True)}}
-        )
+        return {"router": router, "models": {app.name: r for app, r in zip(apps, results, strict=True)}}
 
     async def _model_status(self, app: ModelApp, waiting: bool = False) -> dict[str, Any]:
         body = model_readiness(app)

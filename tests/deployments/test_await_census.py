@@ -2,8 +2,12 @@
 
 import asyncio
 import re
+import time
+import types
 
 from serve_app.deployments.await_census import Census, await_census
+
+PLACE = r"\S+test_await_census\.py:\d+"
 
 
 async def _held(event: asyncio.Event) -> None:
@@ -14,42 +18,110 @@ async def _outer(event: asyncio.Event) -> None:
     await _held(event)
 
 
+@types.coroutine
+def _generator_wait(future: asyncio.Future):
+    yield from future  # as Ray's DeploymentResponse.__await__ does
+
+
+async def _behind_a_generator(future: asyncio.Future) -> None:
+    await _generator_wait(future)
+
+
 async def _parked():
     yield 1
     yield 2
 
 
-def test_the_census_names_where_coroutines_wait_and_who_awaits_them():
+class _Hostile:
+    @property
+    def __class__(self):  # isinstance() would call this
+        raise RuntimeError("no class for you")
+
+
+def _census_while(make_waiters) -> dict:
     async def run():
         event = asyncio.Event()
-        tasks = [asyncio.ensure_future(_outer(event)) for _ in range(5)]
-        parked = _parked()
-        await parked.__anext__()
+        tasks = make_waiters(event)
         await asyncio.sleep(0)
         census = await_census()
         event.set()
-        await asyncio.gather(*tasks)
-        await parked.aclose()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         return census
 
-    census = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_the_census_names_where_coroutines_wait_and_who_awaits_them():
+    census = _census_while(lambda event: [asyncio.ensure_future(_outer(event)) for _ in range(5)])
     place, count = census["top"][0]
     assert count == 5
     # the leaf, then its caller and the caller's caller
     assert re.fullmatch(
-        r"asyncio/locks\.py:\d+ wait awaits Future <- \S+test_await_census\.py:\d+ _held"
-        r" <- \S+test_await_census\.py:\d+ _outer",
-        place,
+        rf"asyncio/locks\.py:\d+ wait awaits Future <- {PLACE} _held <- {PLACE} _outer", place
     ), place
-    assert census["at_yield"] >= 1  # the async generator parked at its yield
     assert census["leaves"] >= 5 and census["suspended"] >= census["leaves"]
 
 
+def test_a_wait_through_a_generator_based_awaitable_is_a_leaf_with_its_caller():
+    def waiters(event):
+        future = asyncio.get_running_loop().create_future()
+        return [asyncio.ensure_future(_behind_a_generator(future)) for _ in range(4)]
+
+    census = _census_while(waiters)
+    places = dict(census["top"])
+    wanted = [
+        p
+        for p in places
+        if re.fullmatch(rf"{PLACE} _generator_wait awaits Future <- {PLACE} _behind_a_generator", p)
+    ]
+    assert wanted and places[wanted[0]] == 4, census["top"]
+
+
+def test_tasks_not_yet_started_and_parked_generators_are_counted_apart():
+    async def run():
+        event = asyncio.Event()
+        queued = [asyncio.ensure_future(_outer(event)) for _ in range(7)]  # no loop turn yet
+        parked = _parked()
+        await parked.__anext__()
+        fresh = _parked()  # created, never started
+        census = await_census()
+        event.set()
+        await asyncio.gather(*queued)
+        await parked.aclose()
+        await fresh.aclose()
+        return census
+
+    census = asyncio.run(run())
+    not_started = dict(census["not_started"])
+    assert [count for place, count in not_started.items() if place.endswith(" _outer")] == [7]
+    assert [count for place, count in not_started.items() if place.endswith(" _parked")] == [1]
+    assert census["at_yield"] == 1
+
+
+def test_an_object_whose_class_raises_does_not_break_the_census():
+    hostile = _Hostile()
+    census = _census_while(lambda event: [asyncio.ensure_future(_outer(event))])
+    assert census["leaves"] >= 1
+    del hostile
+
+
 def test_a_census_asked_for_again_within_its_interval_is_the_last_one():
-    census = Census(min_interval_s=60)
-    first = census.take()
-    assert first["age_s"] == 0
-    again = census.take()
-    assert again["top"] == first["top"] and again["age_s"] >= 0
-    fresh = Census(min_interval_s=0)
-    assert fresh.take()["age_s"] == 0 and fresh.take()["age_s"] == 0
+    async def run():
+        census = Census(min_interval_s=60)
+        event = asyncio.Event()
+        tasks = [asyncio.ensure_future(_outer(event)) for _ in range(3)]
+        await asyncio.sleep(0)
+        first = census.take()
+        event.set()
+        await asyncio.gather(*tasks)  # the waits are over, but the census is not taken again
+        time.sleep(0.02)
+        again = census.take()
+        fresh = Census(min_interval_s=0)
+        return first, again, fresh.take()
+
+    first, again, fresh = asyncio.run(run())
+    assert first["age_s"] == 0 and first["top"][0][1] == 3
+    assert again["top"] == first["top"] and again["age_s"] >= 0.02
+    assert fresh["age_s"] == 0 and not any(place.endswith(" _outer") for place, _ in fresh["top"])

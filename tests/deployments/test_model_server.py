@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -103,6 +104,49 @@ def test_an_engine_probe_that_fails_after_the_limit_still_fails_the_next_check_a
         await server.engine.shutdown()
 
     asyncio.run(run())
+
+
+def test_a_busy_loop_does_not_fail_an_engine_that_answers_and_the_wall_cap_follows_the_timeout(
+    qwen2_checkpoint,
+):
+    """The engine check's 1 s is loop time (run 6: the loop held up to 2.2 s under load), so an
+    engine answering after 1.5 s of a busy loop passes; the wait still ends at 0.6 x the
+    deployment's health_check_timeout_s, so the replica says why before Ray Serve gives up."""
+
+    async def run():
+        server = ModelServer.__new__(ModelServer)
+        config = EngineConfig(model_name="m", checkpoint=qwen2_checkpoint, max_model_len=64)
+        await server.__init__(CPUReferenceEngine, config, 0.0, health_check_timeout_s=4.0)
+        healthy_check = server.engine.check_health
+
+        async def slow_answer() -> None:
+            await asyncio.sleep(1.5)
+
+        hog = asyncio.ensure_future(hold_loop(0.2))
+        try:
+            server.engine.check_health = slow_answer
+            await server.check_health()  # 1.5 s of wall time, under 1 s of loop time
+            server.engine.check_health = lambda: asyncio.Event().wait()  # hung
+            started = time.monotonic()
+            with pytest.raises(EngineDeadError, match="did not answer its health check"):
+                await server.check_health()
+            waited = time.monotonic() - started
+        finally:
+            hog.cancel()
+        server._failed_engine_check.cancel()
+        server._failed_engine_check = None
+        server.engine.check_health = healthy_check
+        await server.engine.shutdown()
+        return waited
+
+    assert 2.4 <= asyncio.run(run()) < 3.0  # 0.6 x 4 s, not 1 s of loop time (about 4 s here)
+
+
+async def hold_loop(block_s: float) -> None:
+    """Hold the running loop ``block_s`` at a time, with a turn for other callbacks between."""
+    while True:
+        time.sleep(block_s)
+        await asyncio.sleep(0)
 
 
 def test_a_long_tokenize_never_holds_up_generation(qwen2_checkpoint):

@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -592,6 +593,8 @@ class FakeAsyncLLM:
     def __init__(self, args, usage_context, stat_loggers=None):
         self.args, self.usage_context, self.stat_loggers = args, usage_context, stat_loggers
         self.core_hangs = False
+        self.probe_seconds = 0.0  # how long the core takes to answer is_sleeping
+        self.probes_cancelled = 0
         self.model_config = SimpleNamespace(max_model_len=args.max_model_len or 2048)
         self.aborted: list[str] = []
         self.abort_requested: set[str] = set()
@@ -648,8 +651,13 @@ class FakeAsyncLLM:
             raise FakeVLLMEngineDead("EngineCore encountered an issue.")
 
     async def is_sleeping(self):  # a utility call answered by the engine-core process
-        if self.core_hangs:
-            await asyncio.Event().wait()
+        try:
+            if self.core_hangs:
+                await asyncio.Event().wait()
+            await asyncio.sleep(self.probe_seconds)
+        except asyncio.CancelledError:
+            self.probes_cancelled += 1
+            raise
         return False
 
     def shutdown(self):
@@ -845,10 +853,46 @@ def test_stat_loggers_go_to_vllm_and_a_core_that_does_not_answer_fails_the_healt
     assert llm.args.served_model_name == "qwen-3b"
     asyncio.run(engine.check_health())
     llm.core_hangs = True
-    with pytest.raises(
-        EngineDeadError, match=r"engine core of 'qwen-3b' did not answer within 1 s .* it hangs"
-    ):
-        asyncio.run(engine.check_health())
+
+    async def hung_check() -> int:
+        with pytest.raises(
+            EngineDeadError, match=r"engine core of 'qwen-3b' did not answer within 1 s .* it hangs"
+        ):
+            await engine.check_health()
+        await asyncio.sleep(0)  # a cancelled probe runs its except block on the next turn
+        return llm.probes_cancelled
+
+    assert asyncio.run(hung_check()) == 1  # the unanswered utility call is not left behind
+
+
+def test_a_core_answering_while_the_loop_is_busy_passes_the_health_check(fake_vllm, tmp_path):
+    """The probe's 1 s is loop time: the front end's loop held 0.2 s at a time (as vLLM's output
+    handler holds it under load) and an answer after 1.3 s of wall time is no hung core."""
+    from serve_app.engines.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(make_config(compile_cache_dir=tmp_path / "c", max_model_len=64))
+    asyncio.run(engine.start())
+    llm = FakeAsyncLLM.instances[-1]
+    llm.probe_seconds = 1.3
+
+    async def busy_check():
+        hog = asyncio.ensure_future(hold_loop(0.2))
+        try:
+            started = time.monotonic()
+            await engine.check_health()
+            return time.monotonic() - started
+        finally:
+            hog.cancel()
+
+    assert asyncio.run(busy_check()) >= 1.3
+    assert llm.probes_cancelled == 0
+
+
+async def hold_loop(block_s: float) -> None:
+    """Hold the running loop ``block_s`` at a time, with a turn for other callbacks between."""
+    while True:
+        time.sleep(block_s)
+        await asyncio.sleep(0)
 
 
 def test_engine_start_failures(fake_vllm, tmp_path):

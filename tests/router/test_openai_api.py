@@ -265,3 +265,17 @@ def test_stats_waiting_says_where_a_stream_in_flight_waits(client, two_model_app
     assert stats["router"]["waiting"]["leaves"] > 0
     plain = httpx.get(f"{two_model_app}/stats", timeout=30).json()
     assert "waiting" not in plain["router"] and "waiting" not in plain["models"]["qwen-tiny"]
+
+
+def test_many_clients_asking_for_stats_at_once_all_get_them(two_model_app):
+    """Concurrent /stats callers share one gathering (each asks every model through its queue)."""
+
+    def ask(_):
+        return httpx.get(f"{two_model_app}/stats", params={"waiting": "1"}, timeout=60)
+
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        replies = list(pool.map(ask, range(30)))
+    assert {reply.status_code for reply in replies} == {200}
+    bodies = [reply.json() for reply in replies]
+    assert all("waiting" in body["models"]["qwen-tiny"] for body in bodies)
+    assert all(body["models"]["llama-tiny"]["max_model_len"] > 0 for body in bodies)
