@@ -7,11 +7,11 @@ Engine modules are imported only when chosen, so vLLM stays an optional extra.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from typing import Literal
 
+from serve_app.engines.node_cpus import node_cpus
 from serve_app.engines.protocol import Engine, EngineConfig
 from serve_app.registry.models import ModelSpec
 from serve_app.registry.vision_models import vision_model
@@ -109,11 +109,9 @@ def cpus_per_replica(spec: ModelSpec, engine: ResolvedEngine) -> float:
 
 
 def local_cpus() -> float:
-    """The CPUs a Ray node started on this machine offers, as Ray counts them outside a container
-    (``multiprocessing.cpu_count()``, ray/_private/utils.py ``get_num_cpus``, Ray 2.60). Under a
-    container's CPU quota Ray counts fewer, which this does not see (preflight imports no Ray):
-    pass ``--cluster-cpus`` there."""
-    return float(os.cpu_count() or 1)
+    """The CPUs a Ray node started on this machine offers, container limits included, as Ray
+    counts them (engines/node_cpus.py)."""
+    return node_cpus()
 
 
 def engine_class(kind: ResolvedEngine) -> type[Engine]:

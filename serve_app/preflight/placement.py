@@ -275,7 +275,7 @@ def _cpu_fit(
             {"need_cpus": need},
         )
     else:
-        available, source = float(selection.local_cpus()), "this machine"
+        available, source = float(selection.local_cpus()), "this machine"  # as Ray counts it
     data = {"need_cpus": need, "available_cpus": available}
     if need > available + 1e-9:
         return (
