@@ -179,6 +179,10 @@ serve_metrics() { # serve_metrics TARGET CONCURRENCY PORT: Ray Serve's serve_* s
     for tries in $(seq 60); do
       [ -f "$RESULTS/$1-c$2.json" ] && break
       curl -s --max-time 20 "http://127.0.0.1:$3/metrics" | grep -E "^(ray_)?serve_|^vllm:num_requests_(running|waiting)\{" >"$tmp" || true
+      # A line per sample (seconds, then each gauge's values): one snapshot can catch a burst.
+      echo "$(date +%s) $(grep -E '^(ray_serve_replica_processing_queries|vllm:num_requests_(running|waiting))\{' "$tmp" \
+        | sed -E 's/^([a-z_:]+)\{.*(application|model_name)="([^"]*)".*\} /\1[\3]=/' | tr '\n' ' ')" \
+        >>"$RESULTS/$1-c$2-timeline.txt"
       if grep -qE '^vllm:num_requests_running\{[^}]*\} [1-9]' "$tmp"; then
         mv "$tmp" "$out"
         seen=$((seen + 1))
