@@ -13,6 +13,7 @@ from serve_app.deployments.requests import InferenceRequest
 from serve_app.engines.cpu import CPUReferenceEngine
 from serve_app.engines.protocol import EngineConfig, SamplingOptions
 from serve_app.errors import ContextLengthError, EngineDeadError
+from tests.busy_loop import hold_loop
 
 
 async def started(checkpoint, max_model_len: int = 64) -> ModelServer:
@@ -140,13 +141,6 @@ def test_a_busy_loop_does_not_fail_an_engine_that_answers_and_the_wall_cap_follo
         return waited
 
     assert 2.4 <= asyncio.run(run()) < 3.0  # 0.6 x 4 s, not 1 s of loop time (about 4 s here)
-
-
-async def hold_loop(block_s: float) -> None:
-    """Hold the running loop ``block_s`` at a time, with a turn for other callbacks between."""
-    while True:
-        time.sleep(block_s)
-        await asyncio.sleep(0)
 
 
 def test_a_long_tokenize_never_holds_up_generation(qwen2_checkpoint):

@@ -5,14 +5,7 @@ import asyncio
 import time
 
 from serve_app.engines.deadlines import answered_within
-
-
-async def _hog_loop(block_s: float) -> None:
-    """Hold the loop ``block_s`` at a time, letting other callbacks run between (as vLLM's output
-    handler does between the engine's output batches)."""
-    while True:
-        time.sleep(block_s)
-        await asyncio.sleep(0)
+from tests.busy_loop import hold_loop
 
 
 def _answer_after(loop: asyncio.AbstractEventLoop, seconds: float) -> asyncio.Future[object]:
@@ -39,7 +32,7 @@ def test_an_answer_that_comes_while_the_loop_is_busy_counts():
 
     async def run(wait):
         loop = asyncio.get_running_loop()
-        hog = asyncio.ensure_future(_hog_loop(0.2))
+        hog = asyncio.ensure_future(hold_loop(0.2))
         try:
             return await wait(_answer_after(loop, 0.6))
         finally:
@@ -56,7 +49,7 @@ def test_an_answer_that_comes_while_the_loop_is_busy_counts():
 def test_a_busy_loop_still_ends_the_wait_at_the_wall_clock_cap():
     async def run():
         loop = asyncio.get_running_loop()
-        hog = asyncio.ensure_future(_hog_loop(0.2))
+        hog = asyncio.ensure_future(hold_loop(0.2))
         started = time.monotonic()
         try:
             answered = await answered_within(loop.create_future(), 10.0, wall_cap_s=0.5)

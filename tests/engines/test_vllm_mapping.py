@@ -40,6 +40,7 @@ from serve_app.errors import (
     MaxModelLenError,
     RegistryError,
 )
+from tests.busy_loop import hold_loop
 
 
 @dataclass
@@ -886,13 +887,6 @@ def test_a_core_answering_while_the_loop_is_busy_passes_the_health_check(fake_vl
 
     assert asyncio.run(busy_check()) >= 1.3
     assert llm.probes_cancelled == 0
-
-
-async def hold_loop(block_s: float) -> None:
-    """Hold the running loop ``block_s`` at a time, with a turn for other callbacks between."""
-    while True:
-        time.sleep(block_s)
-        await asyncio.sleep(0)
 
 
 def test_engine_start_failures(fake_vllm, tmp_path):
