@@ -35,7 +35,7 @@ from serve_app.deployments.prompts import PromptRenderer, TemplatePolicy
 from serve_app.deployments.requests import InferenceRequest
 from serve_app.deployments.tool_parsers import call_stream, parse_choice, stream_finish_reason
 from serve_app.deployments.vision import ImagePrompts
-from serve_app.engines.deadlines import answered_within
+from serve_app.engines.deadlines import HEALTH_WALL_CAP_S, answered_within
 from serve_app.engines.protocol import Engine, EngineConfig, GenerationDelta, GenerationRequest
 from serve_app.engines.selection import node_label
 from serve_app.errors import EngineDeadError, InvalidRequestError
@@ -51,10 +51,9 @@ DEFAULT_STREAM_ITEMS_PER_S = 2560.0  # 128 streams at 50 ms: the pace measured a
 # was held up to 2.2 s at a time (run 6), which is no sign of a hung engine (engines/deadlines.py).
 ENGINE_HEALTH_TIMEOUT_S = 1.0
 # However busy the loop, the wait ends after this share of the deployment's health_check_timeout_s
-# (and never after ENGINE_HEALTH_WALL_CAP_S): the rest is margin for the loop's holds around the
-# check, so the replica logs which engine and why before Ray Serve gives up on it.
+# (and never after deadlines.HEALTH_WALL_CAP_S): the rest is margin for the loop's holds around
+# the check, so the replica logs which engine and why before Ray Serve gives up on it.
 ENGINE_HEALTH_WALL_SHARE = 0.6
-ENGINE_HEALTH_WALL_CAP_S = 8.0
 
 
 JSON_SLICE = 16_384  # list items serialised per json.dumps call: about a millisecond each
@@ -141,7 +140,7 @@ class ModelServer:
         self.census = Census()
         self._health_wall_cap_s = max(
             ENGINE_HEALTH_TIMEOUT_S,
-            min(ENGINE_HEALTH_WALL_CAP_S, ENGINE_HEALTH_WALL_SHARE * health_check_timeout_s),
+            min(HEALTH_WALL_CAP_S, ENGINE_HEALTH_WALL_SHARE * health_check_timeout_s),
         )
         self._failed_engine_check: asyncio.Future[None] | None = None
         self._failed_engine_check_since = 0.0
@@ -402,7 +401,7 @@ class ModelServer:
         (after three failures in a row) so Serve stops routing to it and replaces it. An engine
         whose own check does not answer within ENGINE_HEALTH_TIMEOUT_S of loop time (while the
         loop is busy with other work, at most ENGINE_HEALTH_WALL_SHARE of health_check_timeout_s
-        of wall time, and never more than ENGINE_HEALTH_WALL_CAP_S) is hung.
+        of wall time, and never more than HEALTH_WALL_CAP_S) is hung.
 
         After such a failure the next checks do not wait out the limit again. While that engine
         check is still unanswered they fail at once. If it ended in a failure of its own (the vLLM

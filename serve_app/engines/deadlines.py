@@ -15,6 +15,9 @@ from __future__ import annotations
 import asyncio
 
 TICK_S = 0.05
+# However busy a replica's loop, a health check's wait ends by then: below the deployments'
+# default health_check_timeout_s (10 s), so the replica logs why before Ray Serve gives up on it.
+HEALTH_WALL_CAP_S = 8.0
 
 
 async def answered_within(

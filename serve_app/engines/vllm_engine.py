@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.engines.context_length import read_text_config
-from serve_app.engines.deadlines import answered_within
+from serve_app.engines.deadlines import HEALTH_WALL_CAP_S, answered_within
 from serve_app.engines.protocol import (
     EngineConfig,
     EngineStats,
@@ -83,7 +83,6 @@ DEFAULT_COMPILE_CACHE_ROOT = Path("~/.cache/modelopt-serve/compile")
 # The engine core answers a utility call between two steps; one step under full load takes tens to
 # a few hundred ms on an H100/H200 (chunked prefill bounds it by max_num_batched_tokens).
 HEALTH_PROBE_TIMEOUT_S = 1.0
-HEALTH_PROBE_WALL_CAP_S = 8.0  # however busy the loop, below the deployment's health_check_timeout_s
 
 
 @dataclass(frozen=True)
@@ -335,7 +334,7 @@ class VLLMEngine:
 
     async def check_health(self) -> None:
         """Raise EngineDeadError if the engine core died or does not answer a utility call
-        (``is_sleeping``) within HEALTH_PROBE_TIMEOUT_S of loop time (HEALTH_PROBE_WALL_CAP_S of
+        (``is_sleeping``) within HEALTH_PROBE_TIMEOUT_S of loop time (HEALTH_WALL_CAP_S of
         wall time at most); an unanswered probe is cancelled, also when this check is."""
         llm = self._require_started()
         from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDeadError
@@ -344,7 +343,7 @@ class VLLMEngine:
         try:
             await llm.check_health()
             probe = asyncio.ensure_future(llm.is_sleeping())
-            answered = await answered_within(probe, HEALTH_PROBE_TIMEOUT_S, HEALTH_PROBE_WALL_CAP_S)
+            answered = await answered_within(probe, HEALTH_PROBE_TIMEOUT_S, HEALTH_WALL_CAP_S)
             if answered:
                 probe.result()
         except VLLMEngineDeadError as error:
