@@ -265,6 +265,11 @@ def test_stats_waiting_says_where_a_stream_in_flight_waits(client, two_model_app
     assert stats["router"]["waiting"]["leaves"] > 0
     plain = httpx.get(f"{two_model_app}/stats", timeout=30).json()
     assert "waiting" not in plain["router"] and "waiting" not in plain["models"]["qwen-tiny"]
+    bad = httpx.get(f"{two_model_app}/stats", params={"waiting": "abc"}, timeout=30)
+    assert bad.status_code == 400
+    error = bad.json()["error"]
+    assert error["param"] == "query.waiting" and error["code"] == "invalid_request"
+    assert "valid boolean" in error["message"]
 
 
 def test_many_clients_asking_for_stats_at_once_all_get_them(two_model_app):
