@@ -14,6 +14,12 @@ one that awaits anything else (a future, a task, a C-level awaitable such as gRP
 loop for as long as ``gc.get_objects()`` takes, so it runs only when asked for, at most once
 every few seconds (``Census``). The objects frozen at start-up (deployments/gc_heap.py) are not
 in ``gc.get_objects()``, so the walk covers what was made since: requests, mostly.
+
+Compiled (Cython) coroutines are counted apart, under ``native``: gRPC's asyncio layer, which
+Ray Serve's router-to-replica transport runs on, is Cython, so a request held between the
+router's gRPC call and the replica's Python handler (issue 13's run 7: about 200 calls in the
+router awaiting the replica's initial metadata while the replica's own Python held about 60)
+waits only in such coroutines. They carry a frame with a file but no line.
 """
 
 from __future__ import annotations
@@ -27,12 +33,15 @@ from typing import Any
 
 # Awaited objects that lead to another coroutine or async generator, itself visited: not a wait.
 _LINK_TYPE_NAMES = frozenset({"async_generator_asend", "async_generator_athrow"})
+# What a compiled coroutine awaits that is another compiled coroutine's ``__await__``: counted there.
+_NATIVE_LINK_TYPE_NAMES = _LINK_TYPE_NAMES | {"coroutine_wrapper"}
 TOP = 20
 CALLERS = 2  # callers named after a leaf's own place, where a chain of coroutines shows them
 
 
 def _place(frame: types.FrameType) -> str:
-    """``"<path>:<line> <function>"``, the path from the package root (or the standard library's)."""
+    """``"<path>:<line> <function>"``, the path from the package root (or the standard library's);
+    ``"<path> <function>"`` for a compiled frame, which has no line (``f_lineno`` -1 or None)."""
     path = frame.f_code.co_filename
     if "-packages/" in path:  # site-packages, dist-packages
         path = path.rsplit("-packages/", 1)[1]
@@ -40,7 +49,16 @@ def _place(frame: types.FrameType) -> str:
         path = "serve_app/" + path.rsplit("serve_app/", 1)[1]
     elif "/lib/python3" in path:
         path = path.split("/lib/python3", 1)[1].split("/", 1)[-1]
-    return f"{path}:{frame.f_lineno} {frame.f_code.co_name}"
+    line = frame.f_lineno
+    if line is None or line < 0:  # compiled: the Cython source's path, whose last parts name it
+        return f"{'/'.join(path.split('/')[-3:])} {frame.f_code.co_name}"
+    return f"{path}:{line} {frame.f_code.co_name}"
+
+
+def _native(kind: type) -> bool:
+    """A Cython-compiled coroutine's type (``_cython_3_x.coroutine``): it has ``cr_await``,
+    ``cr_frame`` and ``cr_running`` as Python's own coroutines do, but is another type."""
+    return kind.__name__ == "coroutine" and kind.__module__.startswith("_cython")
 
 
 def _not_started(obj: types.CoroutineType | types.AsyncGeneratorType) -> bool:
@@ -77,9 +95,51 @@ def _suspended(obj: object) -> tuple[types.FrameType, object] | None:
     return None
 
 
+def _label(frame: types.FrameType | None, obj: object) -> str:
+    if frame is not None:
+        return _place(frame)
+    return str(getattr(obj, "__qualname__", None) or type(obj).__name__)
+
+
+def _awaited_name(awaited: object) -> str:
+    return "Future" if type(awaited).__name__ == "FutureIter" else type(awaited).__name__
+
+
+class _NativeLeaves:
+    """The compiled coroutines of one walk: ``add`` each, then ``counts``."""
+
+    def __init__(self) -> None:
+        self.found: list[tuple[object, object]] = []
+        self.awaiter: dict[int, object] = {}  # id of an awaited compiled coroutine -> its awaiter
+
+    def add(self, obj: object) -> None:
+        awaited = getattr(obj, "cr_await", None)
+        # No await: not started, running, or finished; a compiled coroutine cannot say which.
+        if awaited is None or getattr(obj, "cr_running", False):
+            return
+        kind = type(awaited)
+        if _native(kind):
+            self.awaiter[id(awaited)] = obj
+        elif kind not in (types.CoroutineType, types.AsyncGeneratorType) and (
+            kind.__name__ not in _NATIVE_LINK_TYPE_NAMES
+        ):
+            self.found.append((obj, awaited))
+
+    def counts(self) -> Counter[str]:
+        native: Counter[str] = Counter()
+        for obj, awaited in self.found:
+            chain = [f"{_label(getattr(obj, 'cr_frame', None), obj)} awaits {_awaited_name(awaited)}"]
+            caller = self.awaiter.get(id(obj))
+            while caller is not None and len(chain) <= CALLERS:
+                chain.append(_label(getattr(caller, "cr_frame", None), caller))
+                caller = self.awaiter.get(id(caller))
+            native[" <- ".join(chain)] += 1
+        return native
+
+
 def await_census(top: int = TOP) -> dict[str, Any]:
     """``{"suspended": n, "leaves": n, "at_yield": n, "not_started": [[place, count], ...],
-    "top": [[place, count], ...]}``.
+    "top": [[place, count], ...], "native": [[place, count], ...]}``.
 
     ``place`` in ``top`` is ``"<file>:<line> <function> awaits <type>"`` for a leaf (``file``
     from the package root), then `` <- <file>:<line> <function>`` for up to CALLERS coroutines
@@ -87,14 +147,21 @@ def await_census(top: int = TOP) -> dict[str, Any]:
     async generator's ``__anext__`` (or a ``coroutine_wrapper``) cannot be followed to its
     caller. ``at_yield`` counts started async generators parked at a ``yield`` (a stream whose
     reader has not asked for the next item); ``not_started`` coroutines and async generators
-    created but not yet run once (a task still queued for its first step), by place."""
+    created but not yet run once (a task still queued for its first step), by place. ``native``
+    is ``top`` for compiled coroutines (gRPC's asyncio layer): each one suspended on anything but
+    another coroutine, with up to CALLERS compiled coroutines awaiting it; it is not in the other
+    counts."""
     leaves: Counter[str] = Counter()
     not_started: Counter[str] = Counter()
     suspended = at_yield = 0
     found: list[tuple[types.FrameType, object, object, str | None]] = []
     # id of an awaited coroutine -> (the coroutine or async generator awaiting it, its frame)
     awaiter: dict[int, tuple[object, types.FrameType]] = {}
+    native = _NativeLeaves()
     for obj in gc.get_objects():
+        if _native(type(obj)):
+            native.add(obj)
+            continue
         state = _suspended(obj)
         if state is None:
             continue
@@ -116,8 +183,7 @@ def await_census(top: int = TOP) -> dict[str, Any]:
                 inner = _place(inner_frame) if inner_frame is not None else None
             found.append((frame, obj, awaited, inner))
     for frame, obj, awaited, inner in found:
-        name = "Future" if type(awaited).__name__ == "FutureIter" else type(awaited).__name__
-        name = "nothing (a bare yield)" if awaited is None else name
+        name = "nothing (a bare yield)" if awaited is None else _awaited_name(awaited)
         chain = [f"{inner or _place(frame)} awaits {name}"] + ([_place(frame)] if inner else [])
         caller = awaiter.get(id(obj))
         while caller is not None and len(chain) <= CALLERS:
@@ -130,6 +196,7 @@ def await_census(top: int = TOP) -> dict[str, Any]:
         "at_yield": at_yield,
         "not_started": [[place, count] for place, count in not_started.most_common(top)],
         "top": [[place, count] for place, count in leaves.most_common(top)],
+        "native": [[place, count] for place, count in native.counts().most_common(top)],
     }
 
 

@@ -125,3 +125,52 @@ def test_a_census_asked_for_again_within_its_interval_is_the_last_one():
     assert first["age_s"] == 0 and first["top"][0][1] == 3
     assert again["top"] == first["top"] and again["age_s"] >= 0.02
     assert fresh["age_s"] == 0 and not any(place.endswith(" _outer") for place, _ in fresh["top"])
+
+
+def test_calls_held_in_grpcs_compiled_layer_are_counted_apart_as_native():
+    """Run 7 (issue 13): about 200 router -> replica gRPC calls waited where only gRPC's Cython
+    coroutines were; a Python-only census saw none of them on the replica's side."""
+    import grpc
+
+    async def run():
+        gate = asyncio.Event()
+
+        async def handler(request, context):
+            await gate.wait()
+            yield b"first"
+
+        server = grpc.aio.server()
+        methods = {"Call": grpc.unary_stream_rpc_method_handler(handler)}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("svc", methods),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        calls = [channel.unary_stream("/svc/Call")(b"r") for _ in range(7)]
+        waits = [asyncio.ensure_future(call.wait_for_connection()) for call in calls]
+        await asyncio.sleep(0.5)
+        census = await_census()
+        gate.set()
+        await asyncio.gather(*waits)
+        for call in calls:
+            call.cancel()
+        await channel.close()
+        await server.stop(None)
+        return census
+
+    census = asyncio.run(run())
+    native = dict(census["native"])
+    # the client's calls, waiting for the server's initial metadata
+    assert (
+        native[
+            "_cygrpc/aio/callback_common.pyx.pxi execute_batch awaits Future"
+            " <- _cygrpc/aio/callback_common.pyx.pxi _receive_initial_metadata"
+            " <- _cygrpc/aio/call.pyx.pxi initiate_unary_stream"
+        ]
+        == 7
+    )
+    # the server, waiting for the next call to accept
+    assert native["_cygrpc/aio/server.pyx.pxi _request_call awaits Future"] == 1
+    # a compiled coroutine handing over to the Python handler is not a wait of its own
+    assert not [place for place in native if "async_generator_asend" in place or "coroutine_wrapper" in place]
+    # the handlers themselves are Python, in top
+    assert any(re.search(r"wait awaits Future <- " + PLACE + " handler", place) for place, _ in census["top"])
