@@ -249,8 +249,8 @@ run_bare() {
   trap - EXIT
 }
 
-shared_share() { "$PY" -c "print(round(0.9 / ${SHARED_MODELS:-2}, 3))"; }
-shared_kv_bytes() { "$PY" -c "print(int(float(${SHARED_KV_GIB:-$((40 / ${SHARED_MODELS:-2}))}) * 2**30))"; }
+shared_share() { "$PY" scripts/bench_registry.py share "${SHARED_MODELS:-2}"; }
+shared_kv_bytes() { "$PY" scripts/bench_registry.py kv-bytes "${SHARED_MODELS:-2}" "${SHARED_KV_GIB:-}"; }
 
 run_bare_shared() { # SHARED_MODELS bare `vllm serve` processes on one GPU, started one after another
   local n=${SHARED_MODELS:-2} i port pids=() ports=()
@@ -278,22 +278,8 @@ run_bare_shared() { # SHARED_MODELS bare `vllm serve` processes on one GPU, star
 }
 
 write_shared_registry() { # SHARED_MODELS models of the one checkpoint in one registry, sharing the GPU
-  "$PY" - "$RESULTS/router_shared-models.yaml" "$CKPT" "$ROUTER_PORT" "$COMPILE_CACHE" \
-    "${SHARED_MODELS:-2}" "$(shared_share)" "$(shared_kv_bytes)" <<'PY'
-import sys
-import yaml
-from serve_app.registry.layout import serve_config
-path, ckpt, port, cache, n, share, kv = sys.argv[1:]
-models = [{
-    "name": f"m{i}", "checkpoint": ckpt, "engine": "vllm", "gpu_memory_utilization": float(share),
-    # Ray's share of the GPU for the replica: what lets several sit on one GPU.
-    "resources": {"num_gpus": round(float(share) - 0.01, 3)}, "compile_cache_dir": cache,
-    "engine_args": {"kv_cache_memory_bytes": int(kv)},
-} for i in range(1, int(n) + 1)]
-doc = serve_config(models, port=int(port))
-yaml.safe_dump(doc, open(path, "w"), sort_keys=False)
-print(open(path).read())
-PY
+  "$PY" scripts/bench_registry.py shared "$RESULTS/router_shared-models.yaml" "$CKPT" "$ROUTER_PORT" \
+    "$COMPILE_CACHE" "${SHARED_MODELS:-2}" "${SHARED_KV_GIB:-}"
 }
 
 run_router_shared() {
@@ -321,36 +307,8 @@ run_router_shared() {
 }
 
 write_registry() { # the project's registry for the same checkpoint, one replica on the whole GPU
-  "$PY" - "$RESULTS/router-models.yaml" "$CKPT" "$MODEL" "$ROUTER_PORT" "$COMPILE_CACHE" "${ROUTER_REPLICAS:-}" "${ROUTER_BODY_BYTES:-}" "${_PACE_ITEMS_PER_S:-}" "${_MODEL_REPLICAS:-1}" <<'PY'
-import sys
-import yaml
-from serve_app.registry.layout import serve_config
-path, ckpt, model, port, cache, replicas, body_bytes, items_per_s, model_replicas = sys.argv[1:]
-models = [{
-    "name": model, "checkpoint": ckpt, "engine": "vllm",
-    # vllm serve's defaults: no max_model_len, max_num_seqs or enforce_eager of our own.
-    "gpu_memory_utilization": 0.9, "resources": {"num_gpus": 1}, "compile_cache_dir": cache,
-}]
-n = int(model_replicas)
-if n > 1:  # router_split: n replicas (n engines, n front-end processes) share the one GPU
-    models[0].update(
-        gpu_memory_utilization=round(0.9 / n, 3),
-        resources={"num_gpus": round(0.9 / n - 0.01, 3)},
-        autoscaling={"min_replicas": n, "max_replicas": n},
-        # Replicas starting together skew each other's memory profiling (examples/gpu.yaml).
-        engine_args={"kv_cache_memory_bytes": int(40 / n * 2**30)},
-    )
-if items_per_s:
-    models[0]["stream_items_per_s"] = float(items_per_s)
-router = {}
-if replicas:
-    router["num_replicas"] = int(replicas)
-if body_bytes:
-    router["max_request_body_bytes"] = int(body_bytes)
-doc = serve_config(models, router or None, port=int(port))
-yaml.safe_dump(doc, open(path, "w"), sort_keys=False)
-print(open(path).read())
-PY
+  "$PY" scripts/bench_registry.py single "$RESULTS/router-models.yaml" "$CKPT" "$MODEL" "$ROUTER_PORT" \
+    "$COMPILE_CACHE" "${ROUTER_REPLICAS:-}" "${ROUTER_BODY_BYTES:-}" "${_PACE_ITEMS_PER_S:-}" "${_MODEL_REPLICAS:-1}"
 }
 
 run_router() { # run_router [TARGET=router] [ENV=...]: TARGET names the results; ENV goes to serve run

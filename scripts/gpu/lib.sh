@@ -50,9 +50,10 @@ cleanup_leftovers() {
   stop_ray
 }
 
-# Log lines after which waiting is pointless: Serve could not build the app, or a replica's
-# engine failed to start (Ray would retry the replica for minutes). Override with FAIL_PATTERN.
-FAIL_PATTERN=${FAIL_PATTERN:-"Deploying app '.*' failed|DEPLOY_FAILED|Exception in replica|Engine core initialization failed|No available memory for the cache blocks|CUDA out of memory"}
+# Log lines after which waiting is pointless: preflight refused the registry or Serve could not
+# build the app (Ray retries that build), or a replica's engine failed to start (Ray would retry
+# the replica for minutes). Override with FAIL_PATTERN.
+FAIL_PATTERN=${FAIL_PATTERN:-"Deploying app '.*' failed|DEPLOY_FAILED|Exception in replica|Engine core initialization failed|No available memory for the cache blocks|CUDA out of memory|model\(s\), [1-9][0-9]* failed|Task build_serve_application failed"}
 
 # wait_http NAME URL PID LOGFILE TIMEOUT_S: poll URL until it answers 200; fail early (with the
 # log's tail) if PID dies or the log shows FAIL_PATTERN, or after TIMEOUT_S.
