@@ -243,7 +243,12 @@ def drain(
         deployed = [name for name, app in running.items() if MODEL_DEPLOYMENT in app.deployments]
         targets = sorted({app for app in apps if app in running} | set(deployed))
         names = ", ".join(targets) or "no model"
-        print(f"serve_app run: draining {names} (up to {timeout_s:g} s)", flush=True)
+        print(
+            f"serve_app run: draining {names}: streams in flight may finish (up to {timeout_s:g} s: "
+            f"the longest drain_timeout_s plus {DRAIN_MARGIN_S:g} s for Ray Serve to stop the replicas; "
+            "Ctrl-C again to stop now)",
+            flush=True,
+        )
         for app in targets:
             serve.delete(app, _blocking=False)
         deadline = time.monotonic() + timeout_s

@@ -24,6 +24,7 @@ from serve_app.deployments.choices import Choice, plan_choices
 from serve_app.deployments.fan_in import fan_in
 from serve_app.deployments.gc_heap import freeze_startup_heap
 from serve_app.deployments.latency import StageLatencies
+from serve_app.deployments.log_flush import LogFlusher
 from serve_app.deployments.logprobs import Position, TokenStrings, output_positions
 from serve_app.deployments.loop_health import LoopHealth, process_age_s
 from serve_app.deployments.media import ImagePolicy, load_images
@@ -137,6 +138,7 @@ class ModelServer:
         self._endpoint_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize-endpoint")
         self.latencies = StageLatencies()
         self.loop_health = LoopHealth()
+        self.log_flusher = LogFlusher()
         self.census = Census()
         self._health_wall_cap_s = max(
             ENGINE_HEALTH_TIMEOUT_S,
@@ -182,6 +184,7 @@ class ModelServer:
         step = time.perf_counter()
         freeze_startup_heap(f"model {config.model_name}")
         self.loop_health.start()
+        self.log_flusher.start()
         phases["gc_freeze"] = time.perf_counter() - step
         self.start_seconds = time.perf_counter() - started
         self.start_phases = {name: round(value, 3) for name, value in phases.items() if value is not None}
@@ -475,6 +478,7 @@ class ModelServer:
             self._failed_engine_check.cancel()
         await self.engine.shutdown()
         self.loop_health.close()
+        self.log_flusher.close()
         self._tokenizer_thread.shutdown(wait=False)
         self._endpoint_thread.shutdown(wait=False)
         if self.prompts.request_templates is not None:

@@ -260,7 +260,7 @@ class ModelSpec(StrictModel):
         description="How often Ray Serve calls a replica's check_health (only once it has started: a "
         "long vLLM start is not cut short). Three failures in a row take the replica out of routing, "
         "so a dead engine leaves within about 3 x this, a hung one within about 2 x this plus the "
-        "engine's 1 s answer limit.",
+        "engine's 1 s answer limit, plus up to one period before the first check (3-4 s at 1 s).",
     )
     health_check_timeout_s: float = Field(
         default=10.0,

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve_app.deployments.await_census import Census
 from serve_app.deployments.gc_heap import freeze_startup_heap
 from serve_app.deployments.latency import LatencyWindow
+from serve_app.deployments.log_flush import LogFlusher
 from serve_app.deployments.loop_health import LoopHealth
 from serve_app.deployments.openai_format import DONE
 from serve_app.deployments.requests import InferenceRequest
@@ -199,9 +200,16 @@ class Router:
         # rest is Ray's routing and the hop to the model replica's loop.
         self.dispatch = LatencyWindow()
         self.loop_health = LoopHealth()
+        self.log_flusher = LogFlusher()  # started with loop_health, from the first request on
         self.census = Census()  # /stats?waiting=1
         self._stats_gathering: dict[bool, asyncio.Future[dict[str, Any]]] = {}
         freeze_startup_heap("router")
+
+    def __del__(self) -> None:
+        """Ray Serve calls this when it stops the replica: write out the buffered log lines."""
+        flusher = getattr(self, "log_flusher", None)  # None when __init__ failed before it
+        if flusher is not None:
+            flusher.close()
 
     async def _route(self, model: str) -> ModelApp:
         """The application serving ``model``; 404 naming the served ids, or why it is not served."""
@@ -377,6 +385,7 @@ class Router:
 
     async def _serve(self, http: Request, model: str, request: InferenceRequest) -> Any:
         self.loop_health.start()
+        self.log_flusher.start()
         app, served = await self._served(http, model)
         if request.received_at:
             self.dispatch.add(time.time() - request.received_at)
@@ -430,6 +439,7 @@ class Router:
         fleet, router/health.py; nothing goes through a model's queue, a model at zero stays at
         zero), else 503 with each model's reason. ``?model=``: that model (a name or alias) alone."""
         await self.fleet.ensure_started()
+        self.log_flusher.start()  # make serve's runner polls this from the start
         if model is not None:
             app = await self._route_for(request, model)
             body = {"model": app.name, **model_readiness(app)}
@@ -462,6 +472,7 @@ class Router:
         that ask while an answer of the same kind is being gathered share it."""
         await self.fleet.ensure_started()
         self.loop_health.start()
+        self.log_flusher.start()
         # One gathering at a time per kind: each asks every model through its queue, and 200
         # clients asking at once must not put 200 calls in each queue (they share the answer).
         gathering = self._stats_gathering.get(waiting)
