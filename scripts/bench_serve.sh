@@ -11,6 +11,8 @@
 #   PHASES=router_thread ...                    # HAProxy, model replica code on its own event loop
 #   PHASES=router_split MODEL_REPLICAS=2 ...    # the model's streams over 2 replicas on the one GPU
 #   PHASES=router_pace PACE_ITEMS_PER_S=10240 ...  # the router with a larger stream pace budget
+#   LOOP_PROFILE=5 PHASES=router ...            # also profile every replica's event loop for 5 s
+#       # mid-traffic ($RESULTS/<target>-c<c>-profile.json; it slows the run: a diagnostic)
 #   PHASES="bare_shared router_shared" SHARED_MODELS=2 CONCURRENCY=64 ...
 #       # the same checkpoint as SHARED_MODELS models on the one GPU (m1, m2, ...), each with
 #       # 0.9/SHARED_MODELS of its memory and a fixed KV cache of SHARED_KV_GIB (default
@@ -193,6 +195,12 @@ serve_metrics() { # serve_metrics TARGET CONCURRENCY PORT: Ray Serve's serve_* s
           curl -s --max-time 40 "http://127.0.0.1:$3/stats?waiting=1" >"$RESULTS/$1-c$2-waiting.json" || true
           top -b -H -n 2 -d 2 -w 250 2>/dev/null | awk '/^top -/ {frame++} frame == 2' | head -60 \
             >"$RESULTS/$1-c$2-top.txt" || true
+        fi
+        # With LOOP_PROFILE=S, once about 20 s in: what each replica's event-loop thread spends
+        # those S seconds on (/stats?profile=S, deployments/loop_profile.py). It slows the loops
+        # while it runs, so the run's figures are a diagnostic's, not a benchmark's.
+        if [ "$seen" = 3 ] && [ -n "${LOOP_PROFILE:-}" ]; then
+          curl -s --max-time 90 "http://127.0.0.1:$3/stats?profile=$LOOP_PROFILE" >"$RESULTS/$1-c$2-profile.json" || true
         fi
       fi
       sleep 10

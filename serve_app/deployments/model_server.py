@@ -27,6 +27,7 @@ from serve_app.deployments.latency import StageLatencies
 from serve_app.deployments.log_flush import LogFlusher
 from serve_app.deployments.logprobs import Position, TokenStrings, output_positions
 from serve_app.deployments.loop_health import LoopHealth, process_age_s
+from serve_app.deployments.loop_profile import LoopProfiler
 from serve_app.deployments.media import ImagePolicy, load_images
 from serve_app.deployments.metrics import engine_stat_loggers, record_engine_start
 from serve_app.deployments.node_check import CheckpointManifest, verify_on_this_node
@@ -140,6 +141,7 @@ class ModelServer:
         self.loop_health = LoopHealth()
         self.log_flusher = LogFlusher()
         self.census = Census()
+        self.loop_profiler = LoopProfiler()
         self._health_wall_cap_s = max(
             ENGINE_HEALTH_TIMEOUT_S,
             min(HEALTH_WALL_CAP_S, ENGINE_HEALTH_WALL_SHARE * health_check_timeout_s),
@@ -455,10 +457,14 @@ class ModelServer:
             *args,
         )
 
-    async def info(self, waiting: bool = False) -> dict[str, Any]:
+    async def info(self, waiting: bool = False, profile_s: float = 0.0) -> dict[str, Any]:
         """Readiness details for /readyz and the model card for /v1/models; with ``waiting``
-        (``/stats?waiting=1``) also where this process's coroutines wait (``await_census``)."""
+        (``/stats?waiting=1``) also where this process's coroutines wait (``await_census``), with
+        ``profile_s`` > 0 (``/stats?profile=S``) what its event-loop thread spent those seconds on
+        (``loop_profile``; the answer comes after them)."""
         census = {"waiting": self.census.take()} if waiting else {}
+        if profile_s > 0:
+            census["profile"] = await self.loop_profiler.take(profile_s)
         return {
             "model": self.config.model_name,
             "max_model_len": self.engine.max_model_len,

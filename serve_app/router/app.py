@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -28,6 +28,7 @@ from serve_app.deployments.gc_heap import freeze_startup_heap
 from serve_app.deployments.latency import LatencyWindow
 from serve_app.deployments.log_flush import LogFlusher
 from serve_app.deployments.loop_health import LoopHealth
+from serve_app.deployments.loop_profile import MAX_SECONDS, LoopProfiler
 from serve_app.deployments.openai_format import DONE
 from serve_app.deployments.requests import InferenceRequest
 from serve_app.errors import ModelNotFoundError, ModelUnavailableError, ServeAppError, unwrap
@@ -202,7 +203,8 @@ class Router:
         self.loop_health = LoopHealth()
         self.log_flusher = LogFlusher()  # started with loop_health, from the first request on
         self.census = Census()  # /stats?waiting=1
-        self._stats_gathering: dict[bool, asyncio.Future[dict[str, Any]]] = {}
+        self.loop_profiler = LoopProfiler()  # /stats?profile=S
+        self._stats_gathering: dict[tuple[bool, float], asyncio.Future[dict[str, Any]]] = {}
         freeze_startup_heap("router")
 
     def __del__(self) -> None:
@@ -461,43 +463,57 @@ class Router:
         return Response(await self.cluster_metrics.render(), media_type=CONTENT_TYPE)
 
     @api.get("/stats")
-    async def stats(self, waiting: bool = False) -> JSONResponse:
+    async def stats(
+        self, waiting: bool = False, profile: float = Query(default=0.0, ge=0.0, le=MAX_SECONDS)
+    ) -> JSONResponse:
         """One replica's details per running model (engine counters, latency stages, engine
         start), asked through the model's queue like a request: diagnostics, not a health check
         (a busy model answers late). A model with no replica running is not asked (nor woken).
         ``/metrics`` has every replica's. ``router``: this router replica's ``dispatch`` (request
         received -> handed to Ray, ms), ``loop_lag`` and ``gc_pause`` (deployments/loop_health.py).
         ``?waiting=1`` adds, for this router replica and each model's, where the process's
-        coroutines wait (deployments/await_census.py; it holds each loop for a moment). Callers
-        that ask while an answer of the same kind is being gathered share it."""
+        coroutines wait (deployments/await_census.py; it holds each loop for a moment).
+        ``?profile=S`` (0-10 s) adds what each of those processes' event-loop threads spent the
+        same S seconds on (deployments/loop_profile.py; it slows each loop meanwhile, and is taken
+        at most once every 30 s per process). Callers that ask while an answer of the same kind
+        is being gathered share it."""
         await self.fleet.ensure_started()
         self.loop_health.start()
         self.log_flusher.start()
         # One gathering at a time per kind: each asks every model through its queue, and 200
         # clients asking at once must not put 200 calls in each queue (they share the answer).
-        gathering = self._stats_gathering.get(waiting)
+        kind = (waiting, profile)
+        gathering = self._stats_gathering.get(kind)
         if gathering is None or gathering.done():
-            gathering = asyncio.ensure_future(self._gather_stats(waiting))
-            self._stats_gathering[waiting] = gathering
+            gathering = asyncio.ensure_future(self._gather_stats(waiting, profile))
+            self._stats_gathering[kind] = gathering
         return JSONResponse(await asyncio.shield(gathering))
 
-    async def _gather_stats(self, waiting: bool) -> dict[str, Any]:
+    async def _gather_stats(self, waiting: bool, profile_s: float = 0.0) -> dict[str, Any]:
         apps = list(self.fleet.apps.values())
-        results = await asyncio.gather(*(self._model_status(app, waiting) for app in apps))
+        # The router's own profile covers the same seconds as the models'.
+        own_profile = asyncio.ensure_future(self.loop_profiler.take(profile_s)) if profile_s > 0 else None
+        results = await asyncio.gather(*(self._model_status(app, waiting, profile_s) for app in apps))
         router = {"dispatch": self.dispatch.summary(), **self.loop_health.summary()}
         if waiting:
             router["waiting"] = self.census.take()
+        if own_profile is not None:
+            router["profile"] = await own_profile
         return {"router": router, "models": {app.name: r for app, r in zip(apps, results, strict=True)}}
 
-    async def _model_status(self, app: ModelApp, waiting: bool = False) -> dict[str, Any]:
+    async def _model_status(
+        self, app: ModelApp, waiting: bool = False, profile_s: float = 0.0
+    ) -> dict[str, Any]:
         body = model_readiness(app)
         if not body["ready"]:
             return body
         try:
             served = await self.fleet.served(app)
-            # The census is asked for under load, where the call waits in the model's queue too.
-            limit = CENSUS_TIMEOUT_S if waiting else READY_TIMEOUT_S
-            info = await asyncio.wait_for(served.handle.info.remote(waiting=waiting), limit)
+            # The census and the profile are asked for under load, where the call waits in the
+            # model's queue too; the profile answers after its seconds.
+            limit = (CENSUS_TIMEOUT_S if waiting or profile_s > 0 else READY_TIMEOUT_S) + profile_s
+            asked = served.handle.info.remote(waiting=waiting, profile_s=profile_s)
+            info = await asyncio.wait_for(asked, limit)
         except Exception as exc:
             return {**body, "ready": False, "reason": f"{type(exc).__name__}: {exc}"[:500]}
         return {**body, **info}

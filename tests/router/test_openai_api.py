@@ -272,6 +272,34 @@ def test_stats_waiting_says_where_a_stream_in_flight_waits(client, two_model_app
     assert "valid boolean" in error["message"]
 
 
+def test_stats_profile_says_what_each_event_loop_spent_its_time_on(client, two_model_app):
+    """/stats?profile=S (issue 13): with streams running, each model replica's loop profile names
+    this project's streaming code, and the router's its relay; out-of-range S is a 400."""
+    streams = [
+        client.completions.create(model="qwen-tiny", prompt="Hi", max_tokens=400, stream=True)
+        for _ in range(3)
+    ]
+    try:
+        for stream in streams:
+            next(iter(stream))
+        stats = httpx.get(f"{two_model_app}/stats", params={"profile": "1.5"}, timeout=90).json()
+    finally:
+        for stream in streams:
+            stream.close()
+    model = stats["models"]["qwen-tiny"]["profile"]
+    assert 1.4 <= model["seconds"] <= 5 and 0 < model["busy_share"] <= 1, model
+    packages = {name for name, _, _ in model["by_package"]}
+    assert {"serve_app", "ray"} <= packages, model["by_package"]
+    assert any(place.startswith("serve_app/") for place, _ in model["top_total"]), model["top_total"]
+    assert "profile" in stats["router"] and stats["router"]["profile"]["seconds"] >= 1.4
+    # an idle model's loop is mostly waiting in select
+    assert stats["models"]["llama-tiny"]["profile"]["busy_share"] < 0.5
+    bad = httpx.get(f"{two_model_app}/stats", params={"profile": "11"}, timeout=30)
+    assert bad.status_code == 400
+    error = bad.json()["error"]
+    assert error["param"] == "query.profile" and error["code"] == "invalid_request"
+
+
 def test_many_clients_asking_for_stats_at_once_all_get_them(two_model_app):
     """Concurrent /stats callers share one gathering (each asks every model through its queue)."""
 

@@ -1,0 +1,166 @@
+"""What a replica's event-loop thread spends its time on: a sampling profile for ``/stats?profile=S``.
+
+Issue 13's run 7 on an H200 found the model replica's event-loop thread at 98-99% of a core at
+concurrency 256 (``top -H``), with new requests waiting their turn for it inside Ray Serve's gRPC
+call (docs/benchmarks.md). vLLM's output handler, Ray's streaming and this project's formatting
+all run on that thread; which of them takes the time decides the fix. External profilers
+(py-spy) need ptrace, which the GPU machine's container did not give (run 6's recordings never
+came back), so the profile is taken from inside, by pyinstrument (a C-level sampling hook on the
+calling thread, ``pyinstrument.Profiler``): started and stopped on the loop itself, it records
+only the loop thread, idle time in ``select`` included.
+
+It costs while it runs: pyinstrument's hook sees every call and return on the thread (a few
+percent to a few tens of percent on call-heavy code), so a profile is taken only when asked, for
+at most ``MAX_SECONDS``, once per ``min_interval_s`` per process (``LoopProfiler``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+MAX_SECONDS = 10.0
+SAMPLE_INTERVAL_S = 0.001
+TOP = 20
+IDLE = "idle (waiting in select)"
+BUILTIN = "<built-in>"
+
+
+def _bucket(path: str) -> str | None:
+    """The package a frame's file belongs to: the top-level name under site-packages,
+    ``serve_app``, ``asyncio``, ``python`` (the rest of the standard library), or None for a
+    built-in (it takes its caller's)."""
+    if path == BUILTIN or not path:
+        return None
+    if "-packages/" in path:
+        return path.rsplit("-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
+    if "serve_app/" in path:
+        return "serve_app"
+    if "/asyncio/" in path:
+        return "asyncio"
+    return "python"
+
+
+def _place(frame: Any) -> str:
+    path = frame.file_path or ""
+    if "-packages/" in path:
+        path = path.rsplit("-packages/", 1)[1]
+    elif "serve_app/" in path:
+        path = "serve_app/" + path.rsplit("serve_app/", 1)[1]
+    elif "/lib/python3" in path:
+        path = path.split("/lib/python3", 1)[1].split("/", 1)[-1]
+    if path == BUILTIN:
+        return f"{frame.function} (built-in)"
+    return f"{path}:{frame.line_no} {frame.function}"
+
+
+def summarize(root: Any, duration_s: float, top: int = TOP) -> dict[str, Any]:
+    """A pyinstrument session's frame tree (``Session.root_frame()``) as
+    ``{"seconds", "busy_share", "by_package": [[package, seconds, share], ...],
+    "top_self": [[place, seconds], ...], "top_total": [[place, seconds], ...]}``.
+
+    Self time is a frame's time less its children's; a built-in's (``json.dumps``, a C
+    function) goes to its caller's package and is named with its caller. Time under the event
+    loop's ``select`` is idle, not any package's. ``top_total`` counts a function once per
+    path from the root (recursion is not counted twice). Seconds are rounded to milliseconds."""
+    by_package: Counter[str] = Counter()
+    self_time: Counter[str] = Counter()
+    total_time: Counter[str] = Counter()
+    idle = 0.0
+    # (frame, package of the nearest non-built-in ancestor, place of the caller, inside select,
+    # places on the path from the root)
+    stack: list[tuple[Any, str, str, bool, frozenset[str]]] = [(root, "python", "", False, frozenset())]
+    while stack:
+        frame, parent_package, caller, in_select, seen = stack.pop()
+        if frame.function == "[self]":  # pyinstrument's synthetic leaf: its parent's own time
+            continue
+        place = _place(frame)
+        package = _bucket(frame.file_path or BUILTIN) or parent_package
+        in_select = in_select or (frame.function == "select" and "selectors.py" in (frame.file_path or ""))
+        own = frame.time - sum(child.time for child in frame.children if child.function != "[self]")
+        if frame.file_path == BUILTIN and caller:
+            place = f"{place} <- {caller}"
+        if in_select:
+            idle += own
+        else:
+            by_package[package] += own
+            self_time[place] += own
+        if place not in seen:
+            total_time[place] += frame.time
+        named = place if frame.file_path != BUILTIN else caller  # what a built-in child is named after
+        for child in frame.children:
+            stack.append((child, package, named, in_select, seen | {place}))
+    busy = sum(by_package.values())
+    whole = busy + idle
+    return {
+        "seconds": round(duration_s, 3),
+        "busy_share": round(busy / whole, 3) if whole > 0 else 0.0,
+        "idle_s": round(idle, 3),
+        "by_package": [
+            [name, round(seconds, 3), round(seconds / whole, 3) if whole > 0 else 0.0]
+            for name, seconds in by_package.most_common()
+            if seconds >= 0.0005
+        ],
+        "top_self": [[place, round(s, 3)] for place, s in self_time.most_common(top) if s >= 0.0005],
+        "top_total": [[place, round(s, 3)] for place, s in total_time.most_common(top) if s >= 0.0005],
+    }
+
+
+async def profile_loop(seconds: float, interval_s: float = SAMPLE_INTERVAL_S) -> dict[str, Any]:
+    """Sample the running loop's thread for ``seconds`` (``summarize``'s keys). Must be awaited
+    on the loop to profile. Raises RuntimeError when pyinstrument cannot start (another profiler
+    already runs on this thread)."""
+    from pyinstrument import Profiler  # imported when asked: nothing loads it otherwise
+
+    profiler = Profiler(interval=interval_s, async_mode="disabled")
+    started = time.perf_counter()
+    profiler.start()
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        session = profiler.stop()
+    root = session.root_frame()
+    if root is None:  # no sample at all
+        return summarize_empty(time.perf_counter() - started)
+    return summarize(root, time.perf_counter() - started)
+
+
+def summarize_empty(duration_s: float) -> dict[str, Any]:
+    """``summarize``'s shape for a profile without samples."""
+    return {"seconds": round(duration_s, 3), "busy_share": 0.0, "idle_s": 0.0, "by_package": [],
+            "top_self": [], "top_total": []}  # fmt: skip
+
+
+class LoopProfiler:
+    """``profile_loop`` at most once every ``min_interval_s`` per process, one at a time.
+
+    A caller that asks while a profile runs shares it; one that asks within ``min_interval_s``
+    of the last gets that one, with its age (``age_s``). ``/stats`` is open to any client when API
+    keys are off, and a profile slows the loop it samples."""
+
+    def __init__(self, min_interval_s: float = 30.0) -> None:
+        self.min_interval_s = min_interval_s
+        self._running: asyncio.Future[dict[str, Any]] | None = None
+        self._last: dict[str, Any] | None = None
+        self._taken = 0.0
+
+    async def take(self, seconds: float) -> dict[str, Any]:
+        """The loop's profile over ``min(seconds, MAX_SECONDS)`` seconds, fresh or recent:
+        ``summarize``'s keys (or ``error``, naming why it failed) plus ``age_s``."""
+        now = time.monotonic()
+        if self._running is None and self._last is not None and now - self._taken < self.min_interval_s:
+            return {**self._last, "age_s": round(now - self._taken, 3)}
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._profile(min(seconds, MAX_SECONDS)))
+        result = await asyncio.shield(self._running)
+        return {**result, "age_s": round(time.monotonic() - self._taken, 3)}
+
+    async def _profile(self, seconds: float) -> dict[str, Any]:
+        try:
+            result = await profile_loop(seconds)
+        except Exception as error:  # a diagnostic must not fail /stats
+            result = {"error": f"{type(error).__name__}: {error}"[:500]}
+        self._last, self._taken, self._running = result, time.monotonic(), None
+        return result
