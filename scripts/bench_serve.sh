@@ -188,7 +188,8 @@ serve_metrics() { # serve_metrics TARGET CONCURRENCY PORT: Ray Serve's serve_* s
       if grep -qE '^vllm:num_requests_running\{[^}]*\} [1-9]' "$tmp"; then
         mv "$tmp" "$out"
         seen=$((seen + 1))
-        # Once, about 10 s into the traffic: where the replicas' coroutines wait (/stats?waiting=1,
+        # Once, at the second sample with requests in the engine (20-25 s after the run's start,
+        # about 10 s into the traffic): where the replicas' coroutines wait (/stats?waiting=1,
         # serve_app/deployments/await_census.py; it holds each loop a moment) and each thread's
         # CPU (top's second frame).
         if [ "$seen" = 2 ]; then
@@ -196,7 +197,7 @@ serve_metrics() { # serve_metrics TARGET CONCURRENCY PORT: Ray Serve's serve_* s
           top -b -H -n 2 -d 2 -w 250 2>/dev/null | awk '/^top -/ {frame++} frame == 2' | head -60 \
             >"$RESULTS/$1-c$2-top.txt" || true
         fi
-        # With LOOP_PROFILE=S, once about 20 s in: what each replica's event-loop thread spends
+        # With LOOP_PROFILE=S, one sample (10 s) after the census: what each replica's event-loop thread spends
         # those S seconds on (/stats?profile=S, deployments/loop_profile.py). It slows the loops
         # while it runs, so the run's figures are a diagnostic's, not a benchmark's.
         if [ "$seen" = 3 ] && [ -n "${LOOP_PROFILE:-}" ]; then

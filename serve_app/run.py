@@ -78,7 +78,8 @@ def run(registry_path: Path, serve_args: list[str] | None = None) -> int:
         if force.is_set():
             print("serve_app run: not draining (second signal)", flush=True)
         else:
-            drained = drain(model_apps, drain_s, force, cluster_address(child.pid), our_handlers)
+            why = f": the longest drain_timeout_s plus {DRAIN_MARGIN_S:g} s for Ray Serve to stop replicas"
+            drained = drain(model_apps, drain_s, force, cluster_address(child.pid), our_handlers, why)
         return 0 if drained else 1
     finally:  # whatever happened above (even a SystemExit), serve run and its session end here
         _interrupt(child)
@@ -219,8 +220,12 @@ def drain(
     force: threading.Event,
     address: str | None,
     after_connect: Callable[[], None] = lambda: None,
+    why: str = "",
 ) -> bool:
     """Delete the model applications (their replicas drain) and wait until Serve has removed them.
+
+    ``why``: what ``timeout_s`` is made of, for the message that announces the drain (", ..." or
+    empty).
 
     Connects to ``serve run``'s cluster at ``address`` (``cluster_address``); ``after_connect``
     runs once connected (the runner puts its signal handlers back). The applications drained
@@ -244,9 +249,8 @@ def drain(
         targets = sorted({app for app in apps if app in running} | set(deployed))
         names = ", ".join(targets) or "no model"
         print(
-            f"serve_app run: draining {names}: streams in flight may finish (up to {timeout_s:g} s: "
-            f"the longest drain_timeout_s plus {DRAIN_MARGIN_S:g} s for Ray Serve to stop the replicas; "
-            "Ctrl-C again to stop now)",
+            f"serve_app run: draining {names}: streams in flight may finish (up to {timeout_s:g} s"
+            f"{why}; Ctrl-C again to stop now)",
             flush=True,
         )
         for app in targets:

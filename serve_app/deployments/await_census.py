@@ -18,8 +18,11 @@ in ``gc.get_objects()``, so the walk covers what was made since: requests, mostl
 Compiled (Cython) coroutines are counted apart, under ``native``: gRPC's asyncio layer, which
 Ray Serve's router-to-replica transport runs on, is Cython, so a request held between the
 router's gRPC call and the replica's Python handler (issue 13's run 7: about 200 calls in the
-router awaiting the replica's initial metadata while the replica's own Python held about 60)
-waits only in such coroutines. They carry a frame with a file but no line.
+router awaiting the replica's initial metadata, none of them in the replica's Python) waits only
+in such coroutines. They carry a frame with a file but no line. A Python coroutine awaiting one
+awaits its ``coroutine_wrapper``, which the walk follows to the compiled coroutine, so each wait
+is counted once, under ``native``, with its Python callers. gRPC keeps one watcher per open call
+(client and server) waiting for the call's end: those are counted as ``grpc_calls``, not waits.
 """
 
 from __future__ import annotations
@@ -33,10 +36,13 @@ from typing import Any
 
 # Awaited objects that lead to another coroutine or async generator, itself visited: not a wait.
 _LINK_TYPE_NAMES = frozenset({"async_generator_asend", "async_generator_athrow"})
-# What a compiled coroutine awaits that is another compiled coroutine's ``__await__``: counted there.
-_NATIVE_LINK_TYPE_NAMES = _LINK_TYPE_NAMES | {"coroutine_wrapper"}
+_WRAPPER = "coroutine_wrapper"  # a compiled coroutine's __await__: followed to the coroutine
+# gRPC's per-call watchers, suspended for a call's whole life (grpc/_cython/_cygrpc/aio): open
+# calls, not waits. On the client, a call's status; on the server, the client's cancellation.
+_GRPC_CALL_WATCHERS = {"_handle_status_once_received": "client", "_handle_cancellation_from_core": "server"}
 TOP = 20
 CALLERS = 2  # callers named after a leaf's own place, where a chain of coroutines shows them
+NATIVE_CALLERS = 4  # compiled chains are deeper before they reach Python (Ray's replica_result.py)
 
 
 def _place(frame: types.FrameType) -> str:
@@ -55,7 +61,7 @@ def _place(frame: types.FrameType) -> str:
     return f"{path}:{line} {frame.f_code.co_name}"
 
 
-def _native(kind: type) -> bool:
+def _is_native(kind: type) -> bool:
     """A Cython-compiled coroutine's type (``_cython_3_x.coroutine``): it has ``cr_await``,
     ``cr_frame`` and ``cr_running`` as Python's own coroutines do, but is another type."""
     return kind.__name__ == "coroutine" and kind.__module__.startswith("_cython")
@@ -78,10 +84,9 @@ def _innermost(awaited: types.GeneratorType) -> tuple[types.FrameType | None, ob
     return awaited.gi_frame, awaited.gi_yieldfrom
 
 
-def _suspended(obj: object) -> tuple[types.FrameType, object] | None:
-    """(frame, what it awaits) of a coroutine or async generator that is neither finished nor
-    running this census; None for anything else."""
-    kind = type(obj)  # type(), not isinstance(): an object's own __class__ may raise
+def _suspended(obj: object, kind: type) -> tuple[types.FrameType, object] | None:
+    """(frame, what it awaits) of a Python coroutine or async generator (``kind`` is its type)
+    that is neither finished nor running this census; None for anything else."""
     if kind is types.CoroutineType:
         if obj.cr_frame is None or obj.cr_running:
             return None
@@ -105,99 +110,138 @@ def _awaited_name(awaited: object) -> str:
     return "Future" if type(awaited).__name__ == "FutureIter" else type(awaited).__name__
 
 
-class _NativeLeaves:
-    """The compiled coroutines of one walk: ``add`` each, then ``counts``."""
+class _Walk:
+    """One pass over the collector's objects: ``visit`` each, then ``result``."""
 
     def __init__(self) -> None:
-        self.found: list[tuple[object, object]] = []
-        self.awaiter: dict[int, object] = {}  # id of an awaited compiled coroutine -> its awaiter
+        self.native_kinds: dict[type, bool] = {}  # type -> compiled coroutine? (a lookup, not a
+        # name comparison per object: the walk visits every tracked object)
+        self.not_started: Counter[str] = Counter()
+        self.suspended = self.at_yield = 0
+        # leaves: (label of the place, the waiting object, what it awaits, inner place or None)
+        self.python: list[tuple[str, object, object, str | None]] = []
+        self.native: list[tuple[str, object, object]] = []
+        self.grpc_calls: Counter[str] = Counter()
+        # id of an awaited coroutine (Python or compiled) -> (its awaiter, the awaiter's place)
+        self.awaiter: dict[int, tuple[object, str]] = {}
 
-    def add(self, obj: object) -> None:
+    def _compiled(self, kind: type) -> bool:
+        known = self.native_kinds.get(kind)
+        if known is None:
+            known = self.native_kinds[kind] = _is_native(kind)
+        return known
+
+    def _link(self, obj: object, place: str, awaited: object) -> bool:
+        """Records ``obj`` as the awaiter of the coroutine ``awaited`` leads to; False when
+        ``awaited`` is a wait of its own (a leaf)."""
+        kind = type(awaited)
+        if kind is types.CoroutineType or kind is types.AsyncGeneratorType or self._compiled(kind):
+            self.awaiter[id(awaited)] = (obj, place)
+            return True
+        name = kind.__name__
+        if name == _WRAPPER:
+            for inner in gc.get_referents(awaited):  # the wrapper refers to its coroutine alone
+                if self._compiled(type(inner)):
+                    self.awaiter[id(inner)] = (obj, place)
+            return True
+        return name in _LINK_TYPE_NAMES
+
+    def visit(self, obj: object) -> None:
+        kind = type(obj)  # type(), not isinstance(): an object's own __class__ may raise
+        if kind is not types.CoroutineType and kind is not types.AsyncGeneratorType:
+            if self._compiled(kind):
+                self._visit_native(obj)
+            return
+        state = _suspended(obj, kind)
+        if state is None:
+            return
+        frame, awaited = state
+        if awaited is None:
+            if _not_started(obj):
+                self.not_started[_place(frame)] += 1
+            elif kind is types.AsyncGeneratorType:
+                self.suspended += 1
+                self.at_yield += 1
+            return
+        self.suspended += 1
+        place = _place(frame)
+        if self._link(obj, place, awaited):
+            return
+        inner = None
+        if type(awaited) is types.GeneratorType:
+            inner_frame, awaited = _innermost(awaited)
+            inner = _place(inner_frame) if inner_frame is not None else None
+        self.python.append((place, obj, awaited, inner))
+
+    def _visit_native(self, obj: object) -> None:
         awaited = getattr(obj, "cr_await", None)
         # No await: not started, running, or finished; a compiled coroutine cannot say which.
         if awaited is None or getattr(obj, "cr_running", False):
             return
-        kind = type(awaited)
-        if _native(kind):
-            self.awaiter[id(awaited)] = obj
-        elif kind not in (types.CoroutineType, types.AsyncGeneratorType) and (
-            kind.__name__ not in _NATIVE_LINK_TYPE_NAMES
-        ):
-            self.found.append((obj, awaited))
+        place = _label(getattr(obj, "cr_frame", None), obj)
+        if not self._link(obj, place, awaited):
+            self.native.append((place, obj, awaited))
 
-    def counts(self) -> Counter[str]:
-        native: Counter[str] = Counter()
-        for obj, awaited in self.found:
-            chain = [f"{_label(getattr(obj, 'cr_frame', None), obj)} awaits {_awaited_name(awaited)}"]
+    def _watched_call(self, obj: object) -> str | None:
+        """ "client" or "server" when a gRPC per-call watcher is ``obj`` or awaits it."""
+        while obj is not None:
+            side = _GRPC_CALL_WATCHERS.get(str(getattr(obj, "__name__", "")))
+            if side is not None:
+                return side
             caller = self.awaiter.get(id(obj))
-            while caller is not None and len(chain) <= CALLERS:
-                chain.append(_label(getattr(caller, "cr_frame", None), caller))
-                caller = self.awaiter.get(id(caller))
-            native[" <- ".join(chain)] += 1
-        return native
+            obj = caller[0] if caller is not None else None
+        return None
+
+    def _chain(self, first: list[str], obj: object, callers: int) -> str:
+        caller = self.awaiter.get(id(obj))
+        while caller is not None and len(first) <= callers:
+            first.append(caller[1])
+            caller = self.awaiter.get(id(caller[0]))
+        return " <- ".join(first)
+
+    def result(self, top: int) -> dict[str, Any]:
+        leaves: Counter[str] = Counter()
+        for place, obj, awaited, inner in self.python:
+            name = "nothing (a bare yield)" if awaited is None else _awaited_name(awaited)
+            first = [f"{inner} awaits {name}", place] if inner else [f"{place} awaits {name}"]
+            leaves[self._chain(first, obj, CALLERS)] += 1
+        native: Counter[str] = Counter()
+        for place, obj, awaited in self.native:
+            side = self._watched_call(obj)
+            if side is not None:
+                self.grpc_calls[side] += 1
+                continue
+            native[self._chain([f"{place} awaits {_awaited_name(awaited)}"], obj, NATIVE_CALLERS)] += 1
+        return {
+            "suspended": self.suspended,
+            "leaves": sum(leaves.values()),
+            "at_yield": self.at_yield,
+            "not_started": [[place, count] for place, count in self.not_started.most_common(top)],
+            "top": [[place, count] for place, count in leaves.most_common(top)],
+            "native": [[place, count] for place, count in native.most_common(top)],
+            "grpc_calls": {"client": self.grpc_calls["client"], "server": self.grpc_calls["server"]},
+        }
 
 
 def await_census(top: int = TOP) -> dict[str, Any]:
     """``{"suspended": n, "leaves": n, "at_yield": n, "not_started": [[place, count], ...],
-    "top": [[place, count], ...], "native": [[place, count], ...]}``.
+    "top": [[place, count], ...], "native": [[place, count], ...], "grpc_calls": {"client": n,
+    "server": n}}``.
 
     ``place`` in ``top`` is ``"<file>:<line> <function> awaits <type>"`` for a leaf (``file``
     from the package root), then `` <- <file>:<line> <function>`` for up to CALLERS coroutines
     or async generators awaiting it; the ``top`` most common, largest first. A chain through an
-    async generator's ``__anext__`` (or a ``coroutine_wrapper``) cannot be followed to its
-    caller. ``at_yield`` counts started async generators parked at a ``yield`` (a stream whose
-    reader has not asked for the next item); ``not_started`` coroutines and async generators
-    created but not yet run once (a task still queued for its first step), by place. ``native``
-    is ``top`` for compiled coroutines (gRPC's asyncio layer): each one suspended on anything but
-    another coroutine, with up to CALLERS compiled coroutines awaiting it; it is not in the other
-    counts."""
-    leaves: Counter[str] = Counter()
-    not_started: Counter[str] = Counter()
-    suspended = at_yield = 0
-    found: list[tuple[types.FrameType, object, object, str | None]] = []
-    # id of an awaited coroutine -> (the coroutine or async generator awaiting it, its frame)
-    awaiter: dict[int, tuple[object, types.FrameType]] = {}
-    native = _NativeLeaves()
+    async generator's ``__anext__`` cannot be followed to its caller. ``at_yield`` counts started
+    async generators parked at a ``yield`` (a stream whose reader has not asked for the next
+    item); ``not_started`` coroutines and async generators created but not yet run once (a task
+    still queued for its first step), by place. ``native`` is ``top`` for compiled coroutines
+    (gRPC's asyncio layer, ``"<file> <function>"``) with up to NATIVE_CALLERS callers, compiled
+    or Python; those waits are not in ``leaves`` or ``top``. ``grpc_calls``: gRPC calls open in
+    this process, as client and as server (one per-call watcher each)."""
+    walk = _Walk()
     for obj in gc.get_objects():
-        if _native(type(obj)):
-            native.add(obj)
-            continue
-        state = _suspended(obj)
-        if state is None:
-            continue
-        frame, awaited = state
-        if awaited is None:
-            if _not_started(obj):
-                not_started[_place(frame)] += 1
-            elif type(obj) is types.AsyncGeneratorType:
-                suspended += 1
-                at_yield += 1
-            continue
-        suspended += 1
-        if type(awaited) in (types.CoroutineType, types.AsyncGeneratorType):
-            awaiter[id(awaited)] = (obj, frame)
-        elif type(awaited).__name__ not in _LINK_TYPE_NAMES:
-            inner = None
-            if type(awaited) is types.GeneratorType:
-                inner_frame, awaited = _innermost(awaited)
-                inner = _place(inner_frame) if inner_frame is not None else None
-            found.append((frame, obj, awaited, inner))
-    for frame, obj, awaited, inner in found:
-        name = "nothing (a bare yield)" if awaited is None else _awaited_name(awaited)
-        chain = [f"{inner or _place(frame)} awaits {name}"] + ([_place(frame)] if inner else [])
-        caller = awaiter.get(id(obj))
-        while caller is not None and len(chain) <= CALLERS:
-            chain.append(_place(caller[1]))
-            caller = awaiter.get(id(caller[0]))
-        leaves[" <- ".join(chain)] += 1
-    return {
-        "suspended": suspended,
-        "leaves": sum(leaves.values()),
-        "at_yield": at_yield,
-        "not_started": [[place, count] for place, count in not_started.most_common(top)],
-        "top": [[place, count] for place, count in leaves.most_common(top)],
-        "native": [[place, count] for place, count in native.counts().most_common(top)],
-    }
+        walk.visit(obj)
+    return walk.result(top)
 
 
 class Census:

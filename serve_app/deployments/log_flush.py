@@ -7,9 +7,9 @@ keeps a replica's log records in a ``logging.handlers.MemoryHandler`` of 1,000 r
 A replica that logs little - its start, a drain, a warning about an engine - kept those lines in
 memory for good, and a replica that stopped (Ctrl-C, a scale-down, a redeploy) took them with it:
 after a normal Ctrl-C every replica log file was empty. ``LogFlusher`` writes the buffer out every
-``FLUSH_INTERVAL_S`` and once more when the replica stops; the records are formatted and written
-when flushed, as Ray would have done when the buffer filled, so what it costs is the same writes,
-sooner.
+``FLUSH_INTERVAL_S``, once more when the replica stops, and every record at once after that; the
+records are formatted and written when flushed, as Ray would have done when the buffer filled, so
+what it costs is the same writes, sooner.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import logging.handlers
 
 SERVE_LOGGER = "ray.serve"  # ray.serve._private.constants.SERVE_LOGGER_NAME
 FLUSH_INTERVAL_S = 1.0
@@ -47,8 +48,13 @@ class LogFlusher:
             flush_serve_logs()
 
     def close(self) -> None:
-        """Stop the periodic flush and write out what is left."""
+        """Stop the periodic flush, write out what is left, and let every later record through
+        at once: Ray logs its own last lines ("Graceful shutdown complete") after the replica's
+        ``__del__``, and then ends the process without flushing."""
         if self._task is not None:
             with contextlib.suppress(RuntimeError):  # its loop already closed (a late __del__)
                 self._task.cancel()
         flush_serve_logs()
+        for handler in logging.getLogger(SERVE_LOGGER).handlers:
+            if isinstance(handler, logging.handlers.MemoryHandler):
+                handler.capacity = 1  # MemoryHandler.shouldFlush: a buffer of one flushes each record

@@ -480,15 +480,19 @@ class ModelServer:
         }
 
     async def __del__(self) -> None:
-        if self._failed_engine_check is not None:
-            self._failed_engine_check.cancel()
-        await self.engine.shutdown()
-        self.loop_health.close()
-        self.log_flusher.close()
-        self._tokenizer_thread.shutdown(wait=False)
-        self._endpoint_thread.shutdown(wait=False)
-        if self.prompts.request_templates is not None:
-            self.prompts.request_templates.pool.close()
+        """Ray Serve calls this when it stops the replica (after the drain)."""
+        try:
+            if self._failed_engine_check is not None:
+                self._failed_engine_check.cancel()
+            await self.engine.shutdown()
+            self.loop_health.close()
+            self._tokenizer_thread.shutdown(wait=False)
+            self._endpoint_thread.shutdown(wait=False)
+            if self.prompts.request_templates is not None:
+                self.prompts.request_templates.pool.close()
+            logger.info("model %s stopped", self.config.model_name)
+        finally:
+            self.log_flusher.close()
 
 
 async def _single(stream: AsyncIterator[GenerationDelta]) -> AsyncIterator[tuple[int, GenerationDelta]]:

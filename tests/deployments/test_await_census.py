@@ -127,15 +127,22 @@ def test_a_census_asked_for_again_within_its_interval_is_the_last_one():
     assert fresh["age_s"] == 0 and not any(place.endswith(" _outer") for place, _ in fresh["top"])
 
 
-def test_calls_held_in_grpcs_compiled_layer_are_counted_apart_as_native():
+def test_calls_held_in_grpcs_compiled_layer_are_counted_once_as_native_with_python_callers():
     """Run 7 (issue 13): about 200 router -> replica gRPC calls waited where only gRPC's Cython
     coroutines were; a Python-only census saw none of them on the replica's side."""
     import grpc
 
+    calls_open = 7
+
     async def run():
-        gate = asyncio.Event()
+        gate, entered = asyncio.Event(), asyncio.Event()
+        handlers = 0
 
         async def handler(request, context):
+            nonlocal handlers
+            handlers += 1
+            if handlers == calls_open:
+                entered.set()
             await gate.wait()
             yield b"first"
 
@@ -145,9 +152,9 @@ def test_calls_held_in_grpcs_compiled_layer_are_counted_apart_as_native():
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        calls = [channel.unary_stream("/svc/Call")(b"r") for _ in range(7)]
+        calls = [channel.unary_stream("/svc/Call")(b"r") for _ in range(calls_open)]
         waits = [asyncio.ensure_future(call.wait_for_connection()) for call in calls]
-        await asyncio.sleep(0.5)
+        await asyncio.wait_for(entered.wait(), 30)
         census = await_census()
         gate.set()
         await asyncio.gather(*waits)
@@ -159,18 +166,20 @@ def test_calls_held_in_grpcs_compiled_layer_are_counted_apart_as_native():
 
     census = asyncio.run(run())
     native = dict(census["native"])
-    # the client's calls, waiting for the server's initial metadata
-    assert (
-        native[
-            "_cygrpc/aio/callback_common.pyx.pxi execute_batch awaits Future"
-            " <- _cygrpc/aio/callback_common.pyx.pxi _receive_initial_metadata"
-            " <- _cygrpc/aio/call.pyx.pxi initiate_unary_stream"
-        ]
-        == 7
+    # the client's calls, waiting for the server's initial metadata, followed into gRPC's Python
+    waiting = re.compile(
+        r"_cygrpc/aio/callback_common\.pyx\.pxi execute_batch awaits Future"
+        r" <- _cygrpc/aio/callback_common\.pyx\.pxi _receive_initial_metadata"
+        r" <- _cygrpc/aio/call\.pyx\.pxi initiate_unary_stream"
+        r" <- grpc/aio/_call\.py:\d+ _send_unary_request$"  # the line moves between grpcio releases
     )
+    assert [count for place, count in native.items() if waiting.match(place)] == [calls_open], native
     # the server, waiting for the next call to accept
     assert native["_cygrpc/aio/server.pyx.pxi _request_call awaits Future"] == 1
-    # a compiled coroutine handing over to the Python handler is not a wait of its own
-    assert not [place for place in native if "async_generator_asend" in place or "coroutine_wrapper" in place]
+    # each open call's watchers are counted as calls, not waits
+    assert census["grpc_calls"] == {"client": calls_open, "server": calls_open}
+    assert not [place for place in native if "_handle_status_once_received" in place]
+    # counted once: the Python side of those waits is not a leaf of its own
+    assert not [place for place, _ in census["top"] if "coroutine_wrapper" in place]
     # the handlers themselves are Python, in top
     assert any(re.search(r"wait awaits Future <- " + PLACE + " handler", place) for place, _ in census["top"])
