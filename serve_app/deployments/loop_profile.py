@@ -7,7 +7,9 @@ all run on that thread; which of them takes the time decides the fix. External p
 (py-spy) need ptrace, which the GPU machine's container did not give (run 6's recordings never
 came back), so the profile is taken from inside, by pyinstrument (a C-level sampling hook on the
 calling thread, ``pyinstrument.Profiler``): started and stopped on the loop itself, it records
-only the loop thread, idle time in ``select`` included.
+only the loop thread, the thread the replica's code runs on (with ``make serve``'s throughput
+mode, also Ray's gRPC handling). How busy that thread was comes from its CPU time
+(``time.thread_time``), as ``top`` would count it.
 
 It costs while it runs: pyinstrument's hook sees every call and return on the thread (a few
 percent to a few tens of percent on call-heavy code), so a profile is taken only when asked, for
@@ -56,19 +58,37 @@ def _place(frame: Any) -> str:
     return f"{path}:{frame.line_no} {frame.function}"
 
 
-def summarize(root: Any, duration_s: float, top: int = TOP) -> dict[str, Any]:
-    """A pyinstrument session's frame tree (``Session.root_frame()``) as
-    ``{"seconds", "busy_share", "by_package": [[package, seconds, share], ...],
+def _trunk(root: Any) -> set[int]:
+    """ids of the frames every sample passes through: the thread's entry down to the frame that
+    runs the event loop. Under uvloop the loop itself is C that pyinstrument does not see, so
+    its waiting and its own work are the self time of these frames."""
+    trunk: set[int] = {id(root)}
+    level = [root]
+    while True:
+        kids = [child for frame in level for child in frame.children if child.function != "[self]"]
+        if not kids or len({child.identifier for child in kids}) != 1:
+            return trunk
+        trunk.update(id(child) for child in kids)
+        level = kids
+
+
+def summarize(root: Any, duration_s: float, cpu_s: float | None = None, top: int = TOP) -> dict[str, Any]:
+    """A pyinstrument session's frame tree (``Session.root_frame()``) as ``{"seconds",
+    "busy_share", "loop_or_idle_s", "by_package": [[package, seconds, share of the seconds], ...],
     "top_self": [[place, seconds], ...], "top_total": [[place, seconds], ...]}``.
 
-    Self time is a frame's time less its children's; a built-in's (``json.dumps``, a C
-    function) goes to its caller's package and is named with its caller. Time under the event
-    loop's ``select`` is idle, not any package's. ``top_total`` counts a function once per
-    path from the root (recursion is not counted twice). Seconds are rounded to milliseconds."""
+    ``busy_share`` is the thread's CPU time over the wall time (``cpu_s``, from
+    ``time.thread_time``; without it, the share of samples outside ``loop_or_idle_s``).
+    ``loop_or_idle_s``: samples in the event loop itself, waiting for work or in its own C code
+    (asyncio's ``select``, or the frames that run a uvloop loop): not any package's. Self time is
+    a frame's time less its children's; a built-in's (``json.dumps``, a C function) goes to its
+    caller's package and is named with its caller. ``top_total`` counts a function once per path
+    from the root (recursion is not counted twice). Seconds are rounded to milliseconds."""
     by_package: Counter[str] = Counter()
     self_time: Counter[str] = Counter()
     total_time: Counter[str] = Counter()
-    idle = 0.0
+    loop_or_idle = 0.0
+    trunk = _trunk(root)
     # (frame, package of the nearest non-built-in ancestor, place of the caller, inside select,
     # places on the path from the root)
     stack: list[tuple[Any, str, str, bool, frozenset[str]]] = [(root, "python", "", False, frozenset())]
@@ -82,8 +102,8 @@ def summarize(root: Any, duration_s: float, top: int = TOP) -> dict[str, Any]:
         own = frame.time - sum(child.time for child in frame.children if child.function != "[self]")
         if frame.file_path == BUILTIN and caller:
             place = f"{place} <- {caller}"
-        if in_select:
-            idle += own
+        if in_select or id(frame) in trunk:
+            loop_or_idle += own
         else:
             by_package[package] += own
             self_time[place] += own
@@ -92,14 +112,17 @@ def summarize(root: Any, duration_s: float, top: int = TOP) -> dict[str, Any]:
         named = place if frame.file_path != BUILTIN else caller  # what a built-in child is named after
         for child in frame.children:
             stack.append((child, package, named, in_select, seen | {place}))
-    busy = sum(by_package.values())
-    whole = busy + idle
+    sampled = sum(by_package.values()) + loop_or_idle
+    if cpu_s is not None and duration_s > 0:
+        busy_share = min(1.0, cpu_s / duration_s)
+    else:
+        busy_share = (sampled - loop_or_idle) / sampled if sampled > 0 else 0.0
     return {
         "seconds": round(duration_s, 3),
-        "busy_share": round(busy / whole, 3) if whole > 0 else 0.0,
-        "idle_s": round(idle, 3),
+        "busy_share": round(busy_share, 3),
+        "loop_or_idle_s": round(loop_or_idle, 3),
         "by_package": [
-            [name, round(seconds, 3), round(seconds / whole, 3) if whole > 0 else 0.0]
+            [name, round(seconds, 3), round(seconds / sampled, 3) if sampled > 0 else 0.0]
             for name, seconds in by_package.most_common()
             if seconds >= 0.0005
         ],
@@ -115,22 +138,23 @@ async def profile_loop(seconds: float, interval_s: float = SAMPLE_INTERVAL_S) ->
     from pyinstrument import Profiler  # imported when asked: nothing loads it otherwise
 
     profiler = Profiler(interval=interval_s, async_mode="disabled")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.thread_time()  # this thread's: the loop's
     profiler.start()
     try:
         await asyncio.sleep(seconds)
     finally:
         session = profiler.stop()
+    wall, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
     root = session.root_frame()
     if root is None:  # no sample at all
-        return summarize_empty(time.perf_counter() - started)
-    return summarize(root, time.perf_counter() - started)
+        return {**summarize_empty(wall), "busy_share": round(min(1.0, cpu / wall), 3) if wall > 0 else 0.0}
+    return summarize(root, wall, cpu)
 
 
 def summarize_empty(duration_s: float) -> dict[str, Any]:
     """``summarize``'s shape for a profile without samples."""
-    return {"seconds": round(duration_s, 3), "busy_share": 0.0, "idle_s": 0.0, "by_package": [],
-            "top_self": [], "top_total": []}  # fmt: skip
+    return {"seconds": round(duration_s, 3), "busy_share": 0.0, "loop_or_idle_s": 0.0,
+            "by_package": [], "top_self": [], "top_total": []}  # fmt: skip
 
 
 class LoopProfiler:
