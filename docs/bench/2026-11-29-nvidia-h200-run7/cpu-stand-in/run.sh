@@ -30,4 +30,9 @@ async def main():
         for t in tasks: t.cancel()
 asyncio.run(main())
 PY
-kill -INT $PID; sleep 25; kill -KILL -- -$PID 2>/dev/null; true
+# Ctrl-C as a user would, then wait for the drain (up to 45 s) and Ray's stop: killing the runner
+# earlier leaves Ray's own processes (and HAProxy, on ports 8404 and 9101) running.
+kill -INT $PID
+for i in $(seq 90); do kill -0 $PID 2>/dev/null || break; sleep 1; done
+kill -0 $PID 2>/dev/null && kill -KILL -- -$PID
+true
