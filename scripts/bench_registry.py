@@ -8,8 +8,9 @@ whose ``gpu_memory_utilization`` was above its ``resources.num_gpus``, which pre
 ``memory_fit`` refuses and Ray then retried for the call's whole timeout.
 
 Usage (bench_serve.sh's): ``bench_registry.py single PATH CKPT MODEL PORT CACHE ROUTER_REPLICAS
-BODY_BYTES ITEMS_PER_S MODEL_REPLICAS`` (empty strings for defaults), ``bench_registry.py shared
-PATH CKPT PORT CACHE N KV_GIB``, or ``share N`` / ``kv-bytes N [KV_GIB]`` for the bare engines.
+BODY_BYTES ITEMS_PER_S MODEL_REPLICAS [STREAM_INTERVAL_MS]`` (empty strings for defaults),
+``bench_registry.py shared PATH CKPT PORT CACHE N KV_GIB``, or ``share N`` / ``kv-bytes N
+[KV_GIB]`` for the bare engines.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def single(
     body_bytes: int | None = None,
     items_per_s: float | None = None,
     model_replicas: int = 1,
+    stream_interval_ms: float | None = None,
 ) -> dict[str, Any]:
     """One model on the whole GPU as ``vllm serve`` runs it (no max_model_len, max_num_seqs or
     enforce_eager of our own), or ``model_replicas`` replicas sharing it."""
@@ -65,6 +67,8 @@ def single(
         )
     if items_per_s:
         spec["stream_items_per_s"] = float(items_per_s)
+    if stream_interval_ms:
+        spec["stream_interval_ms"] = float(stream_interval_ms)
     router: dict[str, Any] = {}
     if router_replicas:
         router["num_replicas"] = int(router_replicas)
@@ -108,7 +112,7 @@ def main(argv: list[str]) -> None:
         return
     path, *rest = rest
     if kind == "single":
-        ckpt, model, port, cache, replicas, body, items, model_replicas = rest
+        ckpt, model, port, cache, replicas, body, items, model_replicas, *interval = rest
         doc = single(
             ckpt,
             model,
@@ -118,6 +122,7 @@ def main(argv: list[str]) -> None:
             int(body) if body else None,
             float(items) if items else None,
             int(model_replicas or 1),
+            float(interval[0]) if interval and interval[0] else None,
         )
     elif kind == "shared":
         ckpt, port, cache, n, kv_gib = rest

@@ -11,6 +11,7 @@
 #   PHASES=router_thread ...                    # HAProxy, model replica code on its own event loop
 #   PHASES=router_split MODEL_REPLICAS=2 ...    # the model's streams over 2 replicas on the one GPU
 #   PHASES=router_pace PACE_ITEMS_PER_S=10240 ...  # the router with a larger stream pace budget
+#   PHASES=router_interval STREAM_INTERVAL_MS=200 ...  # the pace budget not capped at 50 ms a stream
 #   LOOP_PROFILE=5 PHASES=router ...            # also profile every replica's event loop for 5 s
 #       # mid-traffic ($RESULTS/<target>-c<c>-profile.json; it slows the run: a diagnostic)
 #   PHASES="bare_shared router_shared" SHARED_MODELS=2 CONCURRENCY=64 ...
@@ -317,7 +318,8 @@ run_router_shared() {
 
 write_registry() { # the project's registry for the same checkpoint, one replica on the whole GPU
   "$PY" scripts/bench_registry.py single "$RESULTS/router-models.yaml" "$CKPT" "$MODEL" "$ROUTER_PORT" \
-    "$COMPILE_CACHE" "${ROUTER_REPLICAS:-}" "${ROUTER_BODY_BYTES:-}" "${_PACE_ITEMS_PER_S:-}" "${_MODEL_REPLICAS:-1}"
+    "$COMPILE_CACHE" "${ROUTER_REPLICAS:-}" "${ROUTER_BODY_BYTES:-}" "${_PACE_ITEMS_PER_S:-}" "${_MODEL_REPLICAS:-1}" \
+    "${_STREAM_INTERVAL_MS:-}"
 }
 
 run_router() { # run_router [TARGET=router] [ENV=...]: TARGET names the results; ENV goes to serve run
@@ -357,6 +359,10 @@ for phase in $PHASES; do
     # 10240 items/s: 32 streams are not coalesced at an H200's 3 ms per token), to see whether
     # the default's coalescing at 32 and above costs or saves throughput.
     router_pace) _PACE_ITEMS_PER_S=${PACE_ITEMS_PER_S:-10240} run_router router_pace "$FAST_INGRESS_ENV" ;;
+    # The default pace budget (2,560 items/s) let through at every concurrency: stream_interval_ms
+    # (the cap on a stream's interval) raised to 200, so 256 streams get 100 ms, not 50 (5,120
+    # items/s): half the items through the model replica's loop, which run 7 found saturated.
+    router_interval) _STREAM_INTERVAL_MS=${STREAM_INTERVAL_MS:-200} run_router router_interval "$FAST_INGRESS_ENV" ;;
     # Several models on one GPU (SHARED_MODELS): bare processes, then one router for all of them.
     bare_shared) run_bare_shared ;;
     router_shared) run_router_shared ;;
@@ -380,7 +386,7 @@ for phase in $PHASES; do
     router_split) _MODEL_REPLICAS=${MODEL_REPLICAS:-2} run_router router_split "$FAST_INGRESS_ENV" ;;
     # As router, with two router replicas, which HAProxy balances between.
     router2) ROUTER_REPLICAS=2 run_router router2 "$FAST_INGRESS_ENV" ;;
-    *) log "unknown phase '$phase' (expected bare, router, router_pace, router_proxy, router_fast, router_grpc4m, router_actor, router_thread, router_split, router2, bare_shared, router_shared)"; exit 2 ;;
+    *) log "unknown phase '$phase' (expected bare, router, router_pace, router_interval, router_proxy, router_fast, router_grpc4m, router_actor, router_thread, router_split, router2, bare_shared, router_shared)"; exit 2 ;;
   esac
 done
 log "done; results:"

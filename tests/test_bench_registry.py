@@ -33,13 +33,14 @@ def _preflight(path: Path) -> subprocess.CompletedProcess:
     "args",
     [
         ["single", "{ckpt}", "qwen2.5-3b-fp8", "8000", "{cache}", "", "", "", "1"],  # router
+        ["single", "{ckpt}", "qwen2.5-3b-fp8", "8000", "{cache}", "", "", "", "1", "200"],  # router_interval
         ["single", "{ckpt}", "qwen2.5-3b-fp8", "8000", "{cache}", "2", "", "10240", "1"],  # router2, pace
         ["single", "{ckpt}", "qwen2.5-3b-fp8", "8000", "{cache}", "", "", "", "2"],  # router_split
         ["single", "{ckpt}", "qwen2.5-3b-fp8", "8000", "{cache}", "", "", "", "4"],
         ["shared", "{ckpt}", "8000", "{cache}", "2", ""],  # router_shared (target 3)
         ["shared", "{ckpt}", "8000", "{cache}", "4", ""],  # four small models
     ],
-    ids=["router", "router2_pace", "split2", "split4", "shared2", "shared4"],
+    ids=["router", "router_interval", "router2_pace", "split2", "split4", "shared2", "shared4"],
 )
 def test_each_benchmark_registry_passes_preflight_on_one_h200(tmp_path, qwen2_checkpoint, args):
     path = tmp_path / "models.yaml"
