@@ -46,7 +46,8 @@ def run(registry_path: Path, serve_args: list[str] | None = None) -> int:
     from serve_app.registry.loader import load_registry
 
     registry = load_registry(registry_path)
-    drain_s = max((m.drain_timeout_s for m in registry.models), default=0.0) + DRAIN_MARGIN_S
+    streams_s = max((m.drain_timeout_s for m in registry.models), default=0.0)
+    drain_s = streams_s + DRAIN_MARGIN_S
     model_apps = model_application_names(registry_path)
     command = [sys.executable, "-m", "ray.serve.scripts", "run", str(registry_path), *(serve_args or [])]
     child = subprocess.Popen(command, start_new_session=True, preexec_fn=_default_signals)
@@ -78,8 +79,8 @@ def run(registry_path: Path, serve_args: list[str] | None = None) -> int:
         if force.is_set():
             print("serve_app run: not draining (second signal)", flush=True)
         else:
-            why = f": the longest drain_timeout_s plus {DRAIN_MARGIN_S:g} s for Ray Serve to stop replicas"
-            drained = drain(model_apps, drain_s, force, cluster_address(child.pid), our_handlers, why)
+            address = cluster_address(child.pid)
+            drained = drain(model_apps, drain_s, force, address, our_handlers, streams_s=streams_s)
         return 0 if drained else 1
     finally:  # whatever happened above (even a SystemExit), serve run and its session end here
         _interrupt(child)
@@ -220,19 +221,20 @@ def drain(
     force: threading.Event,
     address: str | None,
     after_connect: Callable[[], None] = lambda: None,
-    why: str = "",
+    streams_s: float | None = None,
 ) -> bool:
     """Delete the model applications (their replicas drain) and wait until Serve has removed them.
 
-    ``why``: what ``timeout_s`` is made of, for the message that announces the drain (", ..." or
-    empty).
+    ``streams_s``: the longest ``drain_timeout_s``, how long streams in flight may run on before
+    Ray Serve ends them (its ``graceful_shutdown_timeout_s``, then the replica is killed).
 
     Connects to ``serve run``'s cluster at ``address`` (``cluster_address``); ``after_connect``
     runs once connected (the runner puts its signal handlers back). The applications drained
     are every model application deployed now - ``apps`` from the file, and any added since
     with ``serve deploy`` (those with a ModelServer deployment). True when all were gone within
-    ``timeout_s``; False on a timeout, a second signal, or when the cluster cannot be reached
-    (then ``serve run``'s own shutdown is all there is)."""
+    ``timeout_s``, and before ``streams_s``; False when they went only after ``streams_s`` (Ray
+    Serve ended the streams still open then), on a timeout, a second signal, or when the cluster
+    cannot be reached (then ``serve run``'s own shutdown is all there is)."""
     if address is None:
         print("serve_app run: could not find serve run's Ray cluster; no drain", flush=True)
         return False
@@ -248,17 +250,27 @@ def drain(
         deployed = [name for name, app in running.items() if MODEL_DEPLOYMENT in app.deployments]
         targets = sorted({app for app in apps if app in running} | set(deployed))
         names = ", ".join(targets) or "no model"
+        limit = f"for up to {streams_s:g} s (drain_timeout_s), " if streams_s is not None else ""
         print(
-            f"serve_app run: draining {names}: streams in flight may finish (up to {timeout_s:g} s"
-            f"{why}; Ctrl-C again to stop now)",
+            f"serve_app run: draining {names}: streams in flight may finish {limit}then they are "
+            f"ended; giving up after {timeout_s:g} s (Ctrl-C again to stop now)",
             flush=True,
         )
+        started = time.monotonic()
         for app in targets:
             serve.delete(app, _blocking=False)
-        deadline = time.monotonic() + timeout_s
+        deadline = started + timeout_s
         while time.monotonic() < deadline and not force.is_set():
             left = set(targets) & set(serve.status().applications)
             if not left:
+                took = time.monotonic() - started
+                if streams_s is not None and took >= streams_s:
+                    print(
+                        f"serve_app run: models stopped after {took:.0f} s: streams still open at "
+                        f"drain_timeout_s ({streams_s:g} s) were ended",
+                        flush=True,
+                    )
+                    return False
                 print("serve_app run: models drained", flush=True)
                 return True
             time.sleep(0.5)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -38,12 +40,16 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 @pytest.fixture
-def runner(tmp_path, qwen2_checkpoint):
+def runner(request, tmp_path, qwen2_checkpoint):
+    """``serve_app run`` on one CPU model; parametrize indirectly with extra model fields."""
     # A short temp dir of its own (Ray's socket paths must stay short): every process of this
     # cluster names it on its command line, which is how the test finds leftovers.
     ray_tmp = tempfile.mkdtemp(prefix="/tmp/rgs")
     port = free_port()
-    models = [{"name": "qwen", "checkpoint": str(qwen2_checkpoint), "engine": "cpu", "max_model_len": 2048}]
+    extra = getattr(request, "param", {})
+    models = [
+        {"name": "qwen", "checkpoint": str(qwen2_checkpoint), "engine": "cpu", "max_model_len": 2048, **extra}
+    ]
     path = write_models_yaml(tmp_path, models, port=port)
     command = [sys.executable, "-m", "serve_app", "run", str(path)]
     process = start_server(command, tmp_path, {**FAST_INGRESS_ENV, "RAY_TMPDIR": ray_tmp})
@@ -59,15 +65,13 @@ def runner(tmp_path, qwen2_checkpoint):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def test_sigterm_lets_a_stream_in_flight_finish_then_stops_everything(runner):
-    base, process, ray_tmp = runner
-    body = {
-        "model": "qwen",
-        "prompt": "hi",
-        "max_tokens": 1500,
-        "ignore_eos": True,
-        "stream": True,
-    }
+def _stream_then_sigterm(
+    base: str, process: subprocess.Popen, max_tokens: int, n: int = 1
+) -> tuple[list[str], str]:
+    """A stream of ``n`` choices of ``max_tokens``, SIGTERM to the runner once it flows: (its SSE
+    events, the runner's output)."""
+    body = {"model": "qwen", "prompt": "hi", "max_tokens": max_tokens, "n": n, "ignore_eos": True}
+    body["stream"] = True
     events: list[str] = []
     first = threading.Event()
 
@@ -87,14 +91,20 @@ def test_sigterm_lets_a_stream_in_flight_finish_then_stops_everything(runner):
     reader.join(timeout=120)
     output = process.communicate(timeout=180)[0]
     assert not reader.is_alive(), "the stream hung"
+    return events, output
+
+
+def test_sigterm_lets_a_stream_in_flight_finish_then_stops_everything(runner):
+    base, process, ray_tmp = runner
+    events, output = _stream_then_sigterm(base, process, max_tokens=1500)
     assert events[-1] == "[DONE]", output[-3000:]
     assert not any('"error"' in event for event in events), events[-3:]
     assert '"finish_reason":"length"' in events[-2].replace(" ", ""), events[-2]
     assert process.returncode == 0, output[-3000:]
     # drain_timeout_s defaults to 30 s; the runner allows Serve 15 s more to stop the replicas
     assert (
-        "serve_app run: draining llm-qwen: streams in flight may finish (up to 45 s: the longest "
-        "drain_timeout_s plus 15 s for Ray Serve to stop replicas; Ctrl-C again to stop now)\n"
+        "serve_app run: draining llm-qwen: streams in flight may finish for up to 30 s "
+        "(drain_timeout_s), then they are ended; giving up after 45 s (Ctrl-C again to stop now)\n"
     ) in output
     assert "serve_app run: models drained" in output
     # In throughput mode Ray Serve buffers a replica's log lines (1,000 records): they are written
@@ -105,5 +115,26 @@ def test_sigterm_lets_a_stream_in_flight_finish_then_stops_everything(runner):
     assert "model qwen ready in" in text  # written by the periodic flush
     assert "model qwen stopped" in text  # its last line, from ModelServer.__del__ at the stop
     assert f"serve_app run: ready: {base}/v1 serves qwen\n" in output
+    time.sleep(1)
+    assert processes_mentioning(ray_tmp) == [], output[-3000:]
+
+
+@pytest.mark.parametrize("runner", [{"drain_timeout_s": 2}], indirect=True)
+def test_a_stream_longer_than_drain_timeout_s_is_ended_and_the_runner_says_so(runner):
+    """A drain that ran out is not a clean stop: the stream ends with an error event, and the
+    runner says so and exits 1 (before, it printed "models drained" and exited 0)."""
+    base, process, ray_tmp = runner
+    # eight choices of 2,000 tokens: many seconds on the CPU engine, well past the 2 s
+    events, output = _stream_then_sigterm(base, process, max_tokens=2000, n=8)
+    assert events[-1] == "[DONE]", output[-3000:]
+    assert '"error"' in events[-2], events[-3:]
+    assert process.returncode == 1, output[-3000:]
+    assert (
+        "serve_app run: draining llm-qwen: streams in flight may finish for up to 2 s "
+        "(drain_timeout_s), then they are ended; giving up after 17 s (Ctrl-C again to stop now)\n"
+    ) in output
+    ended = r"serve_app run: models stopped after \d+ s: streams still open at drain_timeout_s \(2 s\) were"
+    assert re.search(ended + r" ended\n", output), output[-3000:]
+    assert "models drained" not in output
     time.sleep(1)
     assert processes_mentioning(ray_tmp) == [], output[-3000:]

@@ -24,6 +24,7 @@ from collections import Counter
 from typing import Any
 
 MAX_SECONDS = 10.0
+MIN_SECONDS = 0.5  # shorter asks get this: a profile of no samples would stand for 30 s
 SAMPLE_INTERVAL_S = 0.001
 TOP = 20
 IDLE = "idle (waiting in select)"
@@ -58,18 +59,20 @@ def _place(frame: Any) -> str:
     return f"{path}:{frame.line_no} {frame.function}"
 
 
-def _trunk(root: Any) -> set[int]:
-    """ids of the frames every sample passes through: the thread's entry down to the frame that
-    runs the event loop. Under uvloop the loop itself is C that pyinstrument does not see, so
-    its waiting and its own work are the self time of these frames."""
-    trunk: set[int] = {id(root)}
-    level = [root]
-    while True:
-        kids = [child for frame in level for child in frame.children if child.function != "[self]"]
-        if not kids or len({child.identifier for child in kids}) != 1:
-            return trunk
-        trunk.update(id(child) for child in kids)
-        level = kids
+# Frames that run the event loop rather than work on it, by (file ending, function): the thread's
+# entry, asyncio's loop, and Ray Serve's user-code loop thread. Under uvloop the loop itself is C
+# that pyinstrument does not see, so its waiting and its own work are these frames' self time.
+_RUNNERS = frozenset({
+    ("threading.py", "run"), ("threading.py", "_bootstrap"), ("threading.py", "_bootstrap_inner"),
+    ("asyncio/base_events.py", "run_forever"), ("asyncio/base_events.py", "_run_once"),
+    ("asyncio/base_events.py", "run_until_complete"), ("asyncio/runners.py", "run"),
+    ("ray/serve/_private/replica.py", "_run_user_code_event_loop"),
+})  # fmt: skip
+
+
+def _runner(frame: Any) -> bool:
+    path = frame.file_path or ""
+    return any(path.endswith(end) and frame.function == name for end, name in _RUNNERS)
 
 
 def summarize(root: Any, duration_s: float, cpu_s: float | None = None, top: int = TOP) -> dict[str, Any]:
@@ -80,7 +83,8 @@ def summarize(root: Any, duration_s: float, cpu_s: float | None = None, top: int
     ``busy_share`` is the thread's CPU time over the wall time (``cpu_s``, from
     ``time.thread_time``; without it, the share of samples outside ``loop_or_idle_s``).
     ``loop_or_idle_s``: samples in the event loop itself, waiting for work or in its own C code
-    (asyncio's ``select``, or the frames that run a uvloop loop): not any package's. Self time is
+    (asyncio's ``select``, the self time of the frames that run the loop, ``_RUNNERS``): not any
+    package's. Self time is
     a frame's time less its children's; a built-in's (``json.dumps``, a C function) goes to its
     caller's package and is named with its caller. ``top_total`` counts a function once per path
     from the root (recursion is not counted twice). Seconds are rounded to milliseconds."""
@@ -88,7 +92,6 @@ def summarize(root: Any, duration_s: float, cpu_s: float | None = None, top: int
     self_time: Counter[str] = Counter()
     total_time: Counter[str] = Counter()
     loop_or_idle = 0.0
-    trunk = _trunk(root)
     # (frame, package of the nearest non-built-in ancestor, place of the caller, inside select,
     # places on the path from the root)
     stack: list[tuple[Any, str, str, bool, frozenset[str]]] = [(root, "python", "", False, frozenset())]
@@ -102,7 +105,7 @@ def summarize(root: Any, duration_s: float, cpu_s: float | None = None, top: int
         own = frame.time - sum(child.time for child in frame.children if child.function != "[self]")
         if frame.file_path == BUILTIN and caller:
             place = f"{place} <- {caller}"
-        if in_select or id(frame) in trunk:
+        if in_select or _runner(frame):
             loop_or_idle += own
         else:
             by_package[package] += own
@@ -171,13 +174,14 @@ class LoopProfiler:
         self._taken = 0.0
 
     async def take(self, seconds: float) -> dict[str, Any]:
-        """The loop's profile over ``min(seconds, MAX_SECONDS)`` seconds, fresh or recent:
+        """The loop's profile over ``seconds`` (within MIN_SECONDS and MAX_SECONDS), fresh or recent:
         ``summarize``'s keys (or ``error``, naming why it failed) plus ``age_s``."""
         now = time.monotonic()
         if self._running is None and self._last is not None and now - self._taken < self.min_interval_s:
             return {**self._last, "age_s": round(now - self._taken, 3)}
         if self._running is None:
-            self._running = asyncio.ensure_future(self._profile(min(seconds, MAX_SECONDS)))
+            seconds = min(max(seconds, MIN_SECONDS), MAX_SECONDS)
+            self._running = asyncio.ensure_future(self._profile(seconds))
         result = await asyncio.shield(self._running)
         return {**result, "age_s": round(time.monotonic() - self._taken, 3)}
 

@@ -464,7 +464,10 @@ class Router:
 
     @api.get("/stats")
     async def stats(
-        self, waiting: bool = False, profile: float = Query(default=0.0, ge=0.0, le=MAX_SECONDS)
+        self,
+        request: Request,
+        waiting: bool = False,
+        profile: float = Query(default=0.0, ge=0.0, le=MAX_SECONDS),
     ) -> JSONResponse:
         """One replica's details per running model (engine counters, latency stages, engine
         start), asked through the model's queue like a request: diagnostics, not a health check
@@ -473,21 +476,29 @@ class Router:
         received -> handed to Ray, ms), ``loop_lag`` and ``gc_pause`` (deployments/loop_health.py).
         ``?waiting=1`` adds, for this router replica and each model's, where the process's
         coroutines wait (deployments/await_census.py; it holds each loop for a moment).
-        ``?profile=S`` (0-10 s) adds what each of those processes' event-loop threads spent the
-        same S seconds on (deployments/loop_profile.py; it slows each loop meanwhile, and is taken
-        at most once every 30 s per process). Callers that ask while an answer of the same kind
-        is being gathered share it."""
+        ``?profile=S`` (0-10 s; at least MIN_SECONDS) adds what each of those processes'
+        event-loop threads spent the same S seconds on (deployments/loop_profile.py; it slows each
+        loop meanwhile, and is taken at most once every 30 s per process). Callers that ask while
+        an answer of the same kind (census or not, profile or not) is being gathered share it,
+        whatever their S. A key limited to some models sees only those models."""
         await self.fleet.ensure_started()
         self.loop_health.start()
         self.log_flusher.start()
         # One gathering at a time per kind: each asks every model through its queue, and 200
         # clients asking at once must not put 200 calls in each queue (they share the answer).
-        kind = (waiting, profile)
+        # Four kinds at most: a key per distinct S would keep every answer (and defeat sharing).
+        kind = (waiting, profile > 0)
         gathering = self._stats_gathering.get(kind)
         if gathering is None or gathering.done():
             gathering = asyncio.ensure_future(self._gather_stats(waiting, profile))
             self._stats_gathering[kind] = gathering
-        return JSONResponse(await asyncio.shield(gathering))
+        answer = await asyncio.shield(gathering)
+        key = _key(request)
+        if key is not None and key.models is not None:
+            allowed = {app.name for app in self.fleet.apps.values() if any(i in key.models for i in app.ids)}
+            models = {name: body for name, body in answer["models"].items() if name in allowed}
+            answer = {**answer, "models": models}
+        return JSONResponse(answer)
 
     async def _gather_stats(self, waiting: bool, profile_s: float = 0.0) -> dict[str, Any]:
         apps = list(self.fleet.apps.values())

@@ -63,22 +63,50 @@ def test_callers_share_a_running_profile_and_get_the_last_one_within_the_interva
     assert third["age_s"] >= 0 and "busy_share" in third
 
 
-def test_profiles_are_capped_at_ten_seconds():
-    # only the cap is checked, without waiting it out: what the profiler asks profile_loop for
-    async def capped():
-        import serve_app.deployments.loop_profile as module
+def _asked_for(seconds: float) -> list[float]:
+    """What LoopProfiler.take(seconds) asks profile_loop for, without waiting it out."""
+    import serve_app.deployments.loop_profile as module
 
+    async def run():
         asked = []
 
-        async def fake(seconds, interval_s=module.SAMPLE_INTERVAL_S):
-            asked.append(seconds)
-            return module.summarize_empty(seconds)
+        async def fake(s, interval_s=module.SAMPLE_INTERVAL_S):
+            asked.append(s)
+            return module.summarize_empty(s)
 
         real, module.profile_loop = module.profile_loop, fake
         try:
-            await LoopProfiler().take(1000)
+            await LoopProfiler().take(seconds)
         finally:
             module.profile_loop = real
         return asked
 
-    assert asyncio.run(capped()) == [10.0]
+    return asyncio.run(run())
+
+
+def test_profiles_are_capped_at_ten_seconds():
+    assert _asked_for(1000) == [10.0]
+
+
+def test_one_callback_holding_the_loop_throughout_is_work_not_idle():
+    """Every sample then passes through the same callback: it is still that callback's time."""
+
+    async def run():
+        async def hold():
+            _encode_for(700)  # starts as the profile starts, ends after it
+
+        profiling = asyncio.ensure_future(profile_loop(0.3))
+        await asyncio.sleep(0)  # the profile starts first
+        holding = asyncio.ensure_future(hold())
+        profile = await profiling
+        await holding
+        return profile
+
+    profile = asyncio.run(run())
+    assert profile["busy_share"] > 0.8, profile
+    assert profile["loop_or_idle_s"] < 0.2, profile
+    assert any(place.endswith(" _encode_for") for place, _ in profile["top_total"]), profile["top_total"]
+
+
+def test_a_tiny_profile_is_lengthened_so_it_cannot_stand_for_30_s_with_no_samples():
+    assert _asked_for(1e-300) == [0.5]

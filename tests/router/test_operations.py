@@ -257,3 +257,16 @@ def test_a_hung_engine_leaves_routing_within_5_seconds(hanging_app):
     replies = [hanging_app.complete.remote(completion_request()).result(timeout_s=60) for _ in range(3)]
     assert [reply["choices"][0]["finish_reason"] for reply in replies] == ["length"] * 3
     hung.cancel()
+
+
+def test_stats_show_a_limited_key_only_its_models(ops_app):
+    """/stats answers with every model's details, asked through their queues: a key limited to
+    some models sees only those (as GET /v1/models lists only those)."""
+
+    def models(key: str) -> set[str]:
+        response = httpx.get(f"{ops_app}/stats", headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        assert response.status_code == 200, response.text
+        return set(response.json()["models"])
+
+    assert models(FULL_KEY) == {"ops-qwen", "ops-idle"}
+    assert models(QWEN_ONLY_KEY) == {"ops-qwen"}
