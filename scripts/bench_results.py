@@ -38,6 +38,7 @@ TARGETS = {
     "router_proxy": "this project behind Ray Serve's own HTTP proxy (`make serve INGRESS=proxy`)",
     "router_fast": "throughput mode without HAProxy (requests still enter through Ray's proxy)",
     "router2": "as router, with two router replicas behind HAProxy",
+    "router_interval": "as router, the stream pace budget held above 128 streams (stream_interval_ms 200)",
     "router_actor": "as router, router -> model replica by Ray actor calls instead of gRPC",
     "router_pace": "as router, with a larger stream pace budget (PACE_ITEMS_PER_S)",
     "router_thread": "as router, the model replica's code on an event loop apart from Serve's",

@@ -197,12 +197,13 @@ serve_metrics() { # serve_metrics TARGET CONCURRENCY PORT: Ray Serve's serve_* s
           curl -s --max-time 40 "http://127.0.0.1:$3/stats?waiting=1" >"$RESULTS/$1-c$2-waiting.json" || true
           top -b -H -n 2 -d 2 -w 250 2>/dev/null | awk '/^top -/ {frame++} frame == 2' | head -60 \
             >"$RESULTS/$1-c$2-top.txt" || true
-        fi
-        # With LOOP_PROFILE=S, one sample (10 s) after the census: what each replica's event-loop thread spends
-        # those S seconds on (/stats?profile=S, deployments/loop_profile.py). It slows the loops
-        # while it runs, so the run's figures are a diagnostic's, not a benchmark's.
-        if [ "$seen" = 3 ] && [ -n "${LOOP_PROFILE:-}" ]; then
-          curl -s --max-time 90 "http://127.0.0.1:$3/stats?profile=$LOOP_PROFILE" >"$RESULTS/$1-c$2-profile.json" || true
+          # With LOOP_PROFILE=S, right after (a later sample may fall in the traffic's tail): what
+          # each replica's event-loop thread spends S seconds on (/stats?profile=S,
+          # deployments/loop_profile.py). It slows the loops while it runs, so the run's figures
+          # are a diagnostic's, not a benchmark's.
+          if [ -n "${LOOP_PROFILE:-}" ]; then
+            curl -s --max-time 90 "http://127.0.0.1:$3/stats?profile=$LOOP_PROFILE" >"$RESULTS/$1-c$2-profile.json" || true
+          fi
         fi
       fi
       sleep 10

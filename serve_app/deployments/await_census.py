@@ -140,10 +140,12 @@ class _Walk:
             return True
         name = kind.__name__
         if name == _WRAPPER:
+            linked = False
             for inner in gc.get_referents(awaited):  # the wrapper refers to its coroutine alone
                 if self._compiled(type(inner)):
                     self.awaiter[id(inner)] = (obj, place)
-            return True
+                    linked = True
+            return linked  # a wrapper of something else: a wait of its own
         return name in _LINK_TYPE_NAMES
 
     def visit(self, obj: object) -> None:

@@ -19,6 +19,8 @@ at most ``MAX_SECONDS``, once per ``min_interval_s`` per process (``LoopProfiler
 from __future__ import annotations
 
 import asyncio
+import sys
+import sysconfig
 import time
 from collections import Counter
 from typing import Any
@@ -27,36 +29,52 @@ MAX_SECONDS = 10.0
 MIN_SECONDS = 0.5  # shorter asks get this: a profile of no samples would stand for 30 s
 SAMPLE_INTERVAL_S = 0.001
 TOP = 20
-IDLE = "idle (waiting in select)"
 BUILTIN = "<built-in>"
 
 
-def _bucket(path: str) -> str | None:
-    """The package a frame's file belongs to: the top-level name under site-packages,
-    ``serve_app``, ``asyncio``, ``python`` (the rest of the standard library), or None for a
+def _import_roots() -> tuple[str, list[str]]:
+    """(the standard library's folder, the other ``sys.path`` folders, longest first): where a
+    frame's file is imported from. The GPU machine installs packages with ``pip --target
+    /tmp/site``, a folder with no ``site-packages`` in its name."""
+    stdlib = sysconfig.get_paths()["stdlib"].rstrip("/")
+    roots = {entry.rstrip("/") for entry in sys.path if entry and not entry.startswith(stdlib)}
+    return stdlib, sorted(roots, key=len, reverse=True)
+
+
+def _relative(path: str, roots: tuple[str, list[str]]) -> tuple[str, bool]:
+    """(``path`` relative to the folder it was imported from, whether that is the standard
+    library); ``path`` itself when no import folder holds it."""
+    stdlib, others = roots
+    if path.startswith(stdlib + "/"):
+        return path[len(stdlib) + 1 :], True
+    for root in others:
+        if path.startswith(root + "/"):
+            return path[len(root) + 1 :], False
+    if "-packages/" in path:
+        return path.rsplit("-packages/", 1)[1], False
+    return path, False
+
+
+def _bucket(path: str, roots: tuple[str, list[str]]) -> str | None:
+    """The package a frame's file belongs to: its top-level name under the folder it was
+    imported from (``vllm``, ``ray``, ``grpc``, ``serve_app``), ``asyncio``, ``python`` for the
+    rest of the standard library and for files outside every import folder, or None for a
     built-in (it takes its caller's)."""
     if path == BUILTIN or not path:
         return None
-    if "-packages/" in path:
-        return path.rsplit("-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
-    if "serve_app/" in path:
-        return "serve_app"
-    if "/asyncio/" in path:
-        return "asyncio"
-    return "python"
+    relative, stdlib = _relative(path, roots)
+    if stdlib:
+        return "asyncio" if relative.startswith("asyncio/") else "python"
+    if relative == path:  # not under any import folder: a script, <stdin>
+        return "serve_app" if "serve_app/" in path else "python"
+    return relative.split("/", 1)[0].removesuffix(".py")
 
 
-def _place(frame: Any) -> str:
+def _place(frame: Any, roots: tuple[str, list[str]]) -> str:
     path = frame.file_path or ""
-    if "-packages/" in path:
-        path = path.rsplit("-packages/", 1)[1]
-    elif "serve_app/" in path:
-        path = "serve_app/" + path.rsplit("serve_app/", 1)[1]
-    elif "/lib/python3" in path:
-        path = path.split("/lib/python3", 1)[1].split("/", 1)[-1]
     if path == BUILTIN:
         return f"{frame.function} (built-in)"
-    return f"{path}:{frame.line_no} {frame.function}"
+    return f"{_relative(path, roots)[0]}:{frame.line_no} {frame.function}"
 
 
 # Frames that run the event loop rather than work on it, by (file ending, function): the thread's
@@ -82,25 +100,32 @@ def summarize(root: Any, duration_s: float, cpu_s: float | None = None, top: int
 
     ``busy_share`` is the thread's CPU time over the wall time (``cpu_s``, from
     ``time.thread_time``; without it, the share of samples outside ``loop_or_idle_s``).
-    ``loop_or_idle_s``: samples in the event loop itself, waiting for work or in its own C code
-    (asyncio's ``select``, the self time of the frames that run the loop, ``_RUNNERS``): not any
-    package's. Self time is
-    a frame's time less its children's; a built-in's (``json.dumps``, a C function) goes to its
-    caller's package and is named with its caller. ``top_total`` counts a function once per path
-    from the root (recursion is not counted twice). Seconds are rounded to milliseconds."""
+    ``loop_or_idle_s``: samples in the event loop itself (asyncio's ``select``, the self time of
+    the frames that run the loop, ``_RUNNERS``): waiting for work, and also any compiled code the
+    loop runs that pyinstrument cannot see (uvloop's I/O, gRPC's Cython layer), so ``by_package``
+    is not the whole of the busy time: ``unattributed_busy_s`` is the CPU time it leaves out.
+    Self time is a frame's time less its children's; a built-in's (``json.dumps``, a C function)
+    goes to its caller's package and is named with its caller. ``top_total`` counts a function
+    once per path from the root (recursion is not counted twice). Seconds are rounded to
+    milliseconds."""
+    roots = _import_roots()
     by_package: Counter[str] = Counter()
     self_time: Counter[str] = Counter()
     total_time: Counter[str] = Counter()
+    on_path: Counter[str] = Counter()  # places on the path from the root to the frame visited
     loop_or_idle = 0.0
-    # (frame, package of the nearest non-built-in ancestor, place of the caller, inside select,
-    # places on the path from the root)
-    stack: list[tuple[Any, str, str, bool, frozenset[str]]] = [(root, "python", "", False, frozenset())]
+    # (frame, package of the nearest non-built-in ancestor, place of the caller, inside select);
+    # a frame of None leaves the place pushed after it.
+    stack: list[tuple[Any, str, str, bool]] = [(root, "python", "", False)]
     while stack:
-        frame, parent_package, caller, in_select, seen = stack.pop()
+        frame, parent_package, caller, in_select = stack.pop()
+        if frame is None:
+            on_path[parent_package] -= 1  # here: the place being left
+            continue
         if frame.function == "[self]":  # pyinstrument's synthetic leaf: its parent's own time
             continue
-        place = _place(frame)
-        package = _bucket(frame.file_path or BUILTIN) or parent_package
+        place = _place(frame, roots)
+        package = _bucket(frame.file_path or BUILTIN, roots) or parent_package
         in_select = in_select or (frame.function == "select" and "selectors.py" in (frame.file_path or ""))
         own = frame.time - sum(child.time for child in frame.children if child.function != "[self]")
         if frame.file_path == BUILTIN and caller:
@@ -110,20 +135,24 @@ def summarize(root: Any, duration_s: float, cpu_s: float | None = None, top: int
         else:
             by_package[package] += own
             self_time[place] += own
-        if place not in seen:
+        if not on_path[place]:
             total_time[place] += frame.time
+        on_path[place] += 1
+        stack.append((None, place, "", False))
         named = place if frame.file_path != BUILTIN else caller  # what a built-in child is named after
         for child in frame.children:
-            stack.append((child, package, named, in_select, seen | {place}))
-    sampled = sum(by_package.values()) + loop_or_idle
+            stack.append((child, package, named, in_select))
+    attributed = sum(by_package.values())
+    sampled = attributed + loop_or_idle
     if cpu_s is not None and duration_s > 0:
         busy_share = min(1.0, cpu_s / duration_s)
     else:
-        busy_share = (sampled - loop_or_idle) / sampled if sampled > 0 else 0.0
+        busy_share = attributed / sampled if sampled > 0 else 0.0
     return {
         "seconds": round(duration_s, 3),
         "busy_share": round(busy_share, 3),
         "loop_or_idle_s": round(loop_or_idle, 3),
+        "unattributed_busy_s": round(max(0.0, busy_share * duration_s - attributed), 3),
         "by_package": [
             [name, round(seconds, 3), round(seconds / sampled, 3) if sampled > 0 else 0.0]
             for name, seconds in by_package.most_common()
@@ -136,8 +165,9 @@ def summarize(root: Any, duration_s: float, cpu_s: float | None = None, top: int
 
 async def profile_loop(seconds: float, interval_s: float = SAMPLE_INTERVAL_S) -> dict[str, Any]:
     """Sample the running loop's thread for ``seconds`` (``summarize``'s keys). Must be awaited
-    on the loop to profile. Raises RuntimeError when pyinstrument cannot start (another profiler
-    already runs on this thread)."""
+    on the loop to profile. Meanwhile pyinstrument's hook replaces any other ``sys.setprofile``
+    hook on that thread. The samples are summarised on a worker thread: a 10 s profile is some
+    hundred thousand frames, seconds of work that must not hold the loop."""
     from pyinstrument import Profiler  # imported when asked: nothing loads it otherwise
 
     profiler = Profiler(interval=interval_s, async_mode="disabled")
@@ -148,16 +178,21 @@ async def profile_loop(seconds: float, interval_s: float = SAMPLE_INTERVAL_S) ->
     finally:
         session = profiler.stop()
     wall, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
-    root = session.root_frame()
-    if root is None:  # no sample at all
-        return {**summarize_empty(wall), "busy_share": round(min(1.0, cpu / wall), 3) if wall > 0 else 0.0}
-    return summarize(root, wall, cpu)
+
+    def summary() -> dict[str, Any]:
+        root = session.root_frame()
+        if root is None:  # no sample at all
+            busy = round(min(1.0, cpu / wall), 3) if wall > 0 else 0.0
+            return {**summarize_empty(wall), "busy_share": busy}
+        return summarize(root, wall, cpu)
+
+    return await asyncio.to_thread(summary)
 
 
 def summarize_empty(duration_s: float) -> dict[str, Any]:
     """``summarize``'s shape for a profile without samples."""
     return {"seconds": round(duration_s, 3), "busy_share": 0.0, "loop_or_idle_s": 0.0,
-            "by_package": [], "top_self": [], "top_total": []}  # fmt: skip
+            "unattributed_busy_s": 0.0, "by_package": [], "top_self": [], "top_total": []}  # fmt: skip
 
 
 class LoopProfiler:
@@ -177,6 +212,8 @@ class LoopProfiler:
         """The loop's profile over ``seconds`` (within MIN_SECONDS and MAX_SECONDS), fresh or recent:
         ``summarize``'s keys (or ``error``, naming why it failed) plus ``age_s``."""
         now = time.monotonic()
+        if self._running is not None and self._running.done():  # ended without its result (cancelled)
+            self._running = None
         if self._running is None and self._last is not None and now - self._taken < self.min_interval_s:
             return {**self._last, "age_s": round(now - self._taken, 3)}
         if self._running is None:
@@ -190,5 +227,7 @@ class LoopProfiler:
             result = await profile_loop(seconds)
         except Exception as error:  # a diagnostic must not fail /stats
             result = {"error": f"{type(error).__name__}: {error}"[:500]}
-        self._last, self._taken, self._running = result, time.monotonic(), None
+        finally:
+            self._running = None  # also when cancelled: the next caller starts afresh
+        self._last, self._taken = result, time.monotonic()
         return result

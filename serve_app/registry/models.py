@@ -320,7 +320,10 @@ class AuthSpec(StrictModel):
         description="A YAML file, readable where the router runs, with `keys: [{key: ..., models: "
         "[...]}]`; `models` (optional) lists the model names and aliases that key may use.",
     )
-    protect_metrics: bool = Field(default=False, description="Require a key for GET /metrics and GET /stats.")
+    protect_metrics: bool = Field(
+        default=False,
+        description="Require a key for GET /metrics (GET /stats always needs one when keys are on).",
+    )
     protect_readyz: bool = Field(
         default=False, description="Require a key for GET /readyz and GET /health (/healthz stays open)."
     )

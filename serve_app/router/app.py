@@ -477,8 +477,10 @@ class Router:
         ``?waiting=1`` adds, for this router replica and each model's, where the process's
         coroutines wait (deployments/await_census.py; it holds each loop for a moment).
         ``?profile=S`` (0-10 s; at least MIN_SECONDS) adds what each of those processes'
-        event-loop threads spent the same S seconds on (deployments/loop_profile.py; it slows each
-        loop meanwhile, and is taken at most once every 30 s per process). Callers that ask while
+        event-loop threads spent S seconds on (deployments/loop_profile.py; it slows each loop
+        meanwhile, and is taken at most once every 30 s per process). The router's starts at once,
+        each model's when the call for it comes out of that model's queue: under load, seconds
+        later. Callers that ask while
         an answer of the same kind (census or not, profile or not) is being gathered share it,
         whatever their S. A key limited to some models sees only those models."""
         await self.fleet.ensure_started()
@@ -502,7 +504,8 @@ class Router:
 
     async def _gather_stats(self, waiting: bool, profile_s: float = 0.0) -> dict[str, Any]:
         apps = list(self.fleet.apps.values())
-        # The router's own profile covers the same seconds as the models'.
+        # The router's own profile starts now; a model's when the call reaches it (under load,
+        # after the model's queue).
         own_profile = asyncio.ensure_future(self.loop_profiler.take(profile_s)) if profile_s > 0 else None
         results = await asyncio.gather(*(self._model_status(app, waiting, profile_s) for app in apps))
         router = {"dispatch": self.dispatch.summary(), **self.loop_health.summary()}

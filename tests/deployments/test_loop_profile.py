@@ -1,15 +1,21 @@
 """deployments/loop_profile.py: what an event loop's thread spends its time on (/stats?profile=S)."""
 
 import asyncio
+import contextlib
 import json
+import sys
+import threading
 import time
+from types import SimpleNamespace
 
-from serve_app.deployments.loop_profile import LoopProfiler, profile_loop
+from serve_app.deployments.loop_profile import LoopProfiler, profile_loop, summarize
 
 
 def _encode_for(ms: float) -> None:
-    end = time.perf_counter() + ms / 1000
-    while time.perf_counter() < end:
+    """Holds the thread for ``ms`` of its own CPU time (not wall time: a busy neighbour on the
+    machine must not shorten the work)."""
+    end = time.thread_time() + ms / 1000
+    while time.thread_time() < end:
         json.dumps(list(range(100)))
 
 
@@ -34,7 +40,8 @@ def _profile_while_busy(share: float, seconds: float = 0.6) -> dict:
 def test_a_busy_loop_is_profiled_by_function_and_package():
     profile = _profile_while_busy(0.7)
     assert 0.55 <= profile["seconds"] < 1.5
-    assert 0.5 <= profile["busy_share"] <= 0.95, profile
+    # CPU time over wall time: lower when the machine's other processes take the cores
+    assert 0.25 <= profile["busy_share"] <= 0.95, profile
     assert profile["loop_or_idle_s"] > 0
     # the work is this file's function, most of it in the standard library's json encoder
     totals = dict(profile["top_total"])
@@ -47,20 +54,62 @@ def test_a_busy_loop_is_profiled_by_function_and_package():
 def test_an_idle_loop_is_mostly_waiting_in_select():
     profile = _profile_while_busy(0.05)
     assert profile["busy_share"] < 0.3, profile
+    assert profile["loop_or_idle_s"] > 0.7 * profile["seconds"], profile
 
 
-def test_callers_share_a_running_profile_and_get_the_last_one_within_the_interval():
+def test_callers_share_a_running_profile_and_get_the_last_one_within_the_interval(monkeypatch):
+    import serve_app.deployments.loop_profile as module
+
+    calls = []
+
+    async def counted(seconds, interval_s=module.SAMPLE_INTERVAL_S):
+        calls.append(seconds)
+        await asyncio.sleep(0.2)
+        return module.summarize_empty(seconds)
+
+    monkeypatch.setattr(module, "profile_loop", counted)
+
     async def run():
         profiler = LoopProfiler(min_interval_s=30)
-        first, second = await asyncio.gather(profiler.take(0.3), profiler.take(0.3))
-        started = time.perf_counter()
-        third = await profiler.take(0.3)
-        return first, second, third, time.perf_counter() - started
+        first, second = await asyncio.gather(profiler.take(0.5), profiler.take(3))
+        third = await profiler.take(0.5)
+        return first, second, third
 
-    first, second, third, waited = asyncio.run(run())
-    assert first["seconds"] == second["seconds"] == third["seconds"]
-    assert waited < 0.1  # the last profile, not a new one
-    assert third["age_s"] >= 0 and "busy_share" in third
+    first, second, third = asyncio.run(run())
+    assert calls == [0.5]  # one profile for all three
+    assert first["age_s"] == second["age_s"] == 0 and third["age_s"] >= 0
+
+
+def test_a_cancelled_profile_does_not_stop_the_next():
+    async def run():
+        profiler = LoopProfiler(min_interval_s=30)
+        asking = asyncio.ensure_future(profiler.take(0.5))
+        await asyncio.sleep(0.05)
+        profiler._running.cancel()  # as at a replica's shutdown
+        with contextlib.suppress(asyncio.CancelledError):
+            await asking
+        return await profiler.take(0.5)
+
+    profile = asyncio.run(run())
+    assert profile["seconds"] >= 0.45 and "busy_share" in profile
+
+
+def test_packages_are_named_under_the_folder_they_were_imported_from(monkeypatch):
+    """The GPU machine installs with pip --target /tmp/site: no site-packages in the path."""
+    monkeypatch.setattr(sys, "path", [*sys.path, "/tmp/site"])
+
+    def frame(function, path, line, seconds, children=()):
+        fields = {"function": function, "file_path": path, "line_no": line, "time": seconds}
+        return SimpleNamespace(**fields, children=list(children))
+
+    leaf = frame("process_outputs", "/tmp/site/vllm/v1/engine/output_processor.py", 81, 0.3)
+    ray = frame("gen_wrapper", "/tmp/site/ray/serve/_private/replica.py", 303, 0.2)
+    root = frame("run", threading.__file__, 971, 1.0, [leaf, ray])
+    profile = summarize(root, 1.0, cpu_s=0.6)
+    assert profile["by_package"] == [["vllm", 0.3, 0.3], ["ray", 0.2, 0.2]]
+    assert profile["top_self"][0] == ["vllm/v1/engine/output_processor.py:81 process_outputs", 0.3]
+    assert profile["loop_or_idle_s"] == 0.5  # the thread's entry: the loop waiting, or its C code
+    assert profile["unattributed_busy_s"] == 0.1  # CPU time no Python frame accounts for
 
 
 def _asked_for(seconds: float) -> list[float]:
