@@ -204,7 +204,7 @@ class Router:
         self.log_flusher = LogFlusher()  # started with loop_health, from the first request on
         self.census = Census()  # /stats?waiting=1
         self.loop_profiler = LoopProfiler()  # /stats?profile=S
-        self._stats_gathering: dict[tuple[bool, float], asyncio.Future[dict[str, Any]]] = {}
+        self._stats_gathering: dict[tuple[bool, bool], asyncio.Future[dict[str, Any]]] = {}
         freeze_startup_heap("router")
 
     def __del__(self) -> None:
@@ -480,9 +480,9 @@ class Router:
         event-loop threads spent S seconds on (deployments/loop_profile.py; it slows each loop
         meanwhile, and is taken at most once every 30 s per process). The router's starts at once,
         each model's when the call for it comes out of that model's queue: under load, seconds
-        later. Callers that ask while
-        an answer of the same kind (census or not, profile or not) is being gathered share it,
-        whatever their S. A key limited to some models sees only those models."""
+        later. Callers that ask while an answer of the same kind (census or not, profile or not)
+        is being gathered share it, whatever their S. A key limited to some models sees only
+        those models."""
         await self.fleet.ensure_started()
         self.loop_health.start()
         self.log_flusher.start()
