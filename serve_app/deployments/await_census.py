@@ -34,6 +34,8 @@ import types
 from collections import Counter
 from typing import Any
 
+from serve_app.deployments.source_paths import OUTSIDE, SourcePaths
+
 # Awaited objects that lead to another coroutine or async generator, itself visited: not a wait.
 _LINK_TYPE_NAMES = frozenset({"async_generator_asend", "async_generator_athrow"})
 _WRAPPER = "coroutine_wrapper"  # a compiled coroutine's __await__: followed to the coroutine
@@ -45,19 +47,16 @@ CALLERS = 2  # callers named after a leaf's own place, where a chain of coroutin
 NATIVE_CALLERS = 4  # compiled chains are deeper before they reach Python (Ray's replica_result.py)
 
 
-def _place(frame: types.FrameType) -> str:
-    """``"<path>:<line> <function>"``, the path from the package root (or the standard library's);
-    ``"<path> <function>"`` for a compiled frame, which has no line (``f_lineno`` -1 or None)."""
-    path = frame.f_code.co_filename
-    if "-packages/" in path:  # site-packages, dist-packages
-        path = path.rsplit("-packages/", 1)[1]
-    elif "serve_app/" in path:
-        path = "serve_app/" + path.rsplit("serve_app/", 1)[1]
-    elif "/lib/python3" in path:
-        path = path.split("/lib/python3", 1)[1].split("/", 1)[-1]
+def _place(frame: types.FrameType, paths: SourcePaths) -> str:
+    """``"<path>:<line> <function>"``, the path from the folder it was imported from
+    (``SourcePaths``); ``"<path> <function>"`` for a compiled frame, which has no line
+    (``f_lineno`` -1 or None)."""
+    path, where = paths.relative(frame.f_code.co_filename)
     line = frame.f_lineno
-    if line is None or line < 0:  # compiled: the Cython source's path, whose last parts name it
-        return f"{'/'.join(path.split('/')[-3:])} {frame.f_code.co_name}"
+    if line is None or line < 0:
+        if where == OUTSIDE:  # a Cython source's build path: its last parts name it
+            path = "/".join(path.split("/")[-3:])
+        return f"{path} {frame.f_code.co_name}"
     return f"{path}:{line} {frame.f_code.co_name}"
 
 
@@ -100,9 +99,9 @@ def _suspended(obj: object, kind: type) -> tuple[types.FrameType, object] | None
     return None
 
 
-def _label(frame: types.FrameType | None, obj: object) -> str:
+def _label(frame: types.FrameType | None, obj: object, paths: SourcePaths) -> str:
     if frame is not None:
-        return _place(frame)
+        return _place(frame, paths)
     return str(getattr(obj, "__qualname__", None) or type(obj).__name__)
 
 
@@ -114,6 +113,7 @@ class _Walk:
     """One pass over the collector's objects: ``visit`` each, then ``result``."""
 
     def __init__(self) -> None:
+        self.paths = SourcePaths()
         self.native_kinds: dict[type, bool] = {}  # type -> compiled coroutine? (a lookup, not a
         # name comparison per object: the walk visits every tracked object)
         self.not_started: Counter[str] = Counter()
@@ -160,19 +160,19 @@ class _Walk:
         frame, awaited = state
         if awaited is None:
             if _not_started(obj):
-                self.not_started[_place(frame)] += 1
+                self.not_started[_place(frame, self.paths)] += 1
             elif kind is types.AsyncGeneratorType:
                 self.suspended += 1
                 self.at_yield += 1
             return
         self.suspended += 1
-        place = _place(frame)
+        place = _place(frame, self.paths)
         if self._link(obj, place, awaited):
             return
         inner = None
         if type(awaited) is types.GeneratorType:
             inner_frame, awaited = _innermost(awaited)
-            inner = _place(inner_frame) if inner_frame is not None else None
+            inner = _place(inner_frame, self.paths) if inner_frame is not None else None
         self.python.append((place, obj, awaited, inner))
 
     def _visit_native(self, obj: object) -> None:
@@ -180,7 +180,7 @@ class _Walk:
         # No await: not started, running, or finished; a compiled coroutine cannot say which.
         if awaited is None or getattr(obj, "cr_running", False):
             return
-        place = _label(getattr(obj, "cr_frame", None), obj)
+        place = _label(getattr(obj, "cr_frame", None), obj, self.paths)
         if not self._link(obj, place, awaited):
             self.native.append((place, obj, awaited))
 

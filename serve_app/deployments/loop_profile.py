@@ -19,11 +19,11 @@ at most ``MAX_SECONDS``, once per ``min_interval_s`` per process (``LoopProfiler
 from __future__ import annotations
 
 import asyncio
-import sys
-import sysconfig
 import time
 from collections import Counter
 from typing import Any
+
+from serve_app.deployments.source_paths import OUTSIDE, STDLIB, SourcePaths
 
 MAX_SECONDS = 10.0
 MIN_SECONDS = 0.5  # shorter asks get this: a profile of no samples would stand for 30 s
@@ -32,49 +32,26 @@ TOP = 20
 BUILTIN = "<built-in>"
 
 
-def _import_roots() -> tuple[str, list[str]]:
-    """(the standard library's folder, the other ``sys.path`` folders, longest first): where a
-    frame's file is imported from. The GPU machine installs packages with ``pip --target
-    /tmp/site``, a folder with no ``site-packages`` in its name."""
-    stdlib = sysconfig.get_paths()["stdlib"].rstrip("/")
-    roots = {entry.rstrip("/") for entry in sys.path if entry and not entry.startswith(stdlib)}
-    return stdlib, sorted(roots, key=len, reverse=True)
-
-
-def _relative(path: str, roots: tuple[str, list[str]]) -> tuple[str, bool]:
-    """(``path`` relative to the folder it was imported from, whether that is the standard
-    library); ``path`` itself when no import folder holds it."""
-    stdlib, others = roots
-    if path.startswith(stdlib + "/"):
-        return path[len(stdlib) + 1 :], True
-    for root in others:
-        if path.startswith(root + "/"):
-            return path[len(root) + 1 :], False
-    if "-packages/" in path:
-        return path.rsplit("-packages/", 1)[1], False
-    return path, False
-
-
-def _bucket(path: str, roots: tuple[str, list[str]]) -> str | None:
+def _bucket(path: str, paths: SourcePaths) -> str | None:
     """The package a frame's file belongs to: its top-level name under the folder it was
     imported from (``vllm``, ``ray``, ``grpc``, ``serve_app``), ``asyncio``, ``python`` for the
     rest of the standard library and for files outside every import folder, or None for a
     built-in (it takes its caller's)."""
     if path == BUILTIN or not path:
         return None
-    relative, stdlib = _relative(path, roots)
-    if stdlib:
+    relative, where = paths.relative(path)
+    if where == STDLIB:
         return "asyncio" if relative.startswith("asyncio/") else "python"
-    if relative == path:  # not under any import folder: a script, <stdin>
-        return "serve_app" if "serve_app/" in path else "python"
+    if where == OUTSIDE:  # a script, <stdin>
+        return "python"
     return relative.split("/", 1)[0].removesuffix(".py")
 
 
-def _place(frame: Any, roots: tuple[str, list[str]]) -> str:
+def _place(frame: Any, paths: SourcePaths) -> str:
     path = frame.file_path or ""
     if path == BUILTIN:
         return f"{frame.function} (built-in)"
-    return f"{_relative(path, roots)[0]}:{frame.line_no} {frame.function}"
+    return f"{paths.relative(path)[0]}:{frame.line_no} {frame.function}"
 
 
 # Frames that run the event loop rather than work on it, by (file ending, function): the thread's
@@ -108,7 +85,7 @@ def summarize(root: Any, duration_s: float, cpu_s: float | None = None, top: int
     goes to its caller's package and is named with its caller. ``top_total`` counts a function
     once per path from the root (recursion is not counted twice). Seconds are rounded to
     milliseconds."""
-    roots = _import_roots()
+    paths = SourcePaths()
     by_package: Counter[str] = Counter()
     self_time: Counter[str] = Counter()
     total_time: Counter[str] = Counter()
@@ -124,8 +101,8 @@ def summarize(root: Any, duration_s: float, cpu_s: float | None = None, top: int
             continue
         if frame.function == "[self]":  # pyinstrument's synthetic leaf: its parent's own time
             continue
-        place = _place(frame, roots)
-        package = _bucket(frame.file_path or BUILTIN, roots) or parent_package
+        place = _place(frame, paths)
+        package = _bucket(frame.file_path or BUILTIN, paths) or parent_package
         in_select = in_select or (frame.function == "select" and "selectors.py" in (frame.file_path or ""))
         own = frame.time - sum(child.time for child in frame.children if child.function != "[self]")
         if frame.file_path == BUILTIN and caller:
