@@ -58,12 +58,9 @@ def single(
         "compile_cache_dir": cache,
     }
     if model_replicas > 1:
-        share = share_of(model_replicas)
         spec.update(
-            gpu_memory_utilization=share,
-            resources={"num_gpus": share},
+            sharing_the_gpu(model_replicas),
             autoscaling={"min_replicas": model_replicas, "max_replicas": model_replicas},
-            engine_args={"kv_cache_memory_bytes": kv_bytes_of(model_replicas)},
         )
     if items_per_s:
         spec["stream_items_per_s"] = float(items_per_s)
@@ -82,23 +79,23 @@ def kv_bytes_of(n: int, kv_gib: float | None = None) -> int:
     return int((kv_gib if kv_gib else KV_GIB / n) * GIB)
 
 
-def shared(ckpt: str, port: int, cache: str, n: int, kv_gib: float | None = None) -> dict[str, Any]:
-    """``n`` models ``m1`` .. ``mn`` of one checkpoint, each with ``share_of(n)`` of the GPU and a
-    fixed KV cache of ``kv_bytes_of(n, kv_gib)`` (bench_serve.sh's bare_shared gives each
-    ``vllm serve`` the same two numbers)."""
+def sharing_the_gpu(n: int, kv_gib: float | None = None) -> dict[str, Any]:
+    """A model entry's fields for one of ``n`` engines on one GPU: ``share_of(n)`` of it, as
+    memory and as Ray's share, and a fixed KV cache of ``kv_bytes_of(n, kv_gib)`` (the one place
+    both router_split and router_shared take them from: run 7's fault was in both)."""
     share = share_of(n)
-    models = [
-        {
-            "name": f"m{i}",
-            "checkpoint": ckpt,
-            "engine": "vllm",
-            "gpu_memory_utilization": share,
-            "resources": {"num_gpus": share},
-            "compile_cache_dir": cache,
-            "engine_args": {"kv_cache_memory_bytes": kv_bytes_of(n, kv_gib)},
-        }
-        for i in range(1, n + 1)
-    ]
+    return {
+        "gpu_memory_utilization": share,
+        "resources": {"num_gpus": share},
+        "engine_args": {"kv_cache_memory_bytes": kv_bytes_of(n, kv_gib)},
+    }
+
+
+def shared(ckpt: str, port: int, cache: str, n: int, kv_gib: float | None = None) -> dict[str, Any]:
+    """``n`` models ``m1`` .. ``mn`` of one checkpoint, each ``sharing_the_gpu(n, kv_gib)``
+    (bench_serve.sh's bare_shared gives each ``vllm serve`` the same numbers)."""
+    each = {"checkpoint": ckpt, "engine": "vllm", "compile_cache_dir": cache, **sharing_the_gpu(n, kv_gib)}
+    models = [{"name": f"m{i}", **each} for i in range(1, n + 1)]
     return serve_config(models, port=port)
 
 
