@@ -127,8 +127,11 @@ bench() { # bench TARGET PORT CONCURRENCY
     --metric-percentiles 50,90,99 --label "$target" --metadata "target=$target" "concurrency=$c" \
     --save-result --result-dir "$RESULTS" --result-filename "$file" ${BENCH_EXTRA:-} \
     2>&1 | tee "$RESULTS/$target-c$c.log" | grep -E "^(Successful|Failed|Benchmark duration|Request throughput|Output token throughput|Median TTFT|P99 TTFT|Median TPOT|P99 TPOT)" || true
-  # A run that failed leaves no result file to stop the snapshots: stop them here.
-  [ -z "$METRICS_PID" ] || kill "$METRICS_PID" 2>/dev/null || true
+  # The snapshots stop themselves at the result file (within 10 s), after a census or profile
+  # still on its way (run 8 lost one to a kill here); a failed run leaves none: stop them.
+  if [ -n "$METRICS_PID" ]; then
+    if [ -f "$RESULTS/$file" ]; then wait "$METRICS_PID" 2>/dev/null || true; else kill "$METRICS_PID" 2>/dev/null || true; fi
+  fi
   [ -f "$RESULTS/$file" ] || { log "$target c=$c: no result file; see $RESULTS/$target-c$c.log"; tail -n 30 "$RESULTS/$target-c$c.log"; return 1; }
   # The router's per-stage latencies (router -> replica, tokenize, engine first output) over the
   # replica's last 1024 requests: where this run's time to first token went.
@@ -195,15 +198,15 @@ serve_metrics() { # serve_metrics TARGET CONCURRENCY PORT: Ray Serve's serve_* s
         # CPU (top's second frame).
         if [ "$seen" = 2 ]; then
           curl -s --max-time 40 "http://127.0.0.1:$3/stats?waiting=1" >"$RESULTS/$1-c$2-waiting.json" || true
-          top -b -H -n 2 -d 2 -w 250 2>/dev/null | awk '/^top -/ {frame++} frame == 2' | head -60 \
-            >"$RESULTS/$1-c$2-top.txt" || true
-          # With LOOP_PROFILE=S, right after (a later sample may fall in the traffic's tail): what
-          # each replica's event-loop thread spends S seconds on (/stats?profile=S,
-          # deployments/loop_profile.py). It slows the loops while it runs, so the run's figures
-          # are a diagnostic's, not a benchmark's.
+          # With LOOP_PROFILE=S, right after, before top (run 8's 26 s run ended during top's 4 s
+          # and the profile never ran): what each replica's event-loop thread spends S seconds on
+          # (/stats?profile=S, deployments/loop_profile.py). It slows the loops while it runs, so
+          # the run's figures are a diagnostic's, not a benchmark's, and top's share includes it.
           if [ -n "${LOOP_PROFILE:-}" ]; then
             curl -s --max-time 90 "http://127.0.0.1:$3/stats?profile=$LOOP_PROFILE" >"$RESULTS/$1-c$2-profile.json" || true
           fi
+          top -b -H -n 2 -d 2 -w 250 2>/dev/null | awk '/^top -/ {frame++} frame == 2' | head -60 \
+            >"$RESULTS/$1-c$2-top.txt" || true
         fi
       fi
       sleep 10

@@ -60,10 +60,20 @@ def _place(frame: types.FrameType, paths: SourcePaths) -> str:
     return f"{path}:{line} {frame.f_code.co_name}"
 
 
+_COROUTINE_PARTS = ("cr_await", "cr_frame", "cr_running", "send", "throw")
+
+
 def _is_native(kind: type) -> bool:
-    """A Cython-compiled coroutine's type (``_cython_3_x.coroutine``): it has ``cr_await``,
-    ``cr_frame`` and ``cr_running`` as Python's own coroutines do, but is another type."""
-    return kind.__name__ == "coroutine" and kind.__module__.startswith("_cython")
+    """A Cython-compiled coroutine's type (``_cython_3_x.coroutine``): named ``coroutine`` and
+    with ``cr_await``, ``cr_frame`` and ``cr_running`` as Python's own coroutines have, but
+    another type. Told by those parts, not by ``__module__``: Cython's coroutine type lists
+    ``__module__`` among its members, so on the GPU machine's Python 3.12 the type's
+    ``__module__`` was a member descriptor, not a string (run 8's census failed on it)."""
+    return (
+        kind is not types.CoroutineType
+        and getattr(kind, "__name__", None) == "coroutine"
+        and all(hasattr(kind, part) for part in _COROUTINE_PARTS)
+    )
 
 
 def _not_started(obj: types.CoroutineType | types.AsyncGeneratorType) -> bool:

@@ -183,3 +183,31 @@ def test_calls_held_in_grpcs_compiled_layer_are_counted_once_as_native_with_pyth
     assert not [place for place, _ in census["top"] if "coroutine_wrapper" in place]
     # the handlers themselves are Python, in top
     assert any(re.search(r"wait awaits Future <- " + PLACE + " handler", place) for place, _ in census["top"])
+
+
+def test_a_type_named_coroutine_whose_module_is_not_a_string_does_not_fail_the_census():
+    """Run 8 (H200, Python 3.12): Cython's coroutine type lists ``__module__`` among its members,
+    so the type's ``__module__`` was a member descriptor and every census answered
+    ``AttributeError: 'member_descriptor' object has no attribute 'startswith'``."""
+
+    class _Slots:
+        __slots__ = ("member",)
+
+    coroutine = type("coroutine", (), {})
+    coroutine.__module__ = _Slots.__dict__["member"]  # what Cython's type gives on 3.12
+    kept = [coroutine() for _ in range(3)]
+
+    async def run():
+        event = asyncio.Event()
+        task = asyncio.ensure_future(_outer(event))
+        await asyncio.sleep(0)
+        census = await_census()
+        event.set()
+        await task
+        return census
+
+    census = asyncio.run(run())
+    assert "error" not in census
+    assert any(re.search(r"wait awaits Future <- " + PLACE + " _held <- " + PLACE + " _outer", p) for p, _ in census["top"])
+    assert not census["native"]
+    assert len(kept) == 3
