@@ -208,6 +208,7 @@ def test_a_type_named_coroutine_whose_module_is_not_a_string_does_not_fail_the_c
 
     census = asyncio.run(run())
     assert "error" not in census
-    assert any(re.search(r"wait awaits Future <- " + PLACE + " _held <- " + PLACE + " _outer", p) for p, _ in census["top"])
+    held = re.compile(r"wait awaits Future <- " + PLACE + " _held <- " + PLACE + " _outer")
+    assert any(held.search(place) for place, _ in census["top"])
     assert not census["native"]
     assert len(kept) == 3
