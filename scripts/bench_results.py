@@ -11,6 +11,7 @@ Reads RESULTS/meta.json and RESULTS/<target>-c<N>.json for each target in TARGET
      "ratios": {"128": {"output_throughput": router/bare, ...}, ...},
      "itl": {"bare": {"1": {"median_itl_ms", "p99_itl_ms", ...}, ...}, "router": {...}},
      "checks": {"128": {"output_throughput": {"router", "bare", "limit", "pass"}, ...}, ...},
+     "checks_<target>": {...},   # the same for each other router phase that ran (router_split)
      "shared": {...}}   # only when the shared phases ran: see shared_block()
 
 with the metric names ``vllm bench serve`` saves (output_throughput, request_throughput,
@@ -140,8 +141,9 @@ def combine(results: Path, device: str | None, main_concurrency: int) -> dict[st
         for target in TARGETS
         if runs[target]
     }
-    if runs["bare"] and runs["router"]:
-        doc["checks"] = checks(runs)
+    for target in list(TARGETS)[1:]:
+        if runs["bare"] and runs[target]:
+            doc[check_key(target)] = checks(runs, target)
     if shared:
         doc["shared"] = shared
     gauges = serve_gauges(results)
@@ -233,18 +235,26 @@ def shared_block(results: Path) -> dict[str, Any]:
     return block
 
 
-def checks(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Issue 13's targets 1 and 2, router vs bare, at each concurrency both ran: output throughput
-    at least bare's; median TTFT at most max(bare + 5 ms, 1.05 x bare); p99 TTFT at most 1.1 x
-    bare; at concurrency 1, median inter-token latency within 10% of bare's."""
+def check_key(target: str) -> str:
+    """'checks' for the router (as `make serve` runs it), 'checks_<target>' for the variants."""
+    return "checks" if target == "router" else f"checks_{target}"
+
+
+def checks(
+    runs: dict[str, dict[int, dict[str, Any]]], target: str = "router"
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Issue 13's targets 1 and 2, ``target`` (a router phase) vs bare, at each concurrency both
+    ran: output throughput at least bare's; median TTFT at most max(bare + 5 ms, 1.05 x bare);
+    p99 TTFT at most 1.1 x bare; at concurrency 1, median inter-token latency within 10% of
+    bare's. Each check's ``"router"`` is the target's value."""
     rules = {
         "output_throughput": lambda bare: (bare, ">="),
         "median_ttft_ms": lambda bare: (max(bare + 5, 1.05 * bare), "<="),
         "p99_ttft_ms": lambda bare: (1.1 * bare, "<="),
     }
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for c in sorted(set(runs.get("bare", {})) & set(runs.get("router", {}))):
-        bare, router = runs["bare"][c], runs["router"][c]
+    for c in sorted(set(runs.get("bare", {})) & set(runs.get(target, {}))):
+        bare, router = runs["bare"][c], runs[target][c]
         rules_here = dict(rules)
         if c == 1:
             rules_here["median_itl_ms"] = lambda bare: (1.1 * bare, "<=")
@@ -262,10 +272,10 @@ def checks(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str, di
     return out
 
 
-def checks_markdown(doc: dict[str, Any]) -> str:
-    """One line per concurrency: each target check as PASS/FAIL with the router's value and limit."""
-    lines = ["| concurrency | check | router | limit | |", "| ---: | --- | ---: | ---: | --- |"]
-    for c, by_metric in sorted(doc.get("checks", {}).items(), key=lambda item: int(item[0])):
+def checks_markdown(doc: dict[str, Any], target: str = "router") -> str:
+    """One line per concurrency: each of ``target``'s checks as PASS/FAIL with its value and limit."""
+    lines = [f"| concurrency | check | {target} | limit | |", "| ---: | --- | ---: | ---: | --- |"]
+    for c, by_metric in sorted(doc.get(check_key(target), {}).items(), key=lambda item: int(item[0])):
         for metric, check in by_metric.items():
             verdict = "PASS" if check["pass"] else "FAIL"
             lines.append(f"| {c} | {metric} | {_fmt(check['router'])} | {check['limit']} | {verdict} |")
@@ -388,8 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(markdown(doc))
-    if doc.get("checks"):
-        print("\nIssue 13's targets 1 and 2 (router vs bare):\n\n" + checks_markdown(doc))
+    for target in list(TARGETS)[1:]:
+        if doc.get(check_key(target)):
+            print(f"\nIssue 13's targets 1 and 2 ({target} vs bare):\n\n" + checks_markdown(doc, target))
     if doc.get("serve_gauges"):
         print("\nRay Serve's queue gauges, mid-traffic:\n\n" + gauges_markdown(doc))
     print(f"\nwritten: {out}")

@@ -1,6 +1,7 @@
 """scripts/bench_results.py: issue 13's pass/fail checks, router vs bare."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_results.py"
@@ -79,3 +80,22 @@ def test_serve_gauges_say_where_requests_wait(tmp_path):
     table = bench_results.gauges_markdown({"serve_gauges": gauges})
     row = "| router | 256 | serve_deployment_queued_queries | m/ModelServer: 180, router/Router: 0 |"
     assert row in table
+
+
+def test_each_router_phase_that_ran_beside_bare_gets_its_own_checks(tmp_path, capsys):
+    """Run 8 (H200): router_split passed at 256 where the router failed; both verdicts are kept,
+    from the run's own vllm bench files."""
+    run8 = Path(__file__).resolve().parents[1] / "docs/bench/2026-11-30-nvidia-h200-run8"
+    out = tmp_path / "results.json"
+    bench_results.main([str(run8), "--main-concurrency", "256", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    verdicts = {
+        key: {m: c["pass"] for m, c in doc[key]["256"].items()} for key in ("checks", "checks_router_split")
+    }
+    assert verdicts == {
+        "checks": {"output_throughput": True, "median_ttft_ms": False, "p99_ttft_ms": False},
+        "checks_router_split": {"output_throughput": True, "median_ttft_ms": True, "p99_ttft_ms": True},
+    }
+    printed = capsys.readouterr().out
+    assert "Issue 13's targets 1 and 2 (router_split vs bare)" in printed
+    assert "| 256 | median_ttft_ms | 248 | <= 485.85 | PASS |" in printed
