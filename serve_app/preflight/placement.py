@@ -145,6 +145,9 @@ def check_memory_fit(ctx: ModelContext) -> CheckResult:
             f"set gpu_memory_utilization to at most {share:g}",
             **est.as_data(),
         )
+    fixed_kv = _fixed_kv_bytes(spec)
+    if fixed_kv is not None:
+        return _fixed_kv_fit(est, fixed_kv, total, label, share)
     budget = int(total * spec.gpu_memory_utilization)
     data = {**est.as_data(), "budget_bytes_per_gpu": budget}
     where = f"{label} x gpu_memory_utilization {spec.gpu_memory_utilization:g} = {gib(budget)}"
@@ -163,12 +166,68 @@ def check_memory_fit(ctx: ModelContext) -> CheckResult:
         f"KV room {gib(room)} = {sequences} sequences of {est.max_model_len} tokens"
     )
     if est.max_num_seqs is not None and sequences < est.max_num_seqs:
+        return warned(name, f"{fits}, fewer than max_num_seqs {est.max_num_seqs}", FEWER_SEQS_FIX, **data)
+    if share < 1.0:
         return warned(
             name,
-            f"{fits}, fewer than max_num_seqs {est.max_num_seqs}",
-            "lower max_num_seqs or max_model_len to what fits, or accept that vLLM preempts long sequences",
+            f"{fits}; resources.num_gpus {spec.resources.num_gpus:g} shares the GPU, and vLLM sizes this "
+            "replica's KV cache by profiling free memory at start: replicas starting at once on one GPU "
+            "count each other's allocations as their own (vllm/utils/mem_utils.py, memory_profiling), "
+            "which can leave one with no KV cache",
+            f"set engine_args.kv_cache_memory_bytes (at most {room} here: the KV room above)",
             **data,
         )
+    return passed(name, fits, **data)
+
+
+FEWER_SEQS_FIX = (
+    "lower max_num_seqs or max_model_len to what fits, or accept that vLLM preempts long sequences"
+)
+
+
+def _fixed_kv_bytes(spec: ModelSpec) -> int | None:
+    """``engine_args.kv_cache_memory_bytes`` when it is a positive whole number of bytes, else None
+    (vLLM's own argument check reports anything else when the engine starts)."""
+    value = spec.engine_args.get("kv_cache_memory_bytes")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _fixed_kv_fit(est: MemoryEstimate, fixed_kv: int, total: int, label: str, share: float) -> CheckResult:
+    """memory_fit with a fixed KV cache: vLLM then sizes the cache by ``kv_cache_memory_bytes`` and
+    not by ``gpu_memory_utilization`` (vllm/config/cache.py, CacheConfig.kv_cache_memory_bytes: "when
+    not-None ignores gpu_memory_utilization"), so a replica takes weights + that cache + headroom,
+    which must fit its share of the GPU (``resources.num_gpus`` / tensor_parallel_size, at most 1):
+    the rest of the GPU is other replicas' share. vLLM refuses to start when the cache holds less
+    than one ``max_model_len`` sequence."""
+    name = "memory_fit"
+    share_bytes = int(total * share)
+    footprint = est.weights_per_gpu + fixed_kv + est.headroom
+    data = {**est.as_data(), "kv_cache_memory_bytes": fixed_kv, "budget_bytes_per_gpu": share_bytes}
+    where = f"{label} x a replica's share {share:g} = {gib(share_bytes)}"
+    if fixed_kv < est.kv(1):
+        return failed(
+            name,
+            f"engine_args.kv_cache_memory_bytes {fixed_kv} ({gib(fixed_kv)}) holds less than one "
+            f"{est.max_model_len}-token sequence ({gib(est.kv(1))}); vLLM refuses to start",
+            f"raise kv_cache_memory_bytes to at least {est.kv(1)}, or lower max_model_len",
+            **data,
+        )
+    takes = (
+        f"weights {gib(est.weights_per_gpu)}/GPU + KV cache {gib(fixed_kv)} "
+        f"(engine_args.kv_cache_memory_bytes) + headroom {gib(est.headroom)} = {gib(footprint)} per GPU"
+    )
+    if footprint > share_bytes:
+        most = share_bytes - est.weights_per_gpu - est.headroom
+        fix = (
+            f"lower kv_cache_memory_bytes to at most {most}, or raise resources.num_gpus"
+            if most >= est.kv(1)
+            else "raise resources.num_gpus or tensor_parallel_size, or place the model on a larger GPU"
+        )
+        return failed(name, f"does not fit: {takes}; available {where}", fix, **data)
+    sequences = fixed_kv // max(1, est.kv(1))
+    fits = f"{takes}; available {where}; KV cache = {sequences} sequences of {est.max_model_len} tokens"
+    if est.max_num_seqs is not None and sequences < est.max_num_seqs:
+        return warned(name, f"{fits}, fewer than max_num_seqs {est.max_num_seqs}", FEWER_SEQS_FIX, **data)
     return passed(name, fits, **data)
 
 

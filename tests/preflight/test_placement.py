@@ -286,3 +286,48 @@ def test_the_committed_demo_registry_fits_one_gpu_when_auto_picks_vllm(tmp_path)
     on_cpu = check_cluster_fit([(m, "cpu") for m in models], None, 0.0, router=router, cluster_cpus=2)
     assert on_cpu.status == "pass", on_cpu.detail
     assert on_cpu.data["need_cpus"] == 1.75
+
+
+def test_replicas_sharing_a_gpu_without_a_fixed_kv_cache_are_warned(qwen2_checkpoint):
+    """examples/gpu-two-replicas.yaml (issue 13, run 8): replicas that start at once on one GPU
+    count each other's allocations in vLLM's memory profiling."""
+    report = check(qwen2_checkpoint, resources={"num_gpus": 0.5}, gpu_memory_utilization=0.45)
+    result = report.result("memory_fit")
+    assert result.status == "warn" and report.ok
+    assert "resources.num_gpus 0.5 shares the GPU" in result.detail
+    assert "(vllm/utils/mem_utils.py, memory_profiling)" in result.detail
+    assert result.fix.startswith("set engine_args.kv_cache_memory_bytes (at most ")
+    assert check(qwen2_checkpoint).result("memory_fit").status == "pass"  # a whole GPU: nothing to share
+
+
+def test_a_fixed_kv_cache_is_measured_against_the_replicas_share(qwen2_checkpoint):
+    """With kv_cache_memory_bytes vLLM ignores gpu_memory_utilization for the cache: weights + that
+    cache + headroom must fit the replica's share of the GPU."""
+    shared = {"resources": {"num_gpus": 0.5}, "gpu_memory_utilization": 0.45}
+    fits = check(qwen2_checkpoint, engine_args={"kv_cache_memory_bytes": 30 * GIB}, **shared)
+    result = fits.result("memory_fit")
+    assert result.status == "pass", result.detail
+    assert "KV cache 30.00 GiB (engine_args.kv_cache_memory_bytes)" in result.detail
+    assert "available NVIDIA H100 80GB HBM3 (80.00 GiB) x a replica's share 0.5 = 40.00 GiB" in result.detail
+    assert result.data["kv_cache_memory_bytes"] == 30 * GIB
+
+    too_big = check(qwen2_checkpoint, engine_args={"kv_cache_memory_bytes": 39 * GIB}, **shared)
+    assert failures(too_big) == {"memory_fit"}
+    weights = too_big.result("memory_fit").data["weights_bytes"]
+    most = 40 * GIB - weights - HEADROOM_BYTES
+    assert too_big.result("memory_fit").detail.startswith("does not fit: weights ")
+    assert too_big.result("memory_fit").fix == (
+        f"lower kv_cache_memory_bytes to at most {most}, or raise resources.num_gpus"
+    )
+
+
+def test_a_fixed_kv_cache_smaller_than_one_sequence_fails(qwen2_checkpoint):
+    report = check(qwen2_checkpoint, max_model_len=2048, engine_args={"kv_cache_memory_bytes": 4096})
+    assert failures(report) == {"memory_fit"}
+    result = report.result("memory_fit")
+    # one sequence: 2048 tokens x 256 bytes
+    assert result.detail == (
+        "engine_args.kv_cache_memory_bytes 4096 (0.00 GiB) holds less than one 2048-token sequence "
+        "(0.00 GiB); vLLM refuses to start"
+    )
+    assert result.fix == "raise kv_cache_memory_bytes to at least 524288, or lower max_model_len"
