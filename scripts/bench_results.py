@@ -45,6 +45,7 @@ TARGETS = {
     "router_thread": "as router, the model replica's code on an event loop apart from Serve's",
     "router_split": "as router, the model's streams over MODEL_REPLICAS replicas sharing the GPU",
 }
+ROUTER_PHASES = [target for target in TARGETS if target != "bare"]  # each compared with bare
 METRICS = [
     "completed",
     "failed",
@@ -133,7 +134,7 @@ def combine(results: Path, device: str | None, main_concurrency: int) -> dict[st
         if ready.exists():
             entry["ready_seconds"] = int(ready.read_text().strip())
         doc[target] = entry
-    for target in list(TARGETS)[1:]:
+    for target in ROUTER_PHASES:
         doc[ratio_key(target)] = ratios(runs, target)
     # Inter-token latency as clients see it (chunk to chunk), per target and concurrency.
     doc["itl"] = {
@@ -141,7 +142,7 @@ def combine(results: Path, device: str | None, main_concurrency: int) -> dict[st
         for target in TARGETS
         if runs[target]
     }
-    for target in list(TARGETS)[1:]:
+    for target in ROUTER_PHASES:
         if runs["bare"] and runs[target]:
             doc[check_key(target)] = checks(runs, target)
     if shared:
@@ -301,7 +302,7 @@ def ratios(runs: dict[str, dict[int, dict[str, Any]]], target: str) -> dict[str,
 
 def markdown(doc: dict[str, Any]) -> str:
     """One row per concurrency and metric; a value and a ratio column per target that ran."""
-    ran = [t for t in list(TARGETS)[1:] if doc[t]["by_concurrency"]]
+    ran = [t for t in ROUTER_PHASES if doc[t]["by_concurrency"]]
     if not doc["bare"]["by_concurrency"] and not ran:
         return shared_markdown(doc)
     header = "| concurrency | metric | bare vllm serve | " + " | ".join(f"{t} | {t}/bare" for t in ran) + " |"
@@ -398,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(markdown(doc))
-    for target in list(TARGETS)[1:]:
+    for target in ROUTER_PHASES:
         if doc.get(check_key(target)):
             print(f"\nIssue 13's targets 1 and 2 ({target} vs bare):\n\n" + checks_markdown(doc, target))
     if doc.get("serve_gauges"):

@@ -127,10 +127,14 @@ bench() { # bench TARGET PORT CONCURRENCY
     --metric-percentiles 50,90,99 --label "$target" --metadata "target=$target" "concurrency=$c" \
     --save-result --result-dir "$RESULTS" --result-filename "$file" ${BENCH_EXTRA:-} \
     2>&1 | tee "$RESULTS/$target-c$c.log" | grep -E "^(Successful|Failed|Benchmark duration|Request throughput|Output token throughput|Median TTFT|P99 TTFT|Median TPOT|P99 TPOT)" || true
-  # The snapshots stop themselves at the result file (within 10 s), after a census or profile
-  # still on its way (run 8 lost one to a kill here); a failed run leaves none: stop them.
+  # The snapshots stop themselves at the result file, once a census or profile still on its way
+  # has answered (run 8 lost one to a kill here): give them SAMPLER_GRACE_S (60), then stop them,
+  # as at once when a failed run left no result file (the time counts against the call's limit).
   if [ -n "$METRICS_PID" ]; then
-    if [ -f "$RESULTS/$file" ]; then wait "$METRICS_PID" 2>/dev/null || true; else kill "$METRICS_PID" 2>/dev/null || true; fi
+    local grace=0
+    if [ -f "$RESULTS/$file" ]; then grace=${SAMPLER_GRACE_S:-60}; fi
+    while [ "$grace" -gt 0 ] && kill -0 "$METRICS_PID" 2>/dev/null; do sleep 1; grace=$((grace - 1)); done
+    kill "$METRICS_PID" 2>/dev/null || true
   fi
   [ -f "$RESULTS/$file" ] || { log "$target c=$c: no result file; see $RESULTS/$target-c$c.log"; tail -n 30 "$RESULTS/$target-c$c.log"; return 1; }
   # The router's per-stage latencies (router -> replica, tokenize, engine first output) over the
@@ -201,7 +205,7 @@ serve_metrics() { # serve_metrics TARGET CONCURRENCY PORT: Ray Serve's serve_* s
           # With LOOP_PROFILE=S, right after, before top (run 8's 26 s run ended during top's 4 s
           # and the profile never ran): what each replica's event-loop thread spends S seconds on
           # (/stats?profile=S, deployments/loop_profile.py). It slows the loops while it runs, so
-          # the run's figures are a diagnostic's, not a benchmark's, and top's share includes it.
+          # the run's figures are a diagnostic's, not a benchmark's; top comes S seconds later.
           if [ -n "${LOOP_PROFILE:-}" ]; then
             curl -s --max-time 90 "http://127.0.0.1:$3/stats?profile=$LOOP_PROFILE" >"$RESULTS/$1-c$2-profile.json" || true
           fi

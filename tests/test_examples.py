@@ -2,6 +2,7 @@
 checkpoints standing in for the 3B exports they name (the placement and memory arithmetic is
 what is checked: the replicas' shares of the GPU, vLLM's memory share, the fixed KV cache)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _preflight(path: Path) -> subprocess.CompletedProcess:
+def _preflight(path: Path, *flags: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "serve_app.preflight", str(path), "--gpu-memory-gib", "141",
-         "--cluster-gpus", "1", "--cluster-cpus", "16"],
+         "--cluster-gpus", "1", "--cluster-cpus", "16", *flags],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
 
@@ -43,6 +44,14 @@ def test_each_gpu_example_passes_preflight_on_one_h200(tmp_path, stand_ins, exam
     report = _preflight(path)
     assert report.returncode == 0, report.stdout + report.stderr
     assert " 0 failed" in report.stdout
+    # no warning either: each replica's fixed KV cache fits its share of the GPU (a share without
+    # one would warn about vLLM's memory profiling)
+    answer = json.loads(_preflight(path, "--json").stdout)
+    memory = {
+        m["model"]: next(c for c in m["checks"] if c["check"] == "memory_fit") for m in answer["models"]
+    }
+    assert {model: check["status"] for model, check in memory.items()} == dict.fromkeys(memory, "pass")
+    assert all("(engine_args.kv_cache_memory_bytes)" in check["detail"] for check in memory.values())
 
 
 def test_a_third_replica_of_the_split_model_does_not_fit_the_gpu(tmp_path, stand_ins):

@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     if (args.registry is None) == (args.checkpoint is None):
         return _usage(parser, "give a registry file or --checkpoint DIR (one of them)")
-    if args.gpu_memory_gib is not None and args.gpu_memory_gib <= 0:
-        return _usage(parser, "--gpu-memory-gib must be > 0")
+    if args.gpu_memory_gib is not None and not 0 < args.gpu_memory_gib <= 1 << 20:  # NaN fails too
+        return _usage(parser, "--gpu-memory-gib must be above 0 and at most 1048576 (1 PiB)")
     for flag, value in (("--cluster-gpus", args.cluster_gpus), ("--cluster-cpus", args.cluster_cpus)):
         if value is not None and not (math.isfinite(value) and value >= 0):
             return _usage(parser, f"{flag} must be a number >= 0")

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pydantic import TypeAdapter, ValidationError
+
 from serve_app.engines import selection
 from serve_app.errors import MaxModelLenError
 from serve_app.preflight import rules
@@ -29,6 +31,12 @@ if TYPE_CHECKING:
 # activations of one prefill chunk, NCCL buffers. 2 GiB covers 8B-class models at vLLM's default
 # max_num_batched_tokens; the estimate is a floor, not a promise.
 HEADROOM_BYTES = 2 * GIB
+# vLLM's KV block on CUDA for the attention backends these architectures use (CacheConfig.block_size
+# left unset: the platform's default, 16 tokens, vllm/platforms/cuda.py).
+KV_BLOCK_TOKENS = 16
+# A fixed KV cache above this is a typo, not a GPU (and would overflow the float arithmetic of the
+# messages): 1 PiB.
+MOST_KV_BYTES = 1 << 50
 NO_GPU = "no CUDA GPU visible"
 
 
@@ -50,7 +58,11 @@ class MemoryEstimate:
         return self.weights // self.tp
 
     def kv(self, sequences: int) -> int:
-        return self.kv_per_token * self.max_model_len * sequences
+        """KV bytes for ``sequences`` full-length ones, each in whole blocks of
+        ``KV_BLOCK_TOKENS`` (vLLM's ``AttentionSpec.max_memory_usage_bytes``:
+        ``cdiv(max_model_len, block_size) * page_size_bytes``)."""
+        tokens = -(-self.max_model_len // KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS
+        return self.kv_per_token * tokens * sequences
 
     def need(self, sequences: int = 1) -> int:
         return self.weights_per_gpu + self.kv(sequences) + self.headroom
@@ -136,6 +148,14 @@ def check_memory_fit(ctx: ModelContext) -> CheckResult:
     if total is None:
         return skipped(name, f"no GPU to compare against; vLLM needs {est.describe()}", **est.as_data())
     spec = ctx.spec
+    if spec.resources.num_gpus == 0:
+        return failed(
+            name,
+            "resources.num_gpus 0: Ray gives the replica no GPU, and vLLM cannot start without one",
+            "set resources.num_gpus to tensor_parallel_size (or a share of a GPU, e.g. 0.45 with "
+            "gpu_memory_utilization 0.45), or use engine: cpu",
+            **est.as_data(),
+        )
     share = min(1.0, spec.resources.num_gpus / spec.tensor_parallel_size) if spec.resources.num_gpus else 1.0
     if spec.gpu_memory_utilization > share + 1e-9:
         return failed(
@@ -145,9 +165,8 @@ def check_memory_fit(ctx: ModelContext) -> CheckResult:
             f"set gpu_memory_utilization to at most {share:g}",
             **est.as_data(),
         )
-    fixed_kv = _fixed_kv_bytes(spec)
-    if fixed_kv is not None:
-        return _fixed_kv_fit(est, fixed_kv, total, label, share)
+    if "kv_cache_memory_bytes" in spec.engine_args and spec.engine_args["kv_cache_memory_bytes"] is not None:
+        return _fixed_kv_fit(ctx, est, spec.engine_args["kv_cache_memory_bytes"], total, label, share)
     budget = int(total * spec.gpu_memory_utilization)
     data = {**est.as_data(), "budget_bytes_per_gpu": budget}
     where = f"{label} x gpu_memory_utilization {spec.gpu_memory_utilization:g} = {gib(budget)}"
@@ -161,23 +180,29 @@ def check_memory_fit(ctx: ModelContext) -> CheckResult:
         )
     room = budget - est.weights_per_gpu - est.headroom
     sequences = room // max(1, est.kv(1))
-    fits = (
-        f"{est.describe()}; available {where}; "
-        f"KV room {gib(room)} = {sequences} sequences of {est.max_model_len} tokens"
-    )
+    fits = f"{est.describe()}; available {where}; KV room {gib(room)} = {_sequences(sequences, est)}"
+    warnings, fixes = [], []
     if est.max_num_seqs is not None and sequences < est.max_num_seqs:
-        return warned(name, f"{fits}, fewer than max_num_seqs {est.max_num_seqs}", FEWER_SEQS_FIX, **data)
+        warnings.append(f"fewer than max_num_seqs {est.max_num_seqs}")
+        fixes.append(FEWER_SEQS_FIX)
     if share < 1.0:
-        return warned(
-            name,
-            f"{fits}; resources.num_gpus {spec.resources.num_gpus:g} shares the GPU, and vLLM sizes this "
-            "replica's KV cache by profiling free memory at start: replicas starting at once on one GPU "
-            "count each other's allocations as their own (vllm/utils/mem_utils.py, memory_profiling), "
-            "which can leave one with no KV cache",
-            f"set engine_args.kv_cache_memory_bytes (at most {room} here: the KV room above)",
-            **data,
+        warnings.append(
+            f"a replica gets {share:g} of each GPU (resources.num_gpus {spec.resources.num_gpus:g} / "
+            f"tensor_parallel_size {spec.tensor_parallel_size}), and vLLM sizes its KV cache by "
+            "profiling free memory at start: replicas starting at once on one GPU count each other's "
+            "allocations as their own (vllm/utils/mem_utils.py, memory_profiling), which can leave one "
+            "with no KV cache"
         )
+        fixes.append(
+            f"set engine_args.kv_cache_memory_bytes (at most {room}, {gib(room)}, here: the KV room above)"
+        )
+    if warnings:
+        return warned(name, f"{fits}; " + "; ".join(warnings), "; ".join(fixes), **data)
     return passed(name, fits, **data)
+
+
+def _sequences(count: int, est: MemoryEstimate) -> str:
+    return f"{count} sequence{'' if count == 1 else 's'} of {est.max_model_len} tokens"
 
 
 FEWER_SEQS_FIX = (
@@ -185,30 +210,44 @@ FEWER_SEQS_FIX = (
 )
 
 
-def _fixed_kv_bytes(spec: ModelSpec) -> int | None:
-    """``engine_args.kv_cache_memory_bytes`` when it is a positive whole number of bytes, else None
-    (vLLM's own argument check reports anything else when the engine starts)."""
-    value = spec.engine_args.get("kv_cache_memory_bytes")
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def _fixed_kv_fit(est: MemoryEstimate, fixed_kv: int, total: int, label: str, share: float) -> CheckResult:
+def _fixed_kv_fit(
+    ctx: ModelContext, est: MemoryEstimate, value: object, total: int, label: str, share: float
+) -> CheckResult:
     """memory_fit with a fixed KV cache: vLLM then sizes the cache by ``kv_cache_memory_bytes`` and
     not by ``gpu_memory_utilization`` (vllm/config/cache.py, CacheConfig.kv_cache_memory_bytes: "when
     not-None ignores gpu_memory_utilization"), so a replica takes weights + that cache + headroom,
-    which must fit its share of the GPU (``resources.num_gpus`` / tensor_parallel_size, at most 1):
-    the rest of the GPU is other replicas' share. vLLM refuses to start when the cache holds less
-    than one ``max_model_len`` sequence."""
+    which must fit its share of each GPU (``resources.num_gpus`` / tensor_parallel_size, at most 1):
+    the rest of the GPU is other replicas' share. ``value`` is read as vLLM's pydantic config reads
+    an ``int`` (lax mode: ``2.0e10`` and ``"21474836480"`` are whole numbers). vLLM refuses to
+    start when the cache holds less than one ``max_model_len`` sequence (in whole KV blocks)."""
     name = "memory_fit"
-    share_bytes = int(total * share)
-    footprint = est.weights_per_gpu + fixed_kv + est.headroom
-    data = {**est.as_data(), "kv_cache_memory_bytes": fixed_kv, "budget_bytes_per_gpu": share_bytes}
-    where = f"{label} x a replica's share {share:g} = {gib(share_bytes)}"
-    if fixed_kv < est.kv(1):
+    try:
+        fixed_kv = TypeAdapter(int).validate_python(value)
+    except ValidationError:
+        fixed_kv = None
+    if fixed_kv is None or isinstance(value, bool) or not 0 < fixed_kv <= MOST_KV_BYTES:
         return failed(
             name,
-            f"engine_args.kv_cache_memory_bytes {fixed_kv} ({gib(fixed_kv)}) holds less than one "
-            f"{est.max_model_len}-token sequence ({gib(est.kv(1))}); vLLM refuses to start",
+            f"engine_args.kv_cache_memory_bytes {value!r} is not a KV cache size: it is a whole number "
+            f"of bytes per GPU, above 0 and at most {MOST_KV_BYTES} (1 PiB)",
+            "set it in bytes, e.g. 21474836480 for 20 GiB, or remove it to size the cache by "
+            "gpu_memory_utilization",
+            **est.as_data(),
+        )
+    share_bytes = int(total * share)
+    footprint = est.weights_per_gpu + fixed_kv + est.headroom
+    data = {
+        **est.as_data(),
+        "kv_cache_memory_bytes": fixed_kv,
+        "need_bytes_per_gpu": footprint,
+        "budget_bytes_per_gpu": share_bytes,
+    }
+    where = f"{label} x a replica's share {share:g} = {gib(share_bytes)}"
+    if fixed_kv < est.kv(1) and _length_allowed(ctx):
+        return failed(
+            name,
+            f"engine_args.kv_cache_memory_bytes {fixed_kv} holds less than one {est.max_model_len}-token "
+            f"sequence ({est.kv(1)} bytes in whole {KV_BLOCK_TOKENS}-token blocks); vLLM refuses to start",
             f"raise kv_cache_memory_bytes to at least {est.kv(1)}, or lower max_model_len",
             **data,
         )
@@ -218,17 +257,29 @@ def _fixed_kv_fit(est: MemoryEstimate, fixed_kv: int, total: int, label: str, sh
     )
     if footprint > share_bytes:
         most = share_bytes - est.weights_per_gpu - est.headroom
+        more_gpu = " or raise resources.num_gpus (this replica's share of a GPU)" if share < 1.0 else ""
         fix = (
-            f"lower kv_cache_memory_bytes to at most {most}, or raise resources.num_gpus"
+            f"lower kv_cache_memory_bytes to at most {most} ({gib(most)}){',' if more_gpu else ''}{more_gpu}"
             if most >= est.kv(1)
-            else "raise resources.num_gpus or tensor_parallel_size, or place the model on a larger GPU"
+            else f"place the model on a larger GPU{',' if more_gpu else ''}{more_gpu}, or spread its "
+            "weights with a larger tensor_parallel_size"
         )
         return failed(name, f"does not fit: {takes}; available {where}", fix, **data)
     sequences = fixed_kv // max(1, est.kv(1))
-    fits = f"{takes}; available {where}; KV cache = {sequences} sequences of {est.max_model_len} tokens"
+    fits = f"{takes}; available {where}; KV cache = {_sequences(sequences, est)}"
     if est.max_num_seqs is not None and sequences < est.max_num_seqs:
         return warned(name, f"{fits}, fewer than max_num_seqs {est.max_num_seqs}", FEWER_SEQS_FIX, **data)
     return passed(name, fits, **data)
+
+
+def _length_allowed(ctx: ModelContext) -> bool:
+    """Whether the registry's max_model_len is within the checkpoint's: past it, check
+    max_model_len fails on its own and a cache sized for the wrong length is not a second fault."""
+    try:
+        ctx.context_length()
+    except MaxModelLenError:
+        return False
+    return True
 
 
 def check_parallelism(ctx: ModelContext) -> CheckResult:

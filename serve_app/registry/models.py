@@ -178,7 +178,9 @@ class ModelSpec(StrictModel):
     )
 
     # Engine options (vLLM names; the CPU engine honours max_model_len and max_num_seqs).
-    max_model_len: int | None = Field(default=None, ge=1, description="Context window; default: config's.")
+    max_model_len: int | None = Field(
+        default=None, ge=1, le=1 << 32, description="Context window; default: config's."
+    )  # 4G tokens: far past any checkpoint, and within the float arithmetic of preflight's messages
     gpu_memory_utilization: float = Field(
         default=0.9, gt=0, le=1, description="Share of the GPU's memory this replica's vLLM may use."
     )

@@ -195,7 +195,7 @@ def test_a_type_named_coroutine_whose_module_is_not_a_string_does_not_fail_the_c
 
     coroutine = type("coroutine", (), {})
     coroutine.__module__ = _Slots.__dict__["member"]  # what Cython's type gives on 3.12
-    kept = [coroutine() for _ in range(3)]
+    _alive = [coroutine() for _ in range(3)]  # in the collector's objects while the census runs
 
     async def run():
         event = asyncio.Event()
@@ -210,5 +210,21 @@ def test_a_type_named_coroutine_whose_module_is_not_a_string_does_not_fail_the_c
     assert "error" not in census
     held = re.compile(r"wait awaits Future <- " + PLACE + " _held <- " + PLACE + " _outer")
     assert any(held.search(place) for place, _ in census["top"])
-    assert not census["native"]
-    assert len(kept) == 3
+    assert not census["native"]  # no coroutine parts: not a compiled coroutine
+
+
+def test_a_compiled_coroutine_type_is_told_by_its_parts_whatever_its_module():
+    """Cython's coroutine type: named ``coroutine``, with ``cr_await``, ``cr_frame``, ``cr_running``,
+    ``send`` and ``throw``, and on Python 3.12 a member descriptor for ``__module__``."""
+    from serve_app.deployments.await_census import _is_native
+
+    class _Slots:
+        __slots__ = ("member",)
+
+    parts = dict.fromkeys(("cr_await", "cr_frame", "cr_running", "send", "throw"))
+    compiled = type("coroutine", (), parts)
+    compiled.__module__ = _Slots.__dict__["member"]
+    assert _is_native(compiled)
+    assert not _is_native(types.CoroutineType)  # Python's own: followed as Python
+    assert not _is_native(type("coroutine", (), {}))
+    assert not _is_native(type("Task", (), parts))

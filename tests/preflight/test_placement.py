@@ -72,7 +72,7 @@ def test_max_num_seqs_beyond_the_kv_room_warns(qwen2_checkpoint):
     report = preflight_model(spec, gpu=H100, env=GOOD_ENV, gpu_memory_gib=2.5)
     result = report.result("memory_fit")
     assert result.status == "warn" and report.ok
-    assert "sequences of 2048 tokens, fewer than max_num_seqs 1024" in result.detail
+    assert "sequences of 2048 tokens; fewer than max_num_seqs 1024" in result.detail
 
 
 def test_tensor_parallel_size_larger_than_the_node(qwen2_checkpoint):
@@ -294,7 +294,7 @@ def test_replicas_sharing_a_gpu_without_a_fixed_kv_cache_are_warned(qwen2_checkp
     report = check(qwen2_checkpoint, resources={"num_gpus": 0.5}, gpu_memory_utilization=0.45)
     result = report.result("memory_fit")
     assert result.status == "warn" and report.ok
-    assert "resources.num_gpus 0.5 shares the GPU" in result.detail
+    assert "a replica gets 0.5 of each GPU (resources.num_gpus 0.5 / tensor_parallel_size 1)" in result.detail
     assert "(vllm/utils/mem_utils.py, memory_profiling)" in result.detail
     assert result.fix.startswith("set engine_args.kv_cache_memory_bytes (at most ")
     assert check(qwen2_checkpoint).result("memory_fit").status == "pass"  # a whole GPU: nothing to share
@@ -317,7 +317,8 @@ def test_a_fixed_kv_cache_is_measured_against_the_replicas_share(qwen2_checkpoin
     most = 40 * GIB - weights - HEADROOM_BYTES
     assert too_big.result("memory_fit").detail.startswith("does not fit: weights ")
     assert too_big.result("memory_fit").fix == (
-        f"lower kv_cache_memory_bytes to at most {most}, or raise resources.num_gpus"
+        f"lower kv_cache_memory_bytes to at most {most} ({most / GIB:.2f} GiB), or raise resources.num_gpus"
+        " (this replica's share of a GPU)"
     )
 
 
@@ -327,7 +328,99 @@ def test_a_fixed_kv_cache_smaller_than_one_sequence_fails(qwen2_checkpoint):
     result = report.result("memory_fit")
     # one sequence: 2048 tokens x 256 bytes
     assert result.detail == (
-        "engine_args.kv_cache_memory_bytes 4096 (0.00 GiB) holds less than one 2048-token sequence "
-        "(0.00 GiB); vLLM refuses to start"
+        "engine_args.kv_cache_memory_bytes 4096 holds less than one 2048-token sequence (524288 bytes in "
+        "whole 16-token blocks); vLLM refuses to start"
     )
     assert result.fix == "raise kv_cache_memory_bytes to at least 524288, or lower max_model_len"
+
+
+@pytest.mark.parametrize("value", [39.0 * GIB, str(39 * GIB)])
+def test_a_fixed_kv_cache_is_read_as_vllms_config_reads_it(qwen2_checkpoint, value):
+    """vLLM's pydantic config takes 41875931136.0 and "41875931136" as whole numbers: so does preflight."""
+    shared = {"resources": {"num_gpus": 0.5}, "gpu_memory_utilization": 0.45}
+    report = check(qwen2_checkpoint, engine_args={"kv_cache_memory_bytes": value}, **shared)
+    assert failures(report) == {"memory_fit"}
+    assert report.result("memory_fit").detail.startswith("does not fit: weights ")
+    assert report.result("memory_fit").data["need_bytes_per_gpu"] > 39 * GIB
+
+
+@pytest.mark.parametrize("value", [True, -5, 0, 1.5, "20G", 10**400])
+def test_a_kv_cache_size_that_is_not_one_fails_naming_the_field(qwen2_checkpoint, value):
+    report = check(qwen2_checkpoint, engine_args={"kv_cache_memory_bytes": value})
+    assert failures(report) == {"memory_fit"}
+    result = report.result("memory_fit")
+    assert result.detail.startswith(f"engine_args.kv_cache_memory_bytes {value!r} is not a KV cache size")
+    assert result.fix.startswith("set it in bytes, e.g. 21474836480 for 20 GiB")
+
+
+def test_vllm_with_no_gpu_share_fails(qwen2_checkpoint):
+    report = check(qwen2_checkpoint, resources={"num_gpus": 0})
+    assert failures(report) == {"memory_fit"}
+    assert report.result("memory_fit").detail == (
+        "resources.num_gpus 0: Ray gives the replica no GPU, and vLLM cannot start without one"
+    )
+
+
+def test_a_shared_gpu_with_too_many_sequences_gives_both_warnings(qwen2_checkpoint):
+    spec = spec_for_checkpoint(
+        qwen2_checkpoint, max_num_seqs=1024, resources={"num_gpus": 0.5}, gpu_memory_utilization=0.45
+    )
+    result = preflight_model(spec, gpu=H100, env=GOOD_ENV, gpu_memory_gib=5).result("memory_fit")
+    assert result.status == "warn"
+    assert "; fewer than max_num_seqs 1024; a replica gets 0.5 of each GPU" in result.detail
+    assert result.fix.startswith("lower max_num_seqs or max_model_len to what fits")
+    assert "; set engine_args.kv_cache_memory_bytes (at most " in result.fix
+
+
+def test_one_sequence_is_counted_in_whole_kv_blocks(qwen2_checkpoint):
+    """vLLM sizes a sequence in 16-token blocks: 1000 tokens take 63 blocks (1008 tokens)."""
+    per_token = 256
+    short = check(
+        qwen2_checkpoint, max_model_len=1000, engine_args={"kv_cache_memory_bytes": 1000 * per_token}
+    )
+    assert failures(short) == {"memory_fit"}
+    assert "(258048 bytes in whole 16-token blocks)" in short.result("memory_fit").detail
+    enough = check(
+        qwen2_checkpoint, max_model_len=1000, engine_args={"kv_cache_memory_bytes": 1008 * per_token}
+    )
+    assert enough.result("memory_fit").status == "pass"
+    assert "KV cache = 1 sequence of 1000 tokens" in enough.result("memory_fit").detail
+
+
+def test_a_max_model_len_past_the_checkpoint_fails_once(qwen2_checkpoint):
+    """The registry's max_model_len past the checkpoint's is check max_model_len's failure; the
+    fixed cache sized for it is not a second one."""
+    report = check(qwen2_checkpoint, max_model_len=8192, engine_args={"kv_cache_memory_bytes": 1024 * 1024})
+    assert failures(report) == {"max_model_len"}
+
+
+def test_a_fixed_kv_cache_with_tensor_parallelism_is_per_gpu(qwen2_checkpoint):
+    """num_gpus 1 over tensor_parallel_size 2 is half of each of two GPUs: the fixed cache (per GPU,
+    as vLLM counts it) must fit 40 GiB of an 80 GiB H100, and nothing bigger helps but more GPU."""
+    spec = {"tensor_parallel_size": 2, "resources": {"num_gpus": 1}, "gpu_memory_utilization": 0.5}
+    fits = check(qwen2_checkpoint, engine_args={"kv_cache_memory_bytes": 30 * GIB}, **spec).result(
+        "memory_fit"
+    )
+    assert fits.status == "pass" and "x a replica's share 0.5 = 40.00 GiB" in fits.detail
+    nothing_fits = check(
+        qwen2_checkpoint, gpu_memory_utilization=0.02, engine_args={"kv_cache_memory_bytes": GIB},
+        resources={"num_gpus": 0.02},  # 1.6 GiB: less than the 2 GiB headroom alone
+    )  # fmt: skip
+    result = nothing_fits.result("memory_fit")
+    assert failures(nothing_fits) == {"memory_fit"}
+    assert result.fix == (
+        "place the model on a larger GPU, or raise resources.num_gpus (this replica's share of a GPU), "
+        "or spread its weights with a larger tensor_parallel_size"
+    )
+
+
+def test_a_fixed_kv_cache_with_fewer_sequences_than_max_num_seqs_warns(qwen2_checkpoint):
+    report = check(
+        qwen2_checkpoint,
+        max_model_len=2048,
+        max_num_seqs=8,
+        engine_args={"kv_cache_memory_bytes": 4 * 524288},
+    )
+    result = report.result("memory_fit")
+    assert result.status == "warn" and report.ok
+    assert result.detail.endswith("KV cache = 4 sequences of 2048 tokens, fewer than max_num_seqs 8")
