@@ -161,7 +161,8 @@ def check_memory_fit(ctx: ModelContext) -> CheckResult:
         return failed(
             name,
             f"gpu_memory_utilization {spec.gpu_memory_utilization:g} but a replica gets {share:g} of a GPU "
-            f"(resources.num_gpus {spec.resources.num_gpus:g}); a second replica on that GPU cannot allocate",
+            f"(resources.num_gpus {spec.resources.num_gpus:g}); a second replica on that GPU cannot start "
+            "(vLLM starts only when gpu_memory_utilization x the GPU's memory is free)",
             f"set gpu_memory_utilization to at most {share:g}",
             **est.as_data(),
         )
@@ -465,6 +466,10 @@ def check_checkpoint_nodes(view: selection.NodeView | None) -> CheckResult:
 def _gpu_fit(
     demands: list[tuple[ModelSpec, str]], gpu: GpuInfo | None, cluster_gpus: float | None
 ) -> CheckResult:
+    """GPUs at min_replicas against the cluster's (a shortfall fails: Ray leaves those replicas
+    pending forever), with warnings for what would not fit later: max_replicas beyond the GPUs, and
+    ``engine: auto`` models that claim no GPU only because vLLM is not installed where preflight
+    runs (``--cluster-gpus`` on a machine without vLLM)."""
     name = "cluster_fit"
     parts = [
         (spec.name, spec.autoscaling.min_replicas, selection.gpus_per_replica(spec, engine))
@@ -472,12 +477,25 @@ def _gpu_fit(
     ]
     need = sum(replicas * per for _, replicas, per in parts)
     breakdown = _breakdown(parts)
-    if need == 0:
-        return passed(name, "no model needs a GPU at min_replicas")
     available = cluster_gpus if cluster_gpus is not None else selection.cluster_gpus()
     source = "Ray cluster"
     if available is None and gpu is not None:
         available, source = float(gpu.count), "this node"
+    warnings, fixes = [], []
+    on_cpu = [spec for spec, engine in demands if spec.engine == "auto" and engine == "cpu"]
+    if available and on_cpu:
+        would = [(s.name, s.autoscaling.min_replicas, selection.gpus_per_replica(s, "vllm")) for s in on_cpu]
+        warnings.append(
+            f"engine auto runs the CPU engine where vLLM is not installed (here), so "
+            f"{', '.join(s.name for s in on_cpu)} claim no GPU; where vLLM is, their min_replicas claim "
+            f"{sum(r * per for _, r, per in would):g} ({_breakdown(would)})"
+        )
+        fixes.append("set engine: vllm on them to check them as a GPU machine runs them")
+    if need == 0:
+        fits = "no model needs a GPU at min_replicas"
+        if warnings:
+            return warned(name, f"{fits}; " + "; ".join(warnings), "; ".join(fixes))
+        return passed(name, fits)
     if available is None:
         return skipped(name, f"{NO_GPU}; min_replicas need {need:g} GPUs ({breakdown})", need_gpus=need)
     data = {"need_gpus": need, "available_gpus": available}
@@ -490,4 +508,17 @@ def _gpu_fit(
             "or add GPUs",
             **data,
         )
-    return passed(name, f"min_replicas need {need:g} of {available:g} GPUs ({source}; {breakdown})", **data)
+    fits = f"min_replicas need {need:g} of {available:g} GPUs ({source}; {breakdown})"
+    at_most = [(s.name, s.autoscaling.max_replicas, selection.gpus_per_replica(s, e)) for s, e in demands]
+    most = sum(replicas * per for _, replicas, per in at_most)
+    if most > available + 1e-9:
+        data["max_replicas_gpus"] = most
+        warnings.insert(
+            0,
+            f"max_replicas would need {most:g} ({_breakdown(at_most)}): replicas the autoscaler adds "
+            "beyond the GPUs wait for one, pending, while the others serve",
+        )
+        fixes.insert(0, "lower autoscaling.max_replicas to what fits")
+    if warnings:
+        return warned(name, f"{fits}; " + "; ".join(warnings), "; ".join(fixes), **data)
+    return passed(name, fits, **data)

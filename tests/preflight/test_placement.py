@@ -424,3 +424,40 @@ def test_a_fixed_kv_cache_with_fewer_sequences_than_max_num_seqs_warns(qwen2_che
     result = report.result("memory_fit")
     assert result.status == "warn" and report.ok
     assert result.detail.endswith("KV cache = 4 sequences of 2048 tokens, fewer than max_num_seqs 8")
+
+
+def test_max_replicas_beyond_the_gpus_warns(qwen2_checkpoint):
+    """Two replicas at 0.45 fit one GPU; an autoscaler allowed a third would leave it pending."""
+    shared = {"resources": {"num_gpus": 0.45}, "gpu_memory_utilization": 0.45,
+              "engine_args": {"kv_cache_memory_bytes": 20 * GIB}}  # fmt: skip
+    fits = specs(qwen2_checkpoint, 1, autoscaling={"min_replicas": 2, "max_replicas": 2}, **shared)
+    assert (
+        run_preflight(fits, gpu=H100, env=GOOD_ENV, cluster_gpus=1, cluster_cpus=4).cluster[0].status
+        == "pass"
+    )
+    more = specs(qwen2_checkpoint, 1, autoscaling={"min_replicas": 2, "max_replicas": 3}, **shared)
+    report = run_preflight(more, gpu=H100, env=GOOD_ENV, cluster_gpus=1, cluster_cpus=4)
+    cluster = report.cluster[0]
+    assert cluster.status == "warn" and report.ok
+    assert "; max_replicas would need 1.35 (m0: 3 x 0.45): replicas the autoscaler adds beyond the GPUs" in (
+        cluster.detail
+    )
+    assert cluster.fix == "lower autoscaling.max_replicas to what fits"
+
+
+def test_engine_auto_without_vllm_here_says_what_it_would_claim_on_the_gpus(qwen2_checkpoint):
+    """A user checking a GPU registry on a laptop (--cluster-gpus 1, no vLLM): engine auto means
+    the CPU engine here, which claims no GPU, so cluster_fit says what vLLM would claim."""
+    model = specs(qwen2_checkpoint, 3, autoscaling={"min_replicas": 3, "max_replicas": 3})[:1]  # engine auto
+    report = run_preflight(model, gpu=None, env=NO_VLLM, cluster_gpus=1, cluster_cpus=8)
+    cluster = report.cluster[0]
+    assert cluster.status == "warn"
+    assert cluster.detail.startswith(
+        "no model needs a GPU at min_replicas; engine auto runs the CPU engine where vLLM is not "
+        "installed (here), so m0 claim no GPU; where vLLM is, their min_replicas claim 3 (m0: 3 x 1)"
+    )
+    assert cluster.fix == "set engine: vllm on them to check them as a GPU machine runs them"
+    checked = run_preflight([model[0].model_copy(update={"engine": "vllm"})], gpu=None, env=NO_VLLM,
+                            cluster_gpus=1, cluster_cpus=8)  # fmt: skip
+    assert checked.cluster[0].status == "fail"
+    assert checked.cluster[0].detail.startswith("min_replicas need 3 GPUs (m0: 3 x 1) but Ray cluster has 1")
