@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from serve_app.errors import RegistryError
+from serve_app.registry.engine_arg_names import VLLM_ENGINE_ARGS
 from serve_app.registry.layout import (
     LEGACY_IMPORT_PATH,
     LIVE_FIELDS,
@@ -231,6 +232,8 @@ def describe_error(error: dict[str, Any], args: Any, source: str) -> str:
         names = sorted(_fields_at(loc[:-1], top=not in_model))
         close = difflib.get_close_matches(str(loc[-1]), names, n=1) if loc else []
         hint = f"did you mean {close[0]!r}? " if close else ""
+        if loc and str(loc[-1]) in VLLM_ENGINE_ARGS and "engine_args" in names:
+            hint = f"it is a vLLM engine argument: set it under engine_args ({{{loc[-1]}: ...}}); "
         message = f"unknown field; {hint}allowed fields here: {', '.join(names)}"
     elif error["type"] == "literal_error" or error["type"].startswith(("greater_than", "less_than")):
         message = f"{message} (got {error.get('input')!r})"

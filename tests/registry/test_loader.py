@@ -63,6 +63,19 @@ def test_unknown_field_names_file_model_field_and_allowed_fields(tmp_path, ckpt_
     assert "max_model_len" in message.split("allowed fields here:")[1]
 
 
+def test_a_vllm_engine_argument_next_to_checkpoint_is_pointed_to_engine_args(tmp_path, ckpt_dir):
+    """Copying a `vllm serve` flag into the model entry: the hint names engine_args, not the
+    look-alike kv_cache_dtype."""
+    path = write(tmp_path, [{"name": "qwen", "checkpoint": "ck", "kv_cache_memory_bytes": 21474836480}])
+    with pytest.raises(RegistryError) as info:
+        load_registry(path)
+    assert (
+        f"{path}: application 'qwen' (name 'qwen'): field 'kv_cache_memory_bytes': unknown field; "
+        "it is a vLLM engine argument: set it under engine_args ({kv_cache_memory_bytes: ...}); "
+        "allowed fields here: " in str(info.value)
+    )
+
+
 def test_autoscaling_config_without_target_is_refused(tmp_path, ckpt_dir):
     path = write(tmp_path, [{"name": "qwen", "checkpoint": "ck", "autoscaling": {"min_replicas": 1}}])
     document = yaml.safe_load(path.read_text())
