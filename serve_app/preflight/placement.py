@@ -230,7 +230,12 @@ def _fixed_kv_fit(
         return failed(
             name,
             f"engine_args.kv_cache_memory_bytes {value!r} is not a KV cache size: it is a whole number "
-            f"of bytes per GPU, above 0 and at most {MOST_KV_BYTES} (1 PiB)",
+            f"of bytes per GPU, above 0 and at most {MOST_KV_BYTES} (1 PiB)"
+            + (
+                " (YAML read this one as text: 2e10 is text to YAML, 2.0e+10 a number)"
+                if isinstance(value, str)
+                else ""
+            ),
             "set it in bytes, e.g. 21474836480 for 20 GiB, or remove it to size the cache by "
             "gpu_memory_utilization",
             **est.as_data(),

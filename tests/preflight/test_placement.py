@@ -351,6 +351,9 @@ def test_a_kv_cache_size_that_is_not_one_fails_naming_the_field(qwen2_checkpoint
     result = report.result("memory_fit")
     assert result.detail.startswith(f"engine_args.kv_cache_memory_bytes {value!r} is not a KV cache size")
     assert result.fix.startswith("set it in bytes, e.g. 21474836480 for 20 GiB")
+    assert result.detail.endswith("(YAML read this one as text: 2e10 is text to YAML, 2.0e+10 a number)") == (
+        isinstance(value, str)
+    )
 
 
 def test_vllm_with_no_gpu_share_fails(qwen2_checkpoint):
