@@ -128,12 +128,15 @@ bench() { # bench TARGET PORT CONCURRENCY
     --save-result --result-dir "$RESULTS" --result-filename "$file" ${BENCH_EXTRA:-} \
     2>&1 | tee "$RESULTS/$target-c$c.log" | grep -E "^(Successful|Failed|Benchmark duration|Request throughput|Output token throughput|Median TTFT|P99 TTFT|Median TPOT|P99 TPOT)" || true
   # The snapshots stop themselves at the result file, once a census or profile still on its way
-  # has answered (run 8 lost one to a kill here): give them SAMPLER_GRACE_S (60), then stop them,
-  # as at once when a failed run left no result file (the time counts against the call's limit).
+  # has answered (run 8 lost one to a kill here): give them SAMPLER_GRACE_S (60; a census answers
+  # in seconds, a LOOP_PROFILE=5 about 10 s after it, the worst case of their curl limits is 150 s),
+  # then stop them and their curl, as at once when a failed run left no result file (the time
+  # counts against the device call's limit).
   if [ -n "$METRICS_PID" ]; then
     local grace=0
     if [ -f "$RESULTS/$file" ]; then grace=${SAMPLER_GRACE_S:-60}; fi
     while [ "$grace" -gt 0 ] && kill -0 "$METRICS_PID" 2>/dev/null; do sleep 1; grace=$((grace - 1)); done
+    pkill -P "$METRICS_PID" 2>/dev/null || true
     kill "$METRICS_PID" 2>/dev/null || true
   fi
   [ -f "$RESULTS/$file" ] || { log "$target c=$c: no result file; see $RESULTS/$target-c$c.log"; tail -n 30 "$RESULTS/$target-c$c.log"; return 1; }

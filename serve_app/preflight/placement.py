@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 # activations of one prefill chunk, NCCL buffers. 2 GiB covers 8B-class models at vLLM's default
 # max_num_batched_tokens; the estimate is a floor, not a promise.
 HEADROOM_BYTES = 2 * GIB
-# vLLM's KV block on CUDA for the attention backends these architectures use (CacheConfig.block_size
-# left unset: the platform's default, 16 tokens, vllm/platforms/cuda.py).
+# vLLM's KV block when engine_args sets no block_size: CacheConfig.DEFAULT_BLOCK_SIZE
+# (vllm/config/cache.py), which the CUDA attention backends these architectures use keep
+# (FlashAttention, FlashInfer: Platform.update_block_size_for_backend).
 KV_BLOCK_TOKENS = 16
 # A fixed KV cache above this is a typo, not a GPU (and would overflow the float arithmetic of the
 # messages): 1 PiB.
@@ -52,16 +53,17 @@ class MemoryEstimate:
     max_model_len: int
     max_num_seqs: int | None
     headroom: int = HEADROOM_BYTES
+    block_tokens: int = KV_BLOCK_TOKENS
 
     @property
     def weights_per_gpu(self) -> int:
         return self.weights // self.tp
 
     def kv(self, sequences: int) -> int:
-        """KV bytes for ``sequences`` full-length ones, each in whole blocks of
-        ``KV_BLOCK_TOKENS`` (vLLM's ``AttentionSpec.max_memory_usage_bytes``:
-        ``cdiv(max_model_len, block_size) * page_size_bytes``)."""
-        tokens = -(-self.max_model_len // KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS
+        """KV bytes for ``sequences`` full-length ones, each in whole blocks of ``block_tokens``
+        (vLLM's ``FullAttentionSpec.max_memory_usage_bytes``, vllm/v1/kv_cache_interface.py:
+        ``cdiv(max_model_len, block_size) * page_size_bytes``, summed over the layers)."""
+        tokens = -(-self.max_model_len // self.block_tokens) * self.block_tokens
         return self.kv_per_token * tokens * sequences
 
     def need(self, sequences: int = 1) -> int:
@@ -96,7 +98,17 @@ def estimate(ctx: ModelContext) -> MemoryEstimate:
         kv_per_token=2 * g.layers * kv_heads_per_gpu * g.head_dim * kv_bytes,
         max_model_len=_max_model_len(ctx),
         max_num_seqs=spec.max_num_seqs,
+        block_tokens=_block_tokens(spec),
     )
+
+
+def _block_tokens(spec: ModelSpec) -> int:
+    """engine_args.block_size read as vLLM's config reads an int, else vLLM's default."""
+    try:
+        size = TypeAdapter(int).validate_python(spec.engine_args.get("block_size"))
+    except ValidationError:
+        return KV_BLOCK_TOKENS
+    return size if 0 < size <= 1 << 20 else KV_BLOCK_TOKENS
 
 
 def _max_model_len(ctx: ModelContext) -> int:
@@ -227,19 +239,7 @@ def _fixed_kv_fit(
     except ValidationError:
         fixed_kv = None
     if fixed_kv is None or isinstance(value, bool) or not 0 < fixed_kv <= MOST_KV_BYTES:
-        return failed(
-            name,
-            f"engine_args.kv_cache_memory_bytes {value!r} is not a KV cache size: it is a whole number "
-            f"of bytes per GPU, above 0 and at most {MOST_KV_BYTES} (1 PiB)"
-            + (
-                " (YAML read this one as text: 2e10 is text to YAML, 2.0e+10 a number)"
-                if isinstance(value, str)
-                else ""
-            ),
-            "set it in bytes, e.g. 21474836480 for 20 GiB, or remove it to size the cache by "
-            "gpu_memory_utilization",
-            **est.as_data(),
-        )
+        return failed(name, _not_a_size(value), _NOT_A_SIZE_FIX, **est.as_data())
     share_bytes = int(total * share)
     footprint = est.weights_per_gpu + fixed_kv + est.headroom
     data = {
@@ -253,7 +253,7 @@ def _fixed_kv_fit(
         return failed(
             name,
             f"engine_args.kv_cache_memory_bytes {fixed_kv} holds less than one {est.max_model_len}-token "
-            f"sequence ({est.kv(1)} bytes in whole {KV_BLOCK_TOKENS}-token blocks); vLLM refuses to start",
+            f"sequence ({est.kv(1)} bytes in whole {est.block_tokens}-token blocks); vLLM refuses to start",
             f"raise kv_cache_memory_bytes to at least {est.kv(1)}, or lower max_model_len",
             **data,
         )
@@ -276,6 +276,30 @@ def _fixed_kv_fit(
     if est.max_num_seqs is not None and sequences < est.max_num_seqs:
         return warned(name, f"{fits}, fewer than max_num_seqs {est.max_num_seqs}", FEWER_SEQS_FIX, **data)
     return passed(name, fits, **data)
+
+
+_NOT_A_SIZE_FIX = (
+    "set it in bytes, e.g. 21474836480 for 20 GiB, or remove it to size the cache by gpu_memory_utilization"
+)
+
+
+def _not_a_size(value: object) -> str:
+    """Why ``value`` is no ``kv_cache_memory_bytes``, with the likely slip: YAML's reading of
+    ``2e10`` as text, ``vllm serve``'s ``20G`` (its CLI parses suffixes, vllm/engine/arg_utils.py
+    human_readable_int; the engine argument takes bytes), or a 0 that vLLM takes as unset."""
+    why = (
+        f"engine_args.kv_cache_memory_bytes {value!r} is not a KV cache size: it is a whole number "
+        f"of bytes per GPU, above 0 and at most {MOST_KV_BYTES} (1 PiB)"
+    )
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return f"{why}; `vllm serve --kv-cache-memory-bytes` takes suffixes such as 20G, engine_args not"
+        return f"{why} (YAML read this one as text: 2e10 is text to YAML, 2.0e+10 a number)"
+    if value == 0:
+        return f"{why}; vLLM would take 0 as unset and size the cache by profiling"
+    return why
 
 
 def _length_allowed(ctx: ModelContext) -> bool:
@@ -474,7 +498,7 @@ def _gpu_fit(
     """GPUs at min_replicas against the cluster's (a shortfall fails: Ray leaves those replicas
     pending forever), with warnings for what would not fit later: max_replicas beyond the GPUs, and
     ``engine: auto`` models that claim no GPU only because vLLM is not installed where preflight
-    runs (``--cluster-gpus`` on a machine without vLLM)."""
+    runs (``--cluster-gpus`` on a machine without vLLM), with what they would claim where it is."""
     name = "cluster_fit"
     parts = [
         (spec.name, spec.autoscaling.min_replicas, selection.gpus_per_replica(spec, engine))
@@ -486,24 +510,11 @@ def _gpu_fit(
     source = "Ray cluster"
     if available is None and gpu is not None:
         available, source = float(gpu.count), "this node"
-    warnings, fixes = [], []
-    on_cpu = [spec for spec, engine in demands if spec.engine == "auto" and engine == "cpu"]
-    if available and on_cpu:
-        would = [(s.name, s.autoscaling.min_replicas, selection.gpus_per_replica(s, "vllm")) for s in on_cpu]
-        warnings.append(
-            f"engine auto runs the CPU engine where vLLM is not installed (here), so "
-            f"{', '.join(s.name for s in on_cpu)} claim no GPU; where vLLM is, their min_replicas claim "
-            f"{sum(r * per for _, r, per in would):g} ({_breakdown(would)})"
-        )
-        fixes.append("set engine: vllm on them to check them as a GPU machine runs them")
-    if need == 0:
-        fits = "no model needs a GPU at min_replicas"
-        if warnings:
-            return warned(name, f"{fits}; " + "; ".join(warnings), "; ".join(fixes))
-        return passed(name, fits)
     if available is None:
+        if need == 0:
+            return passed(name, "no model needs a GPU at min_replicas")
         return skipped(name, f"{NO_GPU}; min_replicas need {need:g} GPUs ({breakdown})", need_gpus=need)
-    data = {"need_gpus": need, "available_gpus": available}
+    data: dict[str, float] = {"need_gpus": need, "available_gpus": available} if need else {}
     if need > available:
         return failed(
             name,
@@ -513,17 +524,40 @@ def _gpu_fit(
             "or add GPUs",
             **data,
         )
-    fits = f"min_replicas need {need:g} of {available:g} GPUs ({source}; {breakdown})"
+    fits = (
+        f"min_replicas need {need:g} of {available:g} GPUs ({source}; {breakdown})"
+        if need
+        else "no model needs a GPU at min_replicas"
+    )
+    warnings, fixes = [], []
     at_most = [(s.name, s.autoscaling.max_replicas, selection.gpus_per_replica(s, e)) for s, e in demands]
     most = sum(replicas * per for _, replicas, per in at_most)
     if most > available + 1e-9:
         data["max_replicas_gpus"] = most
-        warnings.insert(
-            0,
+        warnings.append(
             f"max_replicas would need {most:g} ({_breakdown(at_most)}): replicas the autoscaler adds "
-            "beyond the GPUs wait for one, pending, while the others serve",
+            "beyond the GPUs wait for one, pending, while the others serve"
         )
-        fixes.insert(0, "lower autoscaling.max_replicas to what fits")
+        fixes.append("lower autoscaling.max_replicas to what fits")
+    on_cpu = [spec for spec, engine in demands if spec.engine == "auto" and engine == "cpu"]
+    if available > 0 and on_cpu:
+        would = [(s.name, s.autoscaling.min_replicas, selection.gpus_per_replica(s, "vllm")) for s in on_cpu]
+        total = need + sum(r * per for _, r, per in would)
+        verdict = (
+            f"more than the {available:g} there are: cluster_fit fails there"
+            if total > available + 1e-9
+            else f"which fits the {available:g} there are"
+        )
+        names = ", ".join(s.name for s in on_cpu)
+        warnings.append(
+            f"engine auto runs the CPU engine where vLLM is not installed (here), so {names} "
+            f"{'claims' if len(on_cpu) == 1 else 'claim'} no GPU; where vLLM is, min_replicas need "
+            f"{total:g} GPUs ({_breakdown(parts + would)}), {verdict}"
+        )
+        fixes.append(
+            f"set engine: vllm on {names} to check {'it' if len(on_cpu) == 1 else 'them'} as a GPU "
+            "machine runs it"
+        )
     if warnings:
         return warned(name, f"{fits}; " + "; ".join(warnings), "; ".join(fixes), **data)
     return passed(name, fits, **data)

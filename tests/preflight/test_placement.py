@@ -344,16 +344,19 @@ def test_a_fixed_kv_cache_is_read_as_vllms_config_reads_it(qwen2_checkpoint, val
     assert report.result("memory_fit").data["need_bytes_per_gpu"] > 39 * GIB
 
 
-@pytest.mark.parametrize("value", [True, -5, 0, 1.5, "20G", 10**400])
+@pytest.mark.parametrize("value", [True, -5, 0, 1.5, "20G", "2e10", 10**400])
 def test_a_kv_cache_size_that_is_not_one_fails_naming_the_field(qwen2_checkpoint, value):
     report = check(qwen2_checkpoint, engine_args={"kv_cache_memory_bytes": value})
     assert failures(report) == {"memory_fit"}
     result = report.result("memory_fit")
     assert result.detail.startswith(f"engine_args.kv_cache_memory_bytes {value!r} is not a KV cache size")
     assert result.fix.startswith("set it in bytes, e.g. 21474836480 for 20 GiB")
-    assert result.detail.endswith("(YAML read this one as text: 2e10 is text to YAML, 2.0e+10 a number)") == (
-        isinstance(value, str)
-    )
+    slips = {
+        "20G": "; `vllm serve --kv-cache-memory-bytes` takes suffixes such as 20G, engine_args not",
+        "2e10": " (YAML read this one as text: 2e10 is text to YAML, 2.0e+10 a number)",
+        0: "; vLLM would take 0 as unset and size the cache by profiling",
+    }
+    assert result.detail.endswith(slips.get(value, "above 0 and at most 1125899906842624 (1 PiB)"))
 
 
 def test_vllm_with_no_gpu_share_fails(qwen2_checkpoint):
@@ -407,7 +410,7 @@ def test_a_fixed_kv_cache_with_tensor_parallelism_is_per_gpu(qwen2_checkpoint):
     assert fits.status == "pass" and "x a replica's share 0.5 = 40.00 GiB" in fits.detail
     nothing_fits = check(
         qwen2_checkpoint, gpu_memory_utilization=0.02, engine_args={"kv_cache_memory_bytes": GIB},
-        resources={"num_gpus": 0.02},  # 1.6 GiB: less than the 2 GiB headroom alone
+        tensor_parallel_size=2, resources={"num_gpus": 0.04},  # 0.02 of each GPU, 1.6 GiB: under the headroom
     )  # fmt: skip
     result = nothing_fits.result("memory_fit")
     assert failures(nothing_fits) == {"memory_fit"}
@@ -457,10 +460,29 @@ def test_engine_auto_without_vllm_here_says_what_it_would_claim_on_the_gpus(qwen
     assert cluster.status == "warn"
     assert cluster.detail.startswith(
         "no model needs a GPU at min_replicas; engine auto runs the CPU engine where vLLM is not "
-        "installed (here), so m0 claim no GPU; where vLLM is, their min_replicas claim 3 (m0: 3 x 1)"
+        "installed (here), so m0 claims no GPU; where vLLM is, min_replicas need 3 GPUs (m0: 3 x 1), "
+        "more than the 1 there are: cluster_fit fails there"
     )
-    assert cluster.fix == "set engine: vllm on them to check them as a GPU machine runs them"
+    assert cluster.fix == "set engine: vllm on m0 to check it as a GPU machine runs it"
     checked = run_preflight([model[0].model_copy(update={"engine": "vllm"})], gpu=None, env=NO_VLLM,
                             cluster_gpus=1, cluster_cpus=8)  # fmt: skip
     assert checked.cluster[0].status == "fail"
     assert checked.cluster[0].detail.startswith("min_replicas need 3 GPUs (m0: 3 x 1) but Ray cluster has 1")
+
+
+def test_max_replicas_beyond_the_gpus_warns_when_min_replicas_is_zero(qwen2_checkpoint):
+    """Scale to zero: nothing at min_replicas, three whole-GPU replicas at most on one GPU."""
+    model = specs(qwen2_checkpoint, 1, engine="vllm", autoscaling={"min_replicas": 0, "max_replicas": 3})
+    cluster = run_preflight(model, gpu=H100, env=GOOD_ENV, cluster_gpus=1, cluster_cpus=4).cluster[0]
+    assert cluster.status == "warn"
+    assert cluster.detail.startswith(
+        "no model needs a GPU at min_replicas; max_replicas would need 3 (m0: 3 x 1)"
+    )
+
+
+def test_an_engine_args_block_size_sets_the_whole_blocks_of_a_sequence(qwen2_checkpoint):
+    """engine_args.block_size 64: 1000 tokens take 16 blocks (1024 tokens), not 63 of 16."""
+    fields = {"max_model_len": 1000, "engine_args": {"kv_cache_memory_bytes": 1008 * 256, "block_size": 64}}
+    result = check(qwen2_checkpoint, **fields).result("memory_fit")
+    assert result.status == "fail"
+    assert "(262144 bytes in whole 64-token blocks)" in result.detail

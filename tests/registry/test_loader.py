@@ -76,6 +76,17 @@ def test_a_vllm_engine_argument_next_to_checkpoint_is_pointed_to_engine_args(tmp
     )
 
 
+def test_the_engine_argument_hint_never_names_a_field_the_app_sets_itself():
+    """A name the hint sends to engine_args must not be one engine_args refuses (a model field,
+    or one the app reserves): the user would be sent in a circle."""
+    from serve_app.engines.vllm_mapping import FIRST_CLASS_FIELDS, RESERVED_FIELDS
+    from serve_app.registry.engine_arg_names import VLLM_ENGINE_ARGS
+    from serve_app.registry.models import ModelSpec
+
+    refused = set(FIRST_CLASS_FIELDS) | set(RESERVED_FIELDS) | set(ModelSpec.model_fields)
+    assert not VLLM_ENGINE_ARGS & refused
+
+
 def test_autoscaling_config_without_target_is_refused(tmp_path, ckpt_dir):
     path = write(tmp_path, [{"name": "qwen", "checkpoint": "ck", "autoscaling": {"min_replicas": 1}}])
     document = yaml.safe_load(path.read_text())
