@@ -151,6 +151,9 @@ def _target(ctx: ModelContext) -> tuple[int | None, str]:
 
 
 def check_memory_fit(ctx: ModelContext) -> CheckResult:
+    """Check 14 (docs/preflight.md): whether vLLM can start this model on its share of the GPU,
+    in bytes per GPU, and how many full-length sequences its KV cache holds; a fixed
+    ``engine_args.kv_cache_memory_bytes`` is measured by ``_fixed_kv_fit``."""
     name = "memory_fit"
     est = estimate(ctx)
     engine, why = ctx.engine()
