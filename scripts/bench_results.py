@@ -238,7 +238,12 @@ def shared_block(results: Path) -> dict[str, Any]:
 
 def check_key(target: str) -> str:
     """'checks' for the router (as `make serve` runs it), 'checks_<target>' for the variants."""
-    return "checks" if target == "router" else f"checks_{target}"
+    return _keyed("checks", target)
+
+
+def _keyed(name: str, target: str) -> str:
+    """``name`` for the router (the issue's names), ``name_<target>`` for the other phases."""
+    return name if target == "router" else f"{name}_{target}"
 
 
 def checks(
@@ -285,7 +290,7 @@ def checks_markdown(doc: dict[str, Any], target: str = "router") -> str:
 
 def ratio_key(target: str) -> str:
     """'ratios' for the router (the issue's name), 'ratios_<target>' for the other variants."""
-    return "ratios" if target == "router" else f"ratios_{target}"
+    return _keyed("ratios", target)
 
 
 def ratios(runs: dict[str, dict[int, dict[str, Any]]], target: str) -> dict[str, dict[str, float]]:

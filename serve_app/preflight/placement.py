@@ -54,6 +54,7 @@ class MemoryEstimate:
     max_num_seqs: int | None
     headroom: int = HEADROOM_BYTES
     block_tokens: int = KV_BLOCK_TOKENS
+    length_allowed: bool = True  # max_model_len within the checkpoint's (else check max_model_len fails)
 
     @property
     def weights_per_gpu(self) -> int:
@@ -92,31 +93,38 @@ def estimate(ctx: ModelContext) -> MemoryEstimate:
     tp = spec.tensor_parallel_size
     kv_heads_per_gpu = max(1, g.kv_heads // tp)  # vLLM replicates KV heads when tp > kv_heads
     kv_bytes = 1 if ctx.kv_is_fp8 else int(DTYPE_BYTES.get(g.dtype, 2))
+    # The length vLLM would run with; past the checkpoint's limit, the registry's value.
+    try:
+        max_model_len, length_allowed = ctx.context_length().value, True
+    except MaxModelLenError:
+        max_model_len, length_allowed = ctx.spec.max_model_len or 0, False
     return MemoryEstimate(
         weights=ctx.ckpt.index.total_bytes,
         tp=tp,
         kv_per_token=2 * g.layers * kv_heads_per_gpu * g.head_dim * kv_bytes,
-        max_model_len=_max_model_len(ctx),
+        max_model_len=max_model_len,
         max_num_seqs=spec.max_num_seqs,
         block_tokens=_block_tokens(spec),
+        length_allowed=length_allowed,
     )
 
 
-def _block_tokens(spec: ModelSpec) -> int:
-    """engine_args.block_size read as vLLM's config reads an int, else vLLM's default."""
+_INT = TypeAdapter(int)
+
+
+def _as_vllm_int(value: object) -> int | None:
+    """``value`` as vLLM's pydantic config reads an ``int`` (lax mode: ``2.0e10`` and
+    ``"21474836480"`` are whole numbers, ``true`` is 1), or None when it reads none."""
     try:
-        size = TypeAdapter(int).validate_python(spec.engine_args.get("block_size"))
+        return _INT.validate_python(value)
     except ValidationError:
-        return KV_BLOCK_TOKENS
-    return size if 0 < size <= 1 << 20 else KV_BLOCK_TOKENS
+        return None
 
 
-def _max_model_len(ctx: ModelContext) -> int:
-    """The length vLLM would run with; past the limit, the registry's value (check max_model_len fails)."""
-    try:
-        return ctx.context_length().value
-    except MaxModelLenError:
-        return ctx.spec.max_model_len or 0
+def _block_tokens(spec: ModelSpec) -> int:
+    """engine_args.block_size as vLLM reads it, else vLLM's default."""
+    size = _as_vllm_int(spec.engine_args.get("block_size"))
+    return size if size is not None and 0 < size <= 1 << 20 else KV_BLOCK_TOKENS
 
 
 def check_gpu_capability(ctx: ModelContext) -> CheckResult:
@@ -181,8 +189,8 @@ def check_memory_fit(ctx: ModelContext) -> CheckResult:
             f"set gpu_memory_utilization to at most {share:g}",
             **est.as_data(),
         )
-    if "kv_cache_memory_bytes" in spec.engine_args and spec.engine_args["kv_cache_memory_bytes"] is not None:
-        return _fixed_kv_fit(ctx, est, spec.engine_args["kv_cache_memory_bytes"], total, label, share)
+    if spec.engine_args.get("kv_cache_memory_bytes") is not None:
+        return _fixed_kv_fit(est, spec.engine_args["kv_cache_memory_bytes"], total, label, share)
     budget = int(total * spec.gpu_memory_utilization)
     data = {**est.as_data(), "budget_bytes_per_gpu": budget}
     where = f"{label} x gpu_memory_utilization {spec.gpu_memory_utilization:g} = {gib(budget)}"
@@ -226,21 +234,16 @@ FEWER_SEQS_FIX = (
 )
 
 
-def _fixed_kv_fit(
-    ctx: ModelContext, est: MemoryEstimate, value: object, total: int, label: str, share: float
-) -> CheckResult:
+def _fixed_kv_fit(est: MemoryEstimate, value: object, total: int, label: str, share: float) -> CheckResult:
     """memory_fit with a fixed KV cache: vLLM then sizes the cache by ``kv_cache_memory_bytes`` and
     not by ``gpu_memory_utilization`` (vllm/config/cache.py, CacheConfig.kv_cache_memory_bytes: "when
     not-None ignores gpu_memory_utilization"), so a replica takes weights + that cache + headroom,
     which must fit its share of each GPU (``resources.num_gpus`` / tensor_parallel_size, at most 1):
-    the rest of the GPU is other replicas' share. ``value`` is read as vLLM's pydantic config reads
-    an ``int`` (lax mode: ``2.0e10`` and ``"21474836480"`` are whole numbers). vLLM refuses to
-    start when the cache holds less than one ``max_model_len`` sequence (in whole KV blocks)."""
+    the rest of the GPU is other replicas' share. ``value`` is read as vLLM reads it
+    (``_as_vllm_int``). vLLM refuses to start when the cache holds less than one ``max_model_len``
+    sequence (in whole KV blocks)."""
     name = "memory_fit"
-    try:
-        fixed_kv = TypeAdapter(int).validate_python(value)
-    except ValidationError:
-        fixed_kv = None
+    fixed_kv = _as_vllm_int(value)
     if fixed_kv is None or isinstance(value, bool) or not 0 < fixed_kv <= MOST_KV_BYTES:
         return failed(name, _not_a_size(value), _NOT_A_SIZE_FIX, **est.as_data())
     share_bytes = int(total * share)
@@ -252,7 +255,7 @@ def _fixed_kv_fit(
         "budget_bytes_per_gpu": share_bytes,
     }
     where = f"{label} x a replica's share {share:g} = {gib(share_bytes)}"
-    if fixed_kv < est.kv(1) and _length_allowed(ctx):
+    if fixed_kv < est.kv(1) and est.length_allowed:
         return failed(
             name,
             f"engine_args.kv_cache_memory_bytes {fixed_kv} holds less than one {est.max_model_len}-token "
@@ -303,16 +306,6 @@ def _not_a_size(value: object) -> str:
     if value == 0:
         return f"{why}; vLLM would take 0 as unset and size the cache by profiling"
     return why
-
-
-def _length_allowed(ctx: ModelContext) -> bool:
-    """Whether the registry's max_model_len is within the checkpoint's: past it, check
-    max_model_len fails on its own and a cache sized for the wrong length is not a second fault."""
-    try:
-        ctx.context_length()
-    except MaxModelLenError:
-        return False
-    return True
 
 
 def check_parallelism(ctx: ModelContext) -> CheckResult:
