@@ -371,8 +371,9 @@ for phase in $PHASES; do
     # the default's coalescing at 32 and above costs or saves throughput.
     router_pace) _PACE_ITEMS_PER_S=${PACE_ITEMS_PER_S:-10240} run_router router_pace "$FAST_INGRESS_ENV" ;;
     # The default pace budget (2,560 items/s) let through at every concurrency: stream_interval_ms
-    # (the cap on a stream's interval) raised to 200, so 256 streams get 100 ms, not 50 (5,120
-    # items/s): half the items through the model replica's loop, which run 7 found saturated.
+    # (the cap on a stream's interval) raised to 200, so 256 streams in a replica get 100 ms, not
+    # 50. Run 8: the replica held only 90-142 streams, under the 50 ms cap already, so the items
+    # through its loop barely changed (docs/benchmarks.md).
     router_interval) _STREAM_INTERVAL_MS=${STREAM_INTERVAL_MS:-200} run_router router_interval "$FAST_INGRESS_ENV" ;;
     # Several models on one GPU (SHARED_MODELS): bare processes, then one router for all of them.
     bare_shared) run_bare_shared ;;
