@@ -46,10 +46,14 @@
 #   PROFILE_C (the concurrencies PROFILE=1 records; default: every one)
 # Each router phase also keeps, once it has stopped (Ray Serve's throughput mode buffers replica
 # log records in memory until then), its replicas' start lines and warnings and the controller's
-# start lines from Ray's serve logs: $RESULTS/<target>-serve-log-lines.log. During each run, at
-# METRICS_DELAY=30 s after `vllm bench serve` starts (mid-traffic), Ray Serve's serve_* series
-# from /metrics (requests queued in the handle, ongoing at the replica, routing tasks in back-off;
-# Ray exports them every 10 s): $RESULTS/<target>-c<c>-serve-metrics.txt; and /stats after it.
+# start lines from Ray's serve logs: $RESULTS/<target>-serve-log-lines.log. During each run at a
+# concurrency of at least SAMPLE_MIN_C (128), every 10 s from METRICS_DELAY=20 s after `vllm bench
+# serve` starts (mid-traffic), Ray Serve's serve_* series from /metrics (requests queued in the
+# handle, ongoing at the replica, routing tasks in back-off; Ray exports them every 10 s):
+# $RESULTS/<target>-c<c>-serve-metrics.txt, with the census, LOOP_PROFILE and `top -H` once. Bare
+# is never sampled, and the census holds each loop a moment: below SAMPLE_MIN_C, where the
+# targets are a few ms, the router phases run unsampled too (run 9's concurrency-1 router run was
+# sampled and its bare run not). /stats after every run.
 # A replica's start, profiled: scripts/gpu/start_time.py --pyspy (outside Ray).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -118,7 +122,7 @@ bench() { # bench TARGET PORT CONCURRENCY
   log "$target c=$c: $n prompts"
   profile "$target" "$c"
   METRICS_PID=
-  [[ $target == bare* ]] || serve_metrics "$target" "$c" "$port"
+  [[ $target == bare* ]] || ((c < ${SAMPLE_MIN_C:-128})) || serve_metrics "$target" "$c" "$port"
   # shellcheck disable=SC2086
   vllm_cli bench serve --backend openai --base-url "http://127.0.0.1:$port" --endpoint /v1/completions \
     --model "$MODEL" --tokenizer "$CKPT" --dataset-name random \
