@@ -208,14 +208,10 @@ class Router:
         freeze_startup_heap("router")
 
     def __del__(self) -> None:
-        """Ray Serve calls this when it stops the replica: write out the buffered log lines and
-        end the /metrics merge worker."""
+        """Ray Serve calls this when it stops the replica: write out the buffered log lines."""
         flusher = getattr(self, "log_flusher", None)  # None when __init__ failed before it
         if flusher is not None:
             flusher.close()
-        cluster_metrics = getattr(self, "cluster_metrics", None)
-        if cluster_metrics is not None:
-            cluster_metrics.close()
 
     async def _route(self, model: str) -> ModelApp:
         """The application serving ``model``; 404 naming the served ids, or why it is not served."""

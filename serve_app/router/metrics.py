@@ -25,89 +25,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import CollectorRegistry
-from prometheus_client.samples import Sample
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from serve_app.deployments.metrics import VLLM_SERIES
 from serve_app.router.auth import route_path
+from serve_app.router.metrics_merge import merge
+from serve_app.workers import WorkerPool
+
+__all__ = ["CONTENT_TYPE", "ClusterMetrics", "RequestMetrics", "merge"]
 
 logger = logging.getLogger("ray.serve")
 
-RENAMES = (("ray_vllm_", "vllm:"), ("ray_modelopt_serve_", "modelopt_serve_"), ("ray_serve_", "ray_serve_"))
-DROPPED_LABELS = frozenset(
-    {"SessionName", "Version", "Component", "otel_scope_name", "otel_scope_schema_url", "otel_scope_version"}
-)
-ZERO_UNTIL_FIRST = tuple(VLLM_SERIES[key] for key in ("preemptions", "prompt_tokens", "generation_tokens"))
-REPLICA_GAUGE = VLLM_SERIES["running"].name  # every engine replica sets it; its label sets name them
 CACHE_S = 1.0  # one scrape of the cluster serves every /metrics call within this
 NODES_TTL_S = 10.0
 SCRAPE_TIMEOUT_S = 3.0
+MERGE_TIMEOUT_S = 30.0
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 REQUESTS_NAME = "modelopt_serve_http_requests"
 REQUESTS_HELP = "HTTP requests the router answered, by route, method, status code and model."
-
-
-def _rename(name: str) -> str | None:
-    for prefix, replacement in RENAMES:
-        if name.startswith(prefix):
-            return replacement + name[len(prefix) :]
-    return None
-
-
-class _Families:
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> list[Metric]:
-        return self.families
-
-
-def merge(documents: list[str]) -> bytes:
-    """Several metrics agents' Prometheus text -> one document of our families (module docstring)."""
-    families: dict[str, Metric] = {}
-    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
-    for document in documents:
-        for family in text_string_to_metric_families(document):
-            name = _rename(family.name)
-            if name is None:
-                continue
-            merged = families.get(name)
-            if merged is None:
-                merged = families[name] = Metric(name, family.documentation, family.type)
-            for sample in family.samples:
-                labels = {k: v for k, v in sample.labels.items() if k not in DROPPED_LABELS}
-                sample_name = _rename(sample.name) or sample.name
-                key = (sample_name, tuple(sorted(labels.items())))
-                if key not in seen:  # the same series from two scrapes of one node: keep one
-                    seen.add(key)
-                    merged.samples.append(Sample(sample_name, labels, sample.value))
-    _zero_fill(families)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(list(families.values())))  # type: ignore[arg-type]
-    return generate_latest(registry)
-
-
-def _zero_fill(families: dict[str, Metric]) -> None:
-    """A 0 sample of each ZERO_UNTIL_FIRST counter for every engine replica that lacks one."""
-    replicas = families.get(REPLICA_GAUGE)
-    if replicas is None:
-        return
-    for series in ZERO_UNTIL_FIRST:
-        family = families.setdefault(series.name, Metric(series.name, series.help, "counter"))
-        present = {tuple(sorted(s.labels.items())) for s in family.samples}
-        for sample in replicas.samples:
-            if tuple(sorted(sample.labels.items())) not in present:
-                family.samples.append(Sample(f"{series.name}_total", dict(sample.labels), 0.0))
 
 
 def metrics_targets() -> list[str]:
@@ -127,15 +65,14 @@ class ClusterMetrics:
     ``targets`` returns the agents' URLs (``metrics_targets``; asked again every NODES_TTL_S). A
     node that does not answer within SCRAPE_TIMEOUT_S is left out of that scrape and logged.
 
-    The merge runs in a worker process of its own (one, started at the first render with
-    ``spawn``, which imports the parent's ``__main__`` under its guard, as Ray's worker script has
-    one; ``close`` ends it). Parsing the agents' text is pure Python, about 0.3 s a MB, and its
-    garbage collections hold the GIL: in a thread of the router's process, a 1.9 MB merge stalled
-    the event loop that relays every stream for 77-79 ms (``tests/router/test_metrics_scrape.py``;
-    4-5 ms in the worker), and a scrape every 1.1 s of `make serve`'s demo fleet raised a trivial
-    request's p99 through the router from 3-4 ms to 16-23 ms (8-11 ms with the worker; both on
-    the 2-core CI machine). Should the worker die, the next render starts another; should that
-    fail too, the merge runs in a thread."""
+    The merge (router/metrics_merge.py) runs in a helper process of its own (``serve_app.workers``,
+    as large request bodies are parsed; started at the first scrape, ended with the router's
+    process). In a thread of the router's process it held the GIL: a 1.9 MB merge stalled the
+    event loop that relays every stream for 77-79 ms (``tests/router/test_metrics_scrape.py``; a
+    few ms in the helper), and a scrape every 1.1 s of `make serve`'s demo fleet raised a trivial
+    request's p99 through the router from 3-4 ms to 16-23 ms (docs/benchmarks.md). Should the
+    helper fail or take longer than MERGE_TIMEOUT_S, it is replaced, this merge runs in a thread
+    as before, and a warning says why."""
 
     def __init__(self, targets: Callable[[], list[str]] = metrics_targets) -> None:
         self._targets_fn = targets
@@ -145,7 +82,7 @@ class ClusterMetrics:
         self._body_at = -CACHE_S
         self._lock = asyncio.Lock()
         self._client: Any = None
-        self._pool: ProcessPoolExecutor | None = None
+        self._merger = WorkerPool(1)
 
     async def render(self) -> bytes:
         async with self._lock:
@@ -155,23 +92,16 @@ class ClusterMetrics:
             return self._body
 
     async def _merge(self, documents: list[str]) -> bytes:
-        for _ in range(2):
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-            try:
-                return await asyncio.get_running_loop().run_in_executor(self._pool, merge, documents)
-            except BrokenProcessPool:
-                logger.warning("the /metrics merge worker died; starting another")
-                self._pool.shutdown(wait=False)
-                self._pool = None
-        # Twice in a row: merge in this process rather than fail the scrape.
-        return await asyncio.to_thread(merge, documents)
-
-    def close(self) -> None:
-        """End the merge worker (the router replica is stopping)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        if not documents:
+            return merge(documents)
+        try:
+            return await self._merger.call(
+                "serve_app.router.metrics_merge:merge", (documents,), MERGE_TIMEOUT_S
+            )
+        except (OSError, ChildProcessError, TimeoutError) as error:
+            reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            logger.warning("/metrics: merging in a helper process failed (%s); merging here", reason)
+            return await asyncio.to_thread(merge, documents)
 
     async def _scrape_all(self) -> list[str]:
         import httpx
