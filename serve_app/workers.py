@@ -48,7 +48,11 @@ class WorkerProcess:
             [sys.executable, "-m", "serve_app.workers"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         if warm_up is not None:
-            self.call(warm_up, ())
+            try:
+                self.call(warm_up, ())
+            except BaseException:
+                self.kill()
+                raise
 
     def call(self, function: str, args: tuple[Any, ...]) -> Any:
         """Run ``module:function(*args)`` in the child; re-raise its exception here.
@@ -68,6 +72,9 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
         self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()  # type: ignore[union-attr]
 
 
 class WorkerPool:
@@ -77,23 +84,67 @@ class WorkerPool:
     limit) the worker is killed and replaced, and ``TimeoutError`` is raised; a worker that died
     is replaced too (``ChildProcessError``). Processes start on first use or ``start()``; each
     runs ``warm_up`` (a ``module:function``) before its first call, so that imports are not
-    charged to a call's timeout."""
+    charged to a call's timeout.
+
+    Each of the ``size`` slots is always in exactly one place: in the idle queue as a worker or
+    as ``None`` (no process: the next caller starts one), or held by one call, start or
+    replacement, which puts it back however that ends. A process that cannot start (``OSError``,
+    such as too many open files) fails that caller only and leaves its slot empty for the next;
+    an earlier version left the queue empty for good and every later call waited forever."""
 
     def __init__(self, size: int, warm_up: str | None = None) -> None:
         self.size = size
         self.warm_up = warm_up
-        self._idle: asyncio.Queue[WorkerProcess] | None = None
+        self._slots: asyncio.Queue[WorkerProcess | None] | None = None
         self._replacing: set[asyncio.Task] = set()
 
-    async def start(self) -> None:
-        if self._idle is None:
-            self._idle = asyncio.Queue()
+    def _queue(self) -> asyncio.Queue[WorkerProcess | None]:
+        if self._slots is None:
+            self._slots = asyncio.Queue()
             for _ in range(self.size):
-                self._idle.put_nowait(await asyncio.to_thread(WorkerProcess, self.warm_up))
+                self._slots.put_nowait(None)
+        return self._slots
+
+    async def start(self) -> None:
+        """Start a process in every idle empty slot now (raises what starting one raises)."""
+        queue = self._queue()
+        for _ in range(queue.qsize()):
+            slot = queue.get_nowait()
+            if slot is None:
+                try:
+                    slot = await self._spawn()
+                except asyncio.CancelledError:
+                    raise  # _spawn puts the slot back once its process has started, or not
+                except BaseException:
+                    queue.put_nowait(None)
+                    raise
+            queue.put_nowait(slot)
+
+    async def _spawn(self) -> WorkerProcess:
+        """A new process for a slot the caller holds; the slot comes back as ``None`` if the
+        process cannot start, and as the process if the caller is cancelled meanwhile."""
+        spawning = asyncio.ensure_future(asyncio.to_thread(WorkerProcess, self.warm_up))
+        try:
+            return await asyncio.shield(spawning)
+        except asyncio.CancelledError:
+            spawning.add_done_callback(self._return_spawned)
+            raise
+
+    def _return_spawned(self, spawning: asyncio.Future[WorkerProcess]) -> None:
+        failed = spawning.cancelled() or spawning.exception() is not None
+        self._queue().put_nowait(None if failed else spawning.result())
 
     async def _take(self) -> WorkerProcess:
-        await self.start()
-        return await self._idle.get()  # type: ignore[union-attr]
+        slot = await self._queue().get()
+        if slot is not None:
+            return slot
+        try:
+            return await self._spawn()
+        except asyncio.CancelledError:
+            raise  # _spawn returns the slot when the process has started (or not)
+        except BaseException:
+            self._queue().put_nowait(None)
+            raise
 
     async def call(self, function: str, args: tuple[Any, ...], timeout_s: float | None = None) -> Any:
         worker = await self._take()
@@ -103,20 +154,27 @@ class WorkerPool:
             self._replace_later(worker)
             raise
         except Exception:  # the function raised; the worker itself is fine
-            self._idle.put_nowait(worker)  # type: ignore[union-attr]
+            self._queue().put_nowait(worker)
             raise
         except BaseException:  # cancelled mid-call: the worker is still busy with it
             self._replace_later(worker)
             raise
-        self._idle.put_nowait(worker)  # type: ignore[union-attr]
+        self._queue().put_nowait(worker)
         return result
 
     def _replace_later(self, worker: WorkerProcess) -> None:
-        """Kill ``worker`` and put a fresh one in the pool, without making the caller wait."""
+        """Kill ``worker`` and put a fresh one in its slot (``None`` if none starts), without
+        making the caller wait."""
 
         async def replace() -> None:
-            await asyncio.to_thread(worker.kill)
-            self._idle.put_nowait(await asyncio.to_thread(WorkerProcess, self.warm_up))  # type: ignore[union-attr]
+            fresh: WorkerProcess | None = None
+            try:
+                await asyncio.to_thread(worker.kill)
+                fresh = await asyncio.to_thread(WorkerProcess, self.warm_up)
+            except Exception:  # the next caller tries again, and gets the error itself
+                pass
+            finally:
+                self._queue().put_nowait(fresh)
 
         task = asyncio.get_running_loop().create_task(replace())
         self._replacing.add(task)
@@ -124,8 +182,10 @@ class WorkerPool:
 
     def close(self) -> None:
         """Kill every idle worker (busy ones end when their pipes close)."""
-        while self._idle is not None and not self._idle.empty():
-            self._idle.get_nowait().kill()
+        while self._slots is not None and not self._slots.empty():
+            worker = self._slots.get_nowait()
+            if worker is not None:
+                worker.kill()
 
 
 def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:

@@ -97,9 +97,14 @@ def test_a_scrape_does_not_stall_the_event_loop():
     assert lag_ms < 40, f"the loop stalled {lag_ms:.0f} ms during a {scrape_s:.2f} s scrape"
 
 
-@pytest.mark.parametrize("failure", ["exits", "times_out"])
-def test_a_failed_helper_falls_back_to_a_thread(failure, monkeypatch, caplog):
-    if failure == "exits":
+@pytest.mark.parametrize("failure", ["cannot_start", "exits", "times_out"])
+def test_a_failed_helper_falls_back_to_a_thread_and_the_next_scrape_uses_a_helper(
+    failure, monkeypatch, caplog
+):
+    if failure == "cannot_start":
+        monkeypatch.setattr(sys, "executable", "/nonexistent/python")  # as with too many open files
+        reason = "(FileNotFoundError: [Errno 2] No such file or directory: '/nonexistent/python')"
+    elif failure == "exits":
         monkeypatch.setattr(sys, "executable", "/bin/false")  # the helper exits at once
         reason = "(ChildProcessError: worker process for serve_app.router.metrics_merge:merge exited)"
     else:
@@ -107,12 +112,22 @@ def test_a_failed_helper_falls_back_to_a_thread(failure, monkeypatch, caplog):
         reason = "(TimeoutError); merging here"
     with agent_server(big_agent(3)) as url:
         cluster = ClusterMetrics(targets=lambda: [url])
+
+        async def twice() -> tuple[bytes, str, bytes]:
+            first = await cluster.render()
+            logged = caplog.text
+            monkeypatch.undo()  # the cause is gone: the next scrape merges in a helper again
+            await asyncio.sleep(router_metrics.CACHE_S)
+            return first, logged, await asyncio.wait_for(cluster.render(), 30)
+
         with caplog.at_level(logging.WARNING, logger="ray.serve"):
-            body = asyncio.run(cluster.render())
-    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
-    assert len(families["vllm:time_to_first_token_seconds"].samples) == 3 * 14
-    assert "/metrics: merging in a helper process failed" in caplog.text
-    assert reason in caplog.text
+            first, logged, second = asyncio.run(twice())
+    for body in (first, second):
+        families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+        assert len(families["vllm:time_to_first_token_seconds"].samples) == 3 * 14
+    assert "/metrics: merging in a helper process failed" in logged
+    assert reason in logged
+    assert caplog.text == logged, "the second scrape fell back too"
 
 
 PARENT = """

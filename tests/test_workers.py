@@ -1,0 +1,120 @@
+"""serve_app/workers.py's pool of helper processes (large request bodies, request chat templates,
+/metrics' merge): a process that cannot start, dies, or is abandoned mid-start never leaves the
+pool waiting forever, and the pool never holds more processes than its size."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from serve_app import workers
+from serve_app.workers import WorkerPool, WorkerProcess
+
+CHEAP = "serve_app.router.metrics_merge:merge"  # merge([]) is b"": a call that does nothing
+CALL_LIMIT_S = 30  # a call that has not answered by then waits forever
+
+
+def _children() -> set[int]:
+    found = set()
+    for task in os.listdir(f"/proc/{os.getpid()}/task"):
+        with open(f"/proc/{os.getpid()}/task/{task}/children") as children:
+            found |= {int(pid) for pid in children.read().split()}
+    return {pid for pid in found if _running(pid)}
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def _call(pool: WorkerPool) -> bytes:
+    return await asyncio.wait_for(pool.call(CHEAP, ([],)), CALL_LIMIT_S)
+
+
+def test_a_process_that_cannot_start_fails_its_caller_and_not_the_next(monkeypatch):
+    """Too many open files, or a missing interpreter: the first version left the pool's queue
+    empty, and every later call waited forever."""
+
+    async def scenario() -> None:
+        pool = WorkerPool(1)
+        monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+        for _ in range(3):
+            with pytest.raises(FileNotFoundError):
+                await _call(pool)
+        monkeypatch.undo()
+        assert await _call(pool) == b""
+        pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_killed_mid_call_whose_replacement_cannot_start(monkeypatch):
+    async def scenario() -> None:
+        pool = WorkerPool(1)
+        assert await _call(pool) == b""
+        worker = pool._queue()._queue[0]  # the idle worker
+        monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+        os.kill(worker.proc.pid, signal.SIGKILL)
+        with pytest.raises((ChildProcessError, OSError)):
+            await _call(pool)
+        await asyncio.gather(*pool._replacing)  # its replacement failed to start
+        with pytest.raises(FileNotFoundError):
+            await _call(pool)
+        monkeypatch.undo()
+        assert await _call(pool) == b""
+        pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_caller_cancelled_while_its_process_starts_leaves_it_to_the_next(monkeypatch):
+    started: list[int] = []
+
+    class SlowStart(WorkerProcess):
+        def __init__(self, warm_up: str | None = None) -> None:
+            time.sleep(0.5)  # a slow fork and exec
+            super().__init__(warm_up)
+            started.append(self.proc.pid)
+
+    monkeypatch.setattr(workers, "WorkerProcess", SlowStart)
+
+    async def scenario() -> None:
+        pool = WorkerPool(1)
+        first = asyncio.ensure_future(pool.call(CHEAP, ([],)))
+        await asyncio.sleep(0.2)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert await _call(pool) == b""
+        assert len(started) == 1, "the next call started a second process instead of the first's"
+        pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_pool_never_holds_more_processes_than_its_size():
+    async def scenario() -> set[int]:
+        pool = WorkerPool(2)
+        await pool.start()
+        await pool.start()  # already full: starts nothing
+        calls = [asyncio.ensure_future(pool.call(CHEAP, ([],), 30)) for _ in range(20)]
+        for call in calls[::3]:
+            call.cancel()  # abandoned mid-call: that worker is replaced
+        await asyncio.gather(*calls, return_exceptions=True)
+        await asyncio.gather(*pool._replacing)
+        assert await asyncio.gather(*(_call(pool) for _ in range(4))) == [b""] * 4
+        alive = _children()
+        pool.close()
+        return alive
+
+    before = _children()
+    alive = asyncio.run(scenario()) - before
+    assert 1 <= len(alive) <= 2, alive
