@@ -88,9 +88,10 @@ class WorkerPool:
 
     Each of the ``size`` slots is always in exactly one place: in the idle queue as a worker or
     as ``None`` (no process: the next caller starts one), or held by one call, start or
-    replacement, which puts it back however that ends. A process that cannot start (``OSError``,
-    such as too many open files) fails that caller only and leaves its slot empty for the next;
-    an earlier version left the queue empty for good and every later call waited forever."""
+    replacement, which puts it back however that ends. A process that cannot start (too many open
+    files, say) fails that caller only, with ``ChildProcessError`` (the router answers 503), and
+    leaves its slot empty for the next; an earlier version left the queue empty for good and
+    every later call waited forever."""
 
     def __init__(self, size: int, warm_up: str | None = None) -> None:
         self.size = size
@@ -123,12 +124,21 @@ class WorkerPool:
     async def _spawn(self) -> WorkerProcess:
         """A new process for a slot the caller holds; the slot comes back as ``None`` if the
         process cannot start, and as the process if the caller is cancelled meanwhile."""
-        spawning = asyncio.ensure_future(asyncio.to_thread(WorkerProcess, self.warm_up))
+        spawning = asyncio.ensure_future(asyncio.to_thread(self._start_process))
         try:
             return await asyncio.shield(spawning)
         except asyncio.CancelledError:
             spawning.add_done_callback(self._return_spawned)
             raise
+
+    def _start_process(self) -> WorkerProcess:
+        """A new process; ``ChildProcessError`` when none can start (e.g. too many open files)."""
+        try:
+            return WorkerProcess(self.warm_up)
+        except ChildProcessError:
+            raise
+        except OSError as error:
+            raise ChildProcessError(f"could not start a helper process: {error}") from error
 
     def _return_spawned(self, spawning: asyncio.Future[WorkerProcess]) -> None:
         failed = spawning.cancelled() or spawning.exception() is not None
@@ -170,7 +180,7 @@ class WorkerPool:
             fresh: WorkerProcess | None = None
             try:
                 await asyncio.to_thread(worker.kill)
-                fresh = await asyncio.to_thread(WorkerProcess, self.warm_up)
+                fresh = await asyncio.to_thread(self._start_process)
             except Exception:  # the next caller tries again, and gets the error itself
                 pass
             finally:

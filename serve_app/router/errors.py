@@ -59,6 +59,9 @@ ERROR_TABLE: list[tuple[type[BaseException], ErrorKind]] = [
     (RayActorError, ErrorKind(503, "ServiceUnavailableError", "replica_unavailable")),
     (DeploymentUnavailableError, ErrorKind(503, "ServiceUnavailableError", "replica_unavailable")),
     (EngineError, ErrorKind(500, "InternalServerError", "engine_error")),
+    # serve_app.workers: a helper process (large bodies, request chat templates) died or could
+    # not start, e.g. with too many open files; the pool starts another for the next request.
+    (ChildProcessError, ErrorKind(503, "ServiceUnavailableError", "helper_unavailable")),
 ]
 # What a client reads for a server-side error; the details go to the log under the request id.
 SERVER_MESSAGES = {
@@ -67,6 +70,7 @@ SERVER_MESSAGES = {
     "replica_unavailable": "the model's replica stopped or is unreachable; retry later",
     "model_unavailable": "the model has no replica running yet (it is starting); retry later",
     "engine_error": "the engine failed while generating",
+    "helper_unavailable": "a helper process of the server stopped or could not start; retry later",
     "internal_error": "internal error",
 }
 INTERNAL = ErrorKind(500, "InternalServerError", "internal_error")

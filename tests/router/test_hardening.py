@@ -373,6 +373,20 @@ def test_an_unexpected_error_is_500_with_a_request_id_and_no_internals(caplog):
     assert request_id in caplog.text and "/opt/venv" in caplog.text  # the details are in the log
 
 
+def test_a_helper_process_that_cannot_start_is_503_with_retry_after():
+    """Too many open files when a large body needs a parsing helper: the server's trouble, not
+    the client's, and the pool starts another for the next request (tests/test_workers.py)."""
+    error = ChildProcessError("could not start a helper process: [Errno 24] Too many open files")
+    response = error_response(error)
+    body = json.loads(response.body)
+    assert (response.status_code, response.headers["retry-after"]) == (503, "1")
+    assert body["error"]["code"] == "helper_unavailable"
+    assert body["error"]["message"].startswith(
+        "a helper process of the server stopped or could not start; retry later; request id "
+    )
+    assert "Too many open files" not in body["error"]["message"]
+
+
 def test_an_error_message_with_a_surrogate_still_encodes():
     response = error_response(InvalidRequestError("bad \ud83d", param="x\udc00"))
     assert json.loads(response.body)["error"]["message"] == "bad \\ud83d"

@@ -103,7 +103,7 @@ def test_a_failed_helper_falls_back_to_a_thread_and_the_next_scrape_uses_a_helpe
 ):
     if failure == "cannot_start":
         monkeypatch.setattr(sys, "executable", "/nonexistent/python")  # as with too many open files
-        reason = "(FileNotFoundError: [Errno 2] No such file or directory: '/nonexistent/python')"
+        reason = "(ChildProcessError: could not start a helper process: [Errno 2] No such file"
     elif failure == "exits":
         monkeypatch.setattr(sys, "executable", "/bin/false")  # the helper exits at once
         reason = "(ChildProcessError: worker process for serve_app.router.metrics_merge:merge exited)"
