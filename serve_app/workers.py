@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 import os
 import pickle
 import subprocess
@@ -25,6 +26,8 @@ import sys
 from typing import Any, BinaryIO
 
 _HEADER = 8  # bytes of big-endian frame length
+
+logger = logging.getLogger("ray.serve")
 
 
 def _write_frame(stream: BinaryIO, payload: bytes) -> None:
@@ -57,10 +60,15 @@ class WorkerProcess:
     def call(self, function: str, args: tuple[Any, ...]) -> Any:
         """Run ``module:function(*args)`` in the child; re-raise its exception here.
 
-        Raises ``ChildProcessError`` when the child died (killed on timeout, or crashed)."""
+        Raises ``ChildProcessError`` when the child died (killed on timeout, or crashed), also
+        when that shows as a broken pipe on the next call to a worker that died idle."""
         module, _, name = function.partition(":")
-        _write_frame(self.proc.stdin, pickle.dumps((module, name, args), protocol=pickle.HIGHEST_PROTOCOL))
-        frame = _read_frame(self.proc.stdout)
+        request = pickle.dumps((module, name, args), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            _write_frame(self.proc.stdin, request)
+            frame = _read_frame(self.proc.stdout)
+        except OSError as error:  # BrokenPipeError, ConnectionResetError
+            raise ChildProcessError(f"worker process for {function} exited") from error
         if frame is None:
             raise ChildProcessError(f"worker process for {function} exited")
         status, value = pickle.loads(frame)
@@ -160,10 +168,10 @@ class WorkerPool:
         worker = await self._take()
         try:
             result = await asyncio.wait_for(asyncio.to_thread(worker.call, function, args), timeout_s)
-        except (TimeoutError, ChildProcessError, OSError):
+        except (TimeoutError, ChildProcessError):
             self._replace_later(worker)
             raise
-        except Exception:  # the function raised; the worker itself is fine
+        except Exception:  # the function raised (an OSError too); the worker itself is fine
             self._queue().put_nowait(worker)
             raise
         except BaseException:  # cancelled mid-call: the worker is still busy with it
@@ -181,8 +189,8 @@ class WorkerPool:
             try:
                 await asyncio.to_thread(worker.kill)
                 fresh = await asyncio.to_thread(self._start_process)
-            except Exception:  # the next caller tries again, and gets the error itself
-                pass
+            except Exception as error:  # the next caller tries again, and gets the error itself
+                logger.warning("a helper process could not be replaced: %s", error)
             finally:
                 self._queue().put_nowait(fresh)
 

@@ -118,3 +118,37 @@ def test_the_pool_never_holds_more_processes_than_its_size():
     before = _children()
     alive = asyncio.run(scenario()) - before
     assert 1 <= len(alive) <= 2, alive
+
+
+def test_a_worker_that_died_idle_fails_the_next_call_as_a_dead_helper():
+    """It showed as BrokenPipeError, an OSError the router answered with 500; it is the same
+    dead helper as one that dies mid-call (503 helper_unavailable), and the call after works."""
+
+    async def scenario() -> None:
+        pool = WorkerPool(1)
+        assert await _call(pool) == b""
+        worker = pool._queue()._queue[0]
+        os.kill(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait()
+        with pytest.raises(ChildProcessError, match=r"worker process for .* exited"):
+            await pool.call(CHEAP, ([],))
+        assert await _call(pool) == b""
+        pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_error_the_function_raises_keeps_its_worker():
+    """A PermissionError (an OSError) from the call itself is the caller's, not a dead helper's."""
+
+    async def scenario() -> None:
+        pool = WorkerPool(1)
+        assert await _call(pool) == b""
+        pid = pool._queue()._queue[0].proc.pid
+        with pytest.raises(PermissionError, match="worker calls only serve_app functions, not os"):
+            await pool.call("os:getcwd", ())
+        assert await _call(pool) == b""
+        assert pool._queue()._queue[0].proc.pid == pid
+        pool.close()
+
+    asyncio.run(scenario())
