@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import running
+
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "scripts" / "gpu" / "lib.sh"
 RUN9_LOG = (
@@ -67,14 +69,6 @@ def _orphan() -> int:
     return int(started.stdout)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def _end(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
@@ -89,7 +83,7 @@ def test_end_gpu_leftovers_ends_processes_holding_the_gpu(tmp_path: Path, fake_g
         assert done.returncode == 0, done.stderr
         assert f"ending processes still holding the GPU: {orphans[0]} {orphans[1]}" in done.stdout
         assert "left:[]" in done.stdout
-        assert not [pid for pid in orphans if _alive(pid)]
+        assert not [pid for pid in orphans if running(pid)]
     finally:
         for pid in orphans:
             _end(pid)

@@ -21,22 +21,17 @@ import httpx
 import pytest
 
 from serve_app.app import FAST_INGRESS_ENV
+from tests.processes import running_with
 from tests.serve_fixtures import free_port, start_server, wait_ready, write_models_yaml
 
 
 def processes_mentioning(text: str) -> list[str]:
     """Command lines of live processes that contain ``text`` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append(f"{entry.name}: {cmdline[:200]}")
-    return found
+    lines = (
+        (pid, command.replace(b"\0", b" ").decode(errors="replace"))
+        for pid, command in running_with(text.encode())
+    )
+    return [f"{pid}: {line[:200]}" for pid, line in lines]
 
 
 @pytest.fixture

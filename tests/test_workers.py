@@ -14,6 +14,7 @@ import pytest
 
 from serve_app import workers
 from serve_app.workers import WorkerPool, WorkerProcess
+from tests.processes import running
 
 CHEAP = "serve_app.router.metrics_merge:merge"  # merge([]) is b"": a call that does nothing
 CALL_LIMIT_S = 30  # a call that has not answered by then waits forever
@@ -24,15 +25,7 @@ def _children() -> set[int]:
     for task in os.listdir(f"/proc/{os.getpid()}/task"):
         with open(f"/proc/{os.getpid()}/task/{task}/children") as children:
             found |= {int(pid) for pid in children.read().split()}
-    return {pid for pid in found if _running(pid)}
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    return {pid for pid in found if running(pid)}
 
 
 async def _call(pool: WorkerPool) -> bytes:

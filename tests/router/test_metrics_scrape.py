@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serve_app.router import metrics as router_metrics
 from serve_app.router.metrics import ClusterMetrics
+from tests.processes import running_with
 
 from .test_metrics_merge import RAY
 
@@ -174,18 +175,4 @@ def test_no_helper_outlives_a_router_killed_mid_scrape(tmp_path):
 
 
 def _merge_processes(marker: str) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if b"serve_app.workers" not in (proc / "cmdline").read_bytes():
-                continue
-            if f"MERGE_TEST_MARKER={marker}".encode() not in (proc / "environ").read_bytes():
-                continue
-            if (proc / "stat").read_text().rpartition(")")[2].split()[0] == "Z":
-                continue
-        except OSError:
-            continue
-        found.append(int(proc.name))
-    return found
+    return [pid for pid, _ in running_with(b"serve_app.workers", f"MERGE_TEST_MARKER={marker}".encode())]
