@@ -118,25 +118,22 @@ class WorkerPool:
         """Start a process in every idle empty slot now (raises what starting one raises)."""
         queue = self._queue()
         for _ in range(queue.qsize()):
-            slot = queue.get_nowait()
-            if slot is None:
-                try:
-                    slot = await self._spawn()
-                except asyncio.CancelledError:
-                    raise  # _spawn puts the slot back once its process has started, or not
-                except BaseException:
-                    queue.put_nowait(None)
-                    raise
-            queue.put_nowait(slot)
+            queue.put_nowait(await self._fill(queue.get_nowait()))
 
-    async def _spawn(self) -> WorkerProcess:
-        """A new process for a slot the caller holds; the slot comes back as ``None`` if the
-        process cannot start, and as the process if the caller is cancelled meanwhile."""
+    async def _fill(self, slot: WorkerProcess | None) -> WorkerProcess:
+        """The worker in a slot the caller took from the queue, starting one in an empty slot.
+        Should that start fail, the slot goes back empty and the error is raised; should the
+        caller be cancelled meanwhile, the slot goes back once the start has ended."""
+        if slot is not None:
+            return slot
         spawning = asyncio.ensure_future(asyncio.to_thread(self._start_process))
         try:
             return await asyncio.shield(spawning)
         except asyncio.CancelledError:
             spawning.add_done_callback(self._return_spawned)
+            raise
+        except BaseException:
+            self._queue().put_nowait(None)
             raise
 
     def _start_process(self) -> WorkerProcess:
@@ -152,20 +149,8 @@ class WorkerPool:
         failed = spawning.cancelled() or spawning.exception() is not None
         self._queue().put_nowait(None if failed else spawning.result())
 
-    async def _take(self) -> WorkerProcess:
-        slot = await self._queue().get()
-        if slot is not None:
-            return slot
-        try:
-            return await self._spawn()
-        except asyncio.CancelledError:
-            raise  # _spawn returns the slot when the process has started (or not)
-        except BaseException:
-            self._queue().put_nowait(None)
-            raise
-
     async def call(self, function: str, args: tuple[Any, ...], timeout_s: float | None = None) -> Any:
-        worker = await self._take()
+        worker = await self._fill(await self._queue().get())
         try:
             result = await asyncio.wait_for(asyncio.to_thread(worker.call, function, args), timeout_s)
         except (TimeoutError, ChildProcessError):
