@@ -77,11 +77,20 @@ def test_the_openai_client_waits_retry_after_and_retries_until_served(extra_app)
     def record(response: httpx.Response) -> None:
         attempts.append((time.monotonic(), response.status_code, response.headers.get("Retry-After")))
 
-    body = {"model": "busy", "prompt": "Hello", **LONG}
+    body = {"model": "busy", "prompt": "Hello", **LONG, "max_tokens": 400}  # long enough to probe and retry
+
+    def fill() -> httpx.Response:
+        # A filler sent after a probe finds the queue taken by it: it tries again, so both fillers
+        # are served in the end whatever order the router sees them and the probes in.
+        deadline = time.monotonic() + 60
+        while True:
+            response = httpx.post(f"{extra_app}/v1/completions", json=body, timeout=120)
+            if response.status_code != 503 or time.monotonic() > deadline:
+                return response
+            time.sleep(0.05)
+
     with ThreadPoolExecutor(2) as pool:  # one running, one queued: the queue (1) is full
-        busy = [
-            pool.submit(httpx.post, f"{extra_app}/v1/completions", json=body, timeout=120) for _ in range(2)
-        ]
+        busy = [pool.submit(fill) for _ in range(2)]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             ready = httpx.get(f"{extra_app}/readyz", params={"model": "busy"}, timeout=30)
