@@ -72,6 +72,12 @@ class ModelUnavailableError(ServeAppError):
     up within its ``cold_start_timeout_s``. The client can retry later (503 + Retry-After)."""
 
 
+class MetricsUnavailableError(ServeAppError):
+    """``GET /metrics`` could not merge the cluster's series without stalling the router: the
+    merge outran its time limit, or its helper process failed and the text is too large to merge
+    in the router's own process (router/metrics.py). 503: the next scrape tries again."""
+
+
 class RequestError(ServeAppError):
     """The request is wrong; the client can fix it and retry."""
 

@@ -23,9 +23,11 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 from typing import Any, BinaryIO
 
 _HEADER = 8  # bytes of big-endian frame length
+START_TIMEOUT_S = 60.0  # a warm-up (imports) that takes longer is stuck, not slow; read at each start
 
 logger = logging.getLogger("ray.serve")
 
@@ -44,18 +46,55 @@ def _read_frame(stream: BinaryIO) -> bytes | None:
 
 
 class WorkerProcess:
-    """One ``python -m serve_app.workers`` child. Blocking; ``WorkerPool`` calls it from threads."""
+    """One ``python -m serve_app.workers`` child. Blocking; ``WorkerPool`` calls it from threads.
+
+    ``warm_up`` (a ``module:function``) runs first; a child that does not finish it within
+    START_TIMEOUT_S seconds is killed, and one whose warm-up raises is killed too: both raise
+    ``ChildProcessError`` naming the cause, as a child that cannot start at all does, so that a
+    caller never waits on a stuck start and never sees the warm-up's own exception as its own."""
 
     def __init__(self, warm_up: str | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "serve_app.workers"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
-        if warm_up is not None:
-            try:
-                self.call(warm_up, ())
-            except BaseException:
-                self.kill()
-                raise
+        if warm_up is None:
+            return
+        limit_s = START_TIMEOUT_S
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            self.proc.kill()
+
+        timer = threading.Timer(limit_s, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            self.call(warm_up, ())
+        except BaseException as error:
+            timer.cancel()
+            self.kill()
+            if isinstance(error, ChildProcessError):
+                if expired.is_set():
+                    raise ChildProcessError(
+                        f"could not start a helper process: its warm-up ({warm_up}) took longer"
+                        f" than {limit_s:g} s"
+                    ) from error
+                raise ChildProcessError(
+                    f"could not start a helper process: it exited during its warm-up ({warm_up})"
+                ) from error
+            if isinstance(error, Exception):
+                raise ChildProcessError(
+                    f"could not start a helper process: its warm-up ({warm_up}) failed:"
+                    f" {type(error).__name__}: {error}"
+                ) from error
+            raise
+        timer.cancel()
+        if expired.is_set():  # it answered as the timer fired, and is killed
+            self.kill()
+            raise ChildProcessError(
+                f"could not start a helper process: its warm-up ({warm_up}) took longer than {limit_s:g} s"
+            )
 
     def call(self, function: str, args: tuple[Any, ...]) -> Any:
         """Run ``module:function(*args)`` in the child; re-raise its exception here.

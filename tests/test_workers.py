@@ -145,3 +145,44 @@ def test_an_error_the_function_raises_keeps_its_worker():
         pool.close()
 
     asyncio.run(scenario())
+
+
+def test_a_warm_up_that_raises_is_a_helper_that_cannot_start_and_names_the_cause():
+    """It used to reach the caller as the warm-up's own exception, which the router answered 500."""
+
+    async def scenario() -> None:
+        pool = WorkerPool(1, warm_up="serve_app.no_such_module:warm_up")
+        message = (
+            r"could not start a helper process: its warm-up \(serve_app.no_such_module:warm_up\) failed:"
+            r" ModuleNotFoundError: No module named 'serve_app.no_such_module'"
+        )
+        with pytest.raises(ChildProcessError, match=message):
+            await _call(pool)
+        assert _children() == set()  # the failed process is not left running
+        pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_warm_up_that_never_ends_is_killed_at_the_start_limit(monkeypatch, tmp_path):
+    """A stuck start (an import that blocks, a child that never answers) used to hold its caller
+    and every later one forever."""
+    stuck = tmp_path / "stuck-python"
+    stuck.write_text("#!/bin/sh\nexec sleep 600\n")
+    stuck.chmod(0o755)
+
+    async def scenario() -> None:
+        pool = WorkerPool(1, warm_up="serve_app.deployments.template_render:warm_up")
+        monkeypatch.setattr(sys, "executable", str(stuck))
+        monkeypatch.setattr(workers, "START_TIMEOUT_S", 1.0)
+        started = time.monotonic()
+        message = r"its warm-up \(serve_app.deployments.template_render:warm_up\) took longer than 1 s"
+        with pytest.raises(ChildProcessError, match=message):
+            await _call(pool)
+        assert time.monotonic() - started < 10
+        assert _children() == set()
+        monkeypatch.undo()
+        assert await _call(pool) == b""  # the next caller starts a working process in the slot
+        pool.close()
+
+    asyncio.run(scenario())

@@ -25,6 +25,7 @@ from serve_app.errors import (
     ContextLengthError,
     EngineDeadError,
     EngineError,
+    MetricsUnavailableError,
     ModelNotAllowedError,
     ModelNotFoundError,
     ModelUnavailableError,
@@ -58,6 +59,7 @@ ERROR_TABLE: list[tuple[type[BaseException], ErrorKind]] = [
     (EngineDeadError, ErrorKind(503, "ServiceUnavailableError", "engine_dead")),
     (RayActorError, ErrorKind(503, "ServiceUnavailableError", "replica_unavailable")),
     (DeploymentUnavailableError, ErrorKind(503, "ServiceUnavailableError", "replica_unavailable")),
+    (MetricsUnavailableError, ErrorKind(503, "ServiceUnavailableError", "metrics_unavailable")),
     (EngineError, ErrorKind(500, "InternalServerError", "engine_error")),
     # serve_app.workers: a helper process (large bodies, request chat templates) died or could
     # not start, e.g. with too many open files; the pool starts another for the next request.
@@ -70,6 +72,7 @@ SERVER_MESSAGES = {
     "replica_unavailable": "the model's replica stopped or is unreachable; retry later",
     "model_unavailable": "the model has no replica running yet (it is starting); retry later",
     "engine_error": "the engine failed while generating",
+    "metrics_unavailable": "the cluster's metrics could not be gathered; retry later",
     "helper_unavailable": "a helper process of the server stopped or could not start; retry later",
     "internal_error": "internal error",
 }
@@ -120,8 +123,9 @@ def error_response(error: BaseException, retry_after_s: int | None = None) -> JS
         logger.warning("request %s answered %d (%s): %s", request_id, kind.status, kind.code, error)
     else:
         logger.error("request %s failed (%s)", request_id, kind.code, exc_info=error)
-    # Our own 503 for a model that cannot take requests says which and why in our words.
-    known = str(error) if isinstance(error, ModelUnavailableError) and str(error) else None
+    # Our own 503s (a model that cannot take requests, /metrics) say which and why in our words.
+    ours = (ModelUnavailableError, MetricsUnavailableError)
+    known = str(error) if isinstance(error, ours) and str(error) else None
     message = f"{known or SERVER_MESSAGES[kind.code or 'internal_error']}; request id {request_id}"
     return JSONResponse(error_body(message, kind), kind.status, headers=headers)
 

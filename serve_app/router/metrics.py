@@ -31,6 +31,7 @@ from typing import Any
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from serve_app.errors import MetricsUnavailableError
 from serve_app.router.auth import route_path
 from serve_app.router.metrics_merge import merge
 from serve_app.workers import WorkerPool
@@ -43,6 +44,9 @@ CACHE_S = 1.0  # one scrape of the cluster serves every /metrics call within thi
 NODES_TTL_S = 10.0
 SCRAPE_TIMEOUT_S = 3.0
 MERGE_TIMEOUT_S = 30.0
+# The most agent text merged in the router's own process when the helper fails: a 1.9 MB merge
+# there stalled the event loop 77-81 ms (GC pauses under the GIL), so 8 MiB is some 300 ms.
+THREAD_MERGE_MAX_CHARS = 8 * 2**20
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 REQUESTS_NAME = "modelopt_serve_http_requests"
 REQUESTS_HELP = "HTTP requests the router answered, by route, method, status code and model."
@@ -70,9 +74,13 @@ class ClusterMetrics:
     process). In a thread of the router's process it held the GIL: a 1.9 MB merge stalled the
     event loop that relays every stream for 77-79 ms (``tests/router/test_metrics_scrape.py``; a
     few ms in the helper), and a scrape every 1.1 s of `make serve`'s demo fleet raised a trivial
-    request's p99 through the router from 3-4 ms to 16-23 ms (docs/benchmarks.md). Should the
-    helper fail or take longer than MERGE_TIMEOUT_S, it is replaced, this merge runs in a thread
-    as before, and a warning says why."""
+    request's p99 through the router from 3-4 ms to 16-23 ms (docs/benchmarks.md).
+
+    A helper that fails (cannot start, dies) is replaced; that scrape merges in a thread as
+    before when the text is at most THREAD_MERGE_MAX_CHARS, and a warning says why. A merge that
+    outruns MERGE_TIMEOUT_S (some 50 MB of text), or a failure with more text than that, raises
+    ``MetricsUnavailableError`` (503) rather than merge here and stall every stream for seconds:
+    a Prometheus scrape has long given up by then anyway (its default timeout is 10 s)."""
 
     def __init__(self, targets: Callable[[], list[str]] = metrics_targets) -> None:
         self._targets_fn = targets
@@ -98,8 +106,29 @@ class ClusterMetrics:
             return await self._merger.call(
                 "serve_app.router.metrics_merge:merge", (documents,), MERGE_TIMEOUT_S
             )
-        except (OSError, ChildProcessError, TimeoutError) as error:
+        except TimeoutError:
+            size = sum(len(document) for document in documents)
+            message = (
+                f"merging the metrics agents' text ({size} characters) took longer than"
+                f" {MERGE_TIMEOUT_S:g} s; retry later"
+            )
+            logger.warning("/metrics answered 503: %s", message)
+            raise MetricsUnavailableError(message) from None
+        except (OSError, ChildProcessError) as error:
             reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            size = sum(len(document) for document in documents)
+            if size > THREAD_MERGE_MAX_CHARS:
+                logger.warning(
+                    "/metrics answered 503: merging in a helper process failed (%s), and the agents'"
+                    " text (%d characters) is too large to merge in the router's process (at most %d)",
+                    reason,
+                    size,
+                    THREAD_MERGE_MAX_CHARS,
+                )
+                raise MetricsUnavailableError(
+                    "the cluster's metrics could not be merged: a helper process of the router"
+                    " failed; retry later"
+                ) from error
             logger.warning("/metrics: merging in a helper process failed (%s); merging here", reason)
             return await asyncio.to_thread(merge, documents)
 

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from serve_app.errors import InvalidRequestError
+from serve_app.errors import InvalidRequestError, MetricsUnavailableError
 from serve_app.registry.models import RouterSpec
 from serve_app.router.errors import error_response
 from serve_app.router.limits import RequestLimits, check_document, parse_request
@@ -385,6 +385,16 @@ def test_a_helper_process_that_cannot_start_is_503_with_retry_after():
         "a helper process of the server stopped or could not start; retry later; request id "
     )
     assert "Too many open files" not in body["error"]["message"]
+
+
+def test_metrics_that_cannot_be_merged_are_503_with_the_reason_and_retry_after():
+    message = "merging the metrics agents' text (60000000 characters) took longer than 30 s; retry later"
+    response = error_response(MetricsUnavailableError(message))
+    body = json.loads(response.body)
+    assert (response.status_code, response.headers["retry-after"]) == (503, "1")
+    kind = (body["error"]["type"], body["error"]["code"])
+    assert kind == ("ServiceUnavailableError", "metrics_unavailable")
+    assert body["error"]["message"].startswith(f"{message}; request id ")
 
 
 def test_an_error_message_with_a_surrogate_still_encodes():

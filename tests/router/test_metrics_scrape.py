@@ -1,6 +1,7 @@
 """/metrics' scrape of the metrics agents, over real HTTP: the merge runs in a helper process, so
 a scrape does not stall the router's event loop; a failed helper falls back to a thread; and no
-helper outlives a router that dies mid-scrape."""
+helper outlives a router that dies mid-scrape. A merge past its time limit, or too large to
+merge in the router's own process, is answered 503."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from serve_app.errors import MetricsUnavailableError
 from serve_app.router import metrics as router_metrics
 from serve_app.router.metrics import ClusterMetrics
 from tests.processes import running_with
@@ -98,18 +100,15 @@ def test_a_scrape_does_not_stall_the_event_loop():
     assert lag_ms < 40, f"the loop stalled {lag_ms:.0f} ms during a {scrape_s:.2f} s scrape"
 
 
-@pytest.mark.parametrize("failure", ["cannot_start", "died", "times_out"])
+@pytest.mark.parametrize("failure", ["cannot_start", "died"])
 def test_a_failed_helper_falls_back_to_a_thread_and_the_next_scrape_uses_a_helper(
     failure, monkeypatch, caplog
 ):
     if failure == "cannot_start":
         monkeypatch.setattr(sys, "executable", "/nonexistent/python")  # as with too many open files
         reason = "(ChildProcessError: could not start a helper process: [Errno 2] No such file"
-    elif failure == "died":  # killed while idle, as by the OOM killer
+    else:  # killed while idle, as by the OOM killer
         reason = "(ChildProcessError: worker process for serve_app.router.metrics_merge:merge exited)"
-    else:
-        monkeypatch.setattr(router_metrics, "MERGE_TIMEOUT_S", 0.001)
-        reason = "(TimeoutError); merging here"
     with agent_server(big_agent(3)) as url:
         cluster = ClusterMetrics(targets=lambda: [url])
 
@@ -135,6 +134,58 @@ def test_a_failed_helper_falls_back_to_a_thread_and_the_next_scrape_uses_a_helpe
     assert "/metrics: merging in a helper process failed" in logged
     assert reason in logged
     assert caplog.text == logged, "the second scrape fell back too"
+
+
+def _scrape_fails_then_recovers(cluster: ClusterMetrics, monkeypatch) -> tuple[str, bytes]:
+    """The first scrape's MetricsUnavailableError message; then, the cause undone, the next body."""
+
+    async def twice() -> tuple[str, bytes]:
+        with pytest.raises(MetricsUnavailableError) as failed:
+            await cluster.render()
+        monkeypatch.undo()
+        await asyncio.gather(*cluster._merger._replacing)
+        return str(failed.value), await asyncio.wait_for(cluster.render(), 30)
+
+    return asyncio.run(twice())
+
+
+def test_a_merge_past_its_time_limit_is_503_and_not_merged_again_in_the_router(monkeypatch, caplog):
+    """It used to be merged again in a thread: a document that took the helper 30 s would then
+    stall the router's loop, and every stream it relays, for longer."""
+    monkeypatch.setattr(router_metrics, "MERGE_TIMEOUT_S", 0.001)
+    merged_here = []
+    monkeypatch.setattr(router_metrics, "merge", lambda documents: merged_here.append(1) or b"")
+    with agent_server(big_agent(3)) as url:
+        cluster = ClusterMetrics(targets=lambda: [url])
+        with caplog.at_level(logging.WARNING, logger="ray.serve"):
+            message, body = _scrape_fails_then_recovers(cluster, monkeypatch)
+    size = len(big_agent(3))
+    took = f"merging the metrics agents' text ({size} characters) took longer than 0.001 s"
+    assert message == f"{took}; retry later"
+    assert f"/metrics answered 503: {message}" in caplog.text
+    assert merged_here == []
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    assert len(families["vllm:time_to_first_token_seconds"].samples) == 3 * 14
+
+
+def test_a_failed_helper_with_too_much_text_to_merge_here_is_503(monkeypatch, caplog):
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    monkeypatch.setattr(router_metrics, "THREAD_MERGE_MAX_CHARS", 1000)
+    with agent_server(big_agent(3)) as url:
+        cluster = ClusterMetrics(targets=lambda: [url])
+        with caplog.at_level(logging.WARNING, logger="ray.serve"):
+            message, body = _scrape_fails_then_recovers(cluster, monkeypatch)
+    assert message == (
+        "the cluster's metrics could not be merged: a helper process of the router failed; retry later"
+    )
+    assert (
+        "/metrics answered 503: merging in a helper process failed (ChildProcessError: could not start"
+        " a helper process: [Errno 2] No such file or directory: '/nonexistent/python'), and the"
+        f" agents' text ({len(big_agent(3))} characters) is too large to merge in the router's process"
+        " (at most 1000)"
+    ) in caplog.text
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    assert len(families["vllm:time_to_first_token_seconds"].samples) == 3 * 14
 
 
 PARENT = """
