@@ -27,6 +27,7 @@ import threading
 from typing import Any, BinaryIO
 
 _HEADER = 8  # bytes of big-endian frame length
+CLOSED = "the server's helper processes are shut down (the replica is stopping)"
 START_TIMEOUT_S = 60.0  # a warm-up (imports) that takes longer is stuck, not slow; read at each start
 
 logger = logging.getLogger("ray.serve")
@@ -138,13 +139,15 @@ class WorkerPool:
     replacement, which puts it back however that ends. A process that cannot start (too many open
     files, say) fails that caller only, with ``ChildProcessError`` (the router answers 503), and
     leaves its slot empty for the next; an earlier version left the queue empty for good and
-    every later call waited forever."""
+    every later call waited forever. After ``close()`` every call, waiting or new, raises
+    ``ChildProcessError`` at once, and a worker still busy is killed when its call ends."""
 
     def __init__(self, size: int, warm_up: str | None = None) -> None:
         self.size = size
         self.warm_up = warm_up
         self._slots: asyncio.Queue[WorkerProcess | None] | None = None
         self._replacing: set[asyncio.Task] = set()
+        self._closed = False
 
     def _queue(self) -> asyncio.Queue[WorkerProcess | None]:
         if self._slots is None:
@@ -157,7 +160,7 @@ class WorkerPool:
         """Start a process in every idle empty slot now (raises what starting one raises)."""
         queue = self._queue()
         for _ in range(queue.qsize()):
-            queue.put_nowait(await self._fill(queue.get_nowait()))
+            self._put(await self._fill(queue.get_nowait()))
 
     async def _fill(self, slot: WorkerProcess | None) -> WorkerProcess:
         """The worker in a slot the caller took from the queue, starting one in an empty slot.
@@ -165,15 +168,22 @@ class WorkerPool:
         caller be cancelled meanwhile, the slot goes back once the start has ended."""
         if slot is not None:
             return slot
+        if self._closed:
+            self._put(None)
+            raise ChildProcessError(CLOSED)
         spawning = asyncio.ensure_future(asyncio.to_thread(self._start_process))
         try:
-            return await asyncio.shield(spawning)
+            worker = await asyncio.shield(spawning)
         except asyncio.CancelledError:
             spawning.add_done_callback(self._return_spawned)
             raise
         except BaseException:
-            self._queue().put_nowait(None)
+            self._put(None)
             raise
+        if self._closed:  # closed while it started
+            self._put(worker)
+            raise ChildProcessError(CLOSED)
+        return worker
 
     def _start_process(self) -> WorkerProcess:
         """A new process; ``ChildProcessError`` when none can start (e.g. too many open files)."""
@@ -186,9 +196,18 @@ class WorkerPool:
 
     def _return_spawned(self, spawning: asyncio.Future[WorkerProcess]) -> None:
         failed = spawning.cancelled() or spawning.exception() is not None
-        self._queue().put_nowait(None if failed else spawning.result())
+        self._put(None if failed else spawning.result())
+
+    def _put(self, slot: WorkerProcess | None) -> None:
+        """Give a slot back to the idle queue; once closed, a worker in it is killed first."""
+        if self._closed and slot is not None:
+            slot.kill()
+            slot = None
+        self._queue().put_nowait(slot)
 
     async def call(self, function: str, args: tuple[Any, ...], timeout_s: float | None = None) -> Any:
+        if self._closed:
+            raise ChildProcessError(CLOSED)
         worker = await self._fill(await self._queue().get())
         try:
             result = await asyncio.wait_for(asyncio.to_thread(worker.call, function, args), timeout_s)
@@ -196,12 +215,12 @@ class WorkerPool:
             self._replace_later(worker)
             raise
         except Exception:  # the function raised (an OSError too); the worker itself is fine
-            self._queue().put_nowait(worker)
+            self._put(worker)
             raise
         except BaseException:  # cancelled mid-call: the worker is still busy with it
             self._replace_later(worker)
             raise
-        self._queue().put_nowait(worker)
+        self._put(worker)
         return result
 
     def _replace_later(self, worker: WorkerProcess) -> None:
@@ -212,22 +231,25 @@ class WorkerPool:
             fresh: WorkerProcess | None = None
             try:
                 await asyncio.to_thread(worker.kill)
-                fresh = await asyncio.to_thread(self._start_process)
+                if not self._closed:
+                    fresh = await asyncio.to_thread(self._start_process)
             except Exception as error:  # the next caller tries again, and gets the error itself
                 logger.warning("a helper process could not be replaced: %s", error)
             finally:
-                self._queue().put_nowait(fresh)
+                self._put(fresh)
 
         task = asyncio.get_running_loop().create_task(replace())
         self._replacing.add(task)
         task.add_done_callback(self._replacing.discard)
 
     def close(self) -> None:
-        """Kill every idle worker (busy ones end when their pipes close)."""
-        while self._slots is not None and not self._slots.empty():
-            worker = self._slots.get_nowait()
-            if worker is not None:
-                worker.kill()
+        """Kill every idle worker now and every busy one when its call ends; calls, waiting or
+        new, raise ``ChildProcessError``. A start in flight is killed when it ends."""
+        self._closed = True
+        if self._slots is None:
+            return
+        for _ in range(self._slots.qsize()):
+            self._put(self._slots.get_nowait())
 
 
 def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:

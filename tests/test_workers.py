@@ -186,3 +186,32 @@ def test_a_warm_up_that_never_ends_is_killed_at_the_start_limit(monkeypatch, tmp
         pool.close()
 
     asyncio.run(scenario())
+
+
+def test_after_close_calls_fail_at_once_and_a_busy_worker_ends_with_its_call():
+    """close() used to take the idle slots away for good: a call after it, or one waiting for
+    the busy worker, waited forever; and the busy worker outlived the pool."""
+    from tests.router.test_metrics_scrape import big_agent
+
+    slow = ([big_agent(1500)],)  # a merge of some 3 MB: about a second
+
+    async def scenario() -> tuple[bytes, BaseException | bytes]:
+        pool = WorkerPool(1)
+        await pool.start()
+        busy = asyncio.ensure_future(pool.call("serve_app.router.metrics_merge:merge", slow))
+        waiting = asyncio.ensure_future(pool.call(CHEAP, ([],)))
+        await asyncio.sleep(0.2)
+        assert len(_children()) == 1
+        pool.close()
+        closed = r"the server's helper processes are shut down \(the replica is stopping\)"
+        with pytest.raises(ChildProcessError, match=closed):
+            await asyncio.wait_for(waiting, CALL_LIMIT_S)
+        with pytest.raises(ChildProcessError, match=closed):
+            await asyncio.wait_for(pool.call(CHEAP, ([],)), CALL_LIMIT_S)
+        body = await asyncio.wait_for(busy, CALL_LIMIT_S)  # the call in flight still gets its answer
+        return body, _children()
+
+    before = _children()
+    body, after = asyncio.run(scenario())
+    assert body.startswith(b"# HELP vllm:time_to_first_token_seconds")
+    assert after - before == set()
