@@ -6,6 +6,7 @@
     ├── CheckpointLoadError      a checkpoint's tensors don't fit its config; fix or re-export it
     ├── PreflightFailed          a model failed preflight; the report says what to fix
     ├── ModelUnavailableError    no replica of the model came up in time; retry later (503)
+    ├── MetricsUnavailableError  /metrics could not be merged without stalling the router (503)
     ├── RequestError             the client's request is wrong; it can retry with a fixed one (4xx)
     │   ├── InvalidRequestError      a field is missing or out of range            -> 400
     │   ├── ContextLengthError       prompt (+ max_tokens) exceeds the context    -> 400

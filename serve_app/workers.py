@@ -21,14 +21,19 @@ import importlib
 import logging
 import os
 import pickle
+import select
 import subprocess
 import sys
-import threading
+import time
 from typing import Any, BinaryIO
 
 _HEADER = 8  # bytes of big-endian frame length
 CLOSED = "the server's helper processes are shut down (the replica is stopping)"
 START_TIMEOUT_S = 60.0  # a warm-up (imports) that takes longer is stuck, not slow; read at each start
+# After a start fails, an empty slot fails its caller at once for this long: the callers queued
+# behind that start get its error, rather than each wait out a start of its own (up to
+# START_TIMEOUT_S apiece) before its 503.
+START_RETRY_S = 0.5
 
 logger = logging.getLogger("ray.serve")
 
@@ -49,9 +54,9 @@ def _read_frame(stream: BinaryIO) -> bytes | None:
 class WorkerProcess:
     """One ``python -m serve_app.workers`` child. Blocking; ``WorkerPool`` calls it from threads.
 
-    ``warm_up`` (a ``module:function``) runs first; a child that does not finish it within
+    ``warm_up`` (a ``module:function``) runs first; a child that does not answer it within
     START_TIMEOUT_S seconds is killed, and one whose warm-up raises is killed too: both raise
-    ``ChildProcessError`` naming the cause, as a child that cannot start at all does, so that a
+    ``ChildProcessError`` naming the cause, as a child that cannot start at all does, so that its
     caller never waits on a stuck start and never sees the warm-up's own exception as its own."""
 
     def __init__(self, warm_up: str | None = None) -> None:
@@ -61,26 +66,14 @@ class WorkerProcess:
         if warm_up is None:
             return
         limit_s = START_TIMEOUT_S
-        expired = threading.Event()
-
-        def expire() -> None:
-            expired.set()
-            self.proc.kill()
-
-        timer = threading.Timer(limit_s, expire)
-        timer.daemon = True
-        timer.start()
         try:
-            self.call(warm_up, ())
+            self.call(warm_up, (), answer_within_s=limit_s)
         except BaseException as error:
-            timer.cancel()
             self.kill()
+            if isinstance(error, TimeoutError):
+                took = f"its warm-up ({warm_up}) took longer than {limit_s:g} s"
+                raise ChildProcessError(f"could not start a helper process: {took}") from None
             if isinstance(error, ChildProcessError):
-                if expired.is_set():
-                    raise ChildProcessError(
-                        f"could not start a helper process: its warm-up ({warm_up}) took longer"
-                        f" than {limit_s:g} s"
-                    ) from error
                 raise ChildProcessError(
                     f"could not start a helper process: it exited during its warm-up ({warm_up})"
                 ) from error
@@ -90,25 +83,27 @@ class WorkerProcess:
                     f" {type(error).__name__}: {error}"
                 ) from error
             raise
-        timer.cancel()
-        if expired.is_set():  # it answered as the timer fired, and is killed
-            self.kill()
-            raise ChildProcessError(
-                f"could not start a helper process: its warm-up ({warm_up}) took longer than {limit_s:g} s"
-            )
 
-    def call(self, function: str, args: tuple[Any, ...]) -> Any:
+    def call(self, function: str, args: tuple[Any, ...], answer_within_s: float | None = None) -> Any:
         """Run ``module:function(*args)`` in the child; re-raise its exception here.
 
         Raises ``ChildProcessError`` when the child died (killed on timeout, or crashed), also
-        when that shows as a broken pipe on the next call to a worker that died idle."""
+        when that shows as a broken pipe on the next call to a worker that died idle; and
+        ``TimeoutError`` when ``answer_within_s`` (seconds) passes with no answer begun, the
+        child left running (the caller kills it): a wait in this thread, so nothing else is
+        started that could fail or fire late."""
         module, _, name = function.partition(":")
         request = pickle.dumps((module, name, args), protocol=pickle.HIGHEST_PROTOCOL)
         try:
             _write_frame(self.proc.stdin, request)
-            frame = _read_frame(self.proc.stdout)
+            answered = (
+                answer_within_s is None or select.select([self.proc.stdout], [], [], answer_within_s)[0]
+            )
+            frame = _read_frame(self.proc.stdout) if answered else b""
         except OSError as error:  # BrokenPipeError, ConnectionResetError
             raise ChildProcessError(f"worker process for {function} exited") from error
+        if not answered:  # (TimeoutError is an OSError: raised out here, not turned into the above)
+            raise TimeoutError(f"no answer from the helper process within {answer_within_s:g} s")
         if frame is None:
             raise ChildProcessError(f"worker process for {function} exited")
         status, value = pickle.loads(frame)
@@ -139,7 +134,9 @@ class WorkerPool:
     replacement, which puts it back however that ends. A process that cannot start (too many open
     files, say) fails that caller only, with ``ChildProcessError`` (the router answers 503), and
     leaves its slot empty for the next; an earlier version left the queue empty for good and
-    every later call waited forever. After ``close()`` every call, waiting or new, raises
+    every later call waited forever. Callers that find an empty slot within START_RETRY_S of a
+    failed start get its error at once, so a queue of callers behind a stuck start waits for one
+    START_TIMEOUT_S, not one each. After ``close()`` every call, waiting or new, raises
     ``ChildProcessError`` at once, and a worker still busy is killed when its call ends."""
 
     def __init__(self, size: int, warm_up: str | None = None) -> None:
@@ -148,6 +145,7 @@ class WorkerPool:
         self._slots: asyncio.Queue[WorkerProcess | None] | None = None
         self._replacing: set[asyncio.Task] = set()
         self._closed = False
+        self._failed_start: tuple[float, str] | None = None  # (time.monotonic(), message)
 
     def _queue(self) -> asyncio.Queue[WorkerProcess | None]:
         if self._slots is None:
@@ -171,6 +169,9 @@ class WorkerPool:
         if self._closed:
             self._put(None)
             raise ChildProcessError(CLOSED)
+        if self._failed_start is not None and time.monotonic() - self._failed_start[0] < START_RETRY_S:
+            self._put(None)
+            raise ChildProcessError(self._failed_start[1])
         spawning = asyncio.ensure_future(asyncio.to_thread(self._start_process))
         try:
             worker = await asyncio.shield(spawning)
@@ -188,11 +189,16 @@ class WorkerPool:
     def _start_process(self) -> WorkerProcess:
         """A new process; ``ChildProcessError`` when none can start (e.g. too many open files)."""
         try:
-            return WorkerProcess(self.warm_up)
-        except ChildProcessError:
+            worker = WorkerProcess(self.warm_up)
+        except ChildProcessError as error:
+            self._failed_start = (time.monotonic(), str(error))
             raise
         except OSError as error:
-            raise ChildProcessError(f"could not start a helper process: {error}") from error
+            message = f"could not start a helper process: {error}"
+            self._failed_start = (time.monotonic(), message)
+            raise ChildProcessError(message) from error
+        self._failed_start = None
+        return worker
 
     def _return_spawned(self, spawning: asyncio.Future[WorkerProcess]) -> None:
         failed = spawning.cancelled() or spawning.exception() is not None

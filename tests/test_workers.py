@@ -43,6 +43,7 @@ def test_a_process_that_cannot_start_fails_its_caller_and_not_the_next(monkeypat
             with pytest.raises(ChildProcessError, match=r"could not start a helper process: .* No such file"):
                 await _call(pool)
         monkeypatch.undo()
+        await asyncio.sleep(workers.START_RETRY_S)  # a failed start's error is given for this long
         assert await _call(pool) == b""
         pool.close()
 
@@ -62,6 +63,7 @@ def test_a_worker_killed_mid_call_whose_replacement_cannot_start(monkeypatch):
         with pytest.raises(ChildProcessError, match="could not start a helper process"):
             await _call(pool)
         monkeypatch.undo()
+        await asyncio.sleep(workers.START_RETRY_S)  # a failed start's error is given for this long
         assert await _call(pool) == b""
         pool.close()
 
@@ -182,6 +184,7 @@ def test_a_warm_up_that_never_ends_is_killed_at_the_start_limit(monkeypatch, tmp
         assert time.monotonic() - started < 10
         assert _children() == set()
         monkeypatch.undo()
+        await asyncio.sleep(workers.START_RETRY_S)  # a failed start's error is given for this long
         assert await _call(pool) == b""  # the next caller starts a working process in the slot
         pool.close()
 
@@ -215,3 +218,33 @@ def test_after_close_calls_fail_at_once_and_a_busy_worker_ends_with_its_call():
     body, after = asyncio.run(scenario())
     assert body.startswith(b"# HELP vllm:time_to_first_token_seconds")
     assert after - before == set()
+
+
+def test_callers_queued_behind_a_stuck_start_fail_with_it_not_one_start_limit_each(monkeypatch, tmp_path):
+    """Each queued caller used to take the empty slot and wait out a start of its own: the 8th of
+    8 callers on 2 slots waited 4 start limits (4 minutes at the real 60 s) for its 503."""
+    stuck = tmp_path / "stuck-python"
+    stuck.write_text("#!/bin/sh\nexec sleep 600\n")
+    stuck.chmod(0o755)
+
+    async def scenario() -> list[float]:
+        pool = WorkerPool(2, warm_up="serve_app.deployments.template_render:warm_up")
+        monkeypatch.setattr(sys, "executable", str(stuck))
+        monkeypatch.setattr(workers, "START_TIMEOUT_S", 1.0)
+        started = time.monotonic()
+
+        async def one() -> float:
+            with pytest.raises(ChildProcessError, match=r"took longer than 1 s"):
+                await _call(pool)
+            return time.monotonic() - started
+
+        waited = await asyncio.gather(*(one() for _ in range(8)))
+        monkeypatch.undo()
+        await asyncio.sleep(workers.START_RETRY_S)
+        assert await _call(pool) == b""  # a later caller starts afresh
+        pool.close()
+        return waited
+
+    waited = asyncio.run(scenario())
+    assert max(waited) < 1.9, waited
+    assert _children() == set()

@@ -78,7 +78,8 @@ class ClusterMetrics:
 
     A helper that fails (cannot start, dies) is replaced; that scrape merges in a thread as
     before when the text is at most THREAD_MERGE_MAX_CHARS, and a warning says why. A merge that
-    outruns MERGE_TIMEOUT_S (some 50 MB of text), or a failure with more text than that, raises
+    outruns MERGE_TIMEOUT_S (about 90 MB of text), or a helper failure with more than
+    THREAD_MERGE_MAX_CHARS of text, raises
     ``MetricsUnavailableError`` (503) rather than merge here and stall every stream for seconds:
     a Prometheus scrape has long given up by then anyway (its default timeout is 10 s)."""
 
