@@ -161,21 +161,27 @@ def warn_if_slow_ingress(environ: Mapping[str, str]) -> None:
 
 
 def warn_if_haproxy_ports_open(environ: Mapping[str, str]) -> None:
-    """Log where HAProxy's stats page and metrics listen when the HAProxy ingress is on.
+    """Log ``haproxy_ports_warning`` (in the controller's log, where a builder's lines go;
+    ``serve_app run`` prints it on the console too)."""
+    warning = haproxy_ports_warning(environ)
+    if warning is not None:
+        logger.warning("%s", warning)
+
+
+def haproxy_ports_warning(environ: Mapping[str, str]) -> str | None:
+    """Where HAProxy's stats page and metrics listen when the HAProxy ingress is on; None when off.
 
     Ray 2.60 binds them to every interface (``bind *:<stats_port>`` and ``bind :<metrics_port>``
     in ray/serve/_private/haproxy_templates.py; only the ports can be set), without
     authentication; docs/operations.md says how to close them."""
     if environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
-        return
+        return None
     stats = environ.get("RAY_SERVE_HAPROXY_STATS_PORT", "8404")
     metrics = environ.get("RAY_SERVE_HAPROXY_METRICS_PORT", "9101")
-    logger.warning(
-        "HAProxy ingress: its stats page (port %s) and Prometheus metrics (port %s) listen on all "
-        "interfaces without authentication (Ray 2.60 offers no bind address for them); block both "
-        'ports from outside this host with a firewall (docs/operations.md, "HAProxy\'s ports")',
-        stats,
-        metrics,
+    return (
+        f"HAProxy ingress: its stats page (port {stats}) and Prometheus metrics (port {metrics}) listen"
+        " on all interfaces without authentication (Ray 2.60 offers no bind address for them); block"
+        ' both ports from outside this host with a firewall (docs/operations.md, "HAProxy\'s ports")'
     )
 
 

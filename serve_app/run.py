@@ -49,6 +49,12 @@ def run(registry_path: Path, serve_args: list[str] | None = None) -> int:
     streams_s = max((m.drain_timeout_s for m in registry.models), default=0.0)
     drain_s = streams_s + DRAIN_MARGIN_S
     model_apps = model_application_names(registry_path)
+    from serve_app.app import haproxy_ports_warning
+
+    # The builder logs it in the controller's log only; an operator watches this console.
+    warning = haproxy_ports_warning(os.environ)
+    if warning is not None:
+        print(f"serve_app run: warning: {warning}", flush=True)
     command = [sys.executable, "-m", "ray.serve.scripts", "run", str(registry_path), *(serve_args or [])]
     child = subprocess.Popen(command, start_new_session=True, preexec_fn=_default_signals)
     stop = threading.Event()

@@ -112,6 +112,11 @@ def test_sigterm_lets_a_stream_in_flight_finish_then_stops_everything(runner):
     assert "model qwen ready in" in text  # written by the periodic flush
     assert text.count("model qwen stopped") == 1, text[-2000:]  # its last line, from ModelServer.__del__
     assert f"serve_app run: ready: {base}/v1 serves qwen\n" in output
+    # The builder's warning reached only the controller's log; an operator watches the console.
+    assert (
+        "serve_app run: warning: HAProxy ingress: its stats page (port 8404) and Prometheus metrics"
+        " (port 9101) listen on all interfaces without authentication"
+    ) in output
     time.sleep(1)
     assert processes_mentioning(ray_tmp) == [], output[-3000:]
 
