@@ -20,14 +20,25 @@ CHEAP = "serve_app.router.metrics_merge:merge"  # merge([]) is b"": a call that 
 CALL_LIMIT_S = 30  # a call that has not answered by then waits forever
 
 
+_earlier: set[int] = set()  # helpers of earlier tests' pools, still running (see the fixture)
+
+
+@pytest.fixture(autouse=True)
+def _only_this_tests_helpers() -> None:
+    """In the whole suite this process has other children: a Ray cluster, and the helpers of
+    pools that earlier tests used in-process and never closed. ``_children`` leaves those out."""
+    _earlier.clear()
+    _earlier.update(_children())
+
+
 def _children() -> set[int]:
-    """This process's running helper processes: ``-m serve_app.workers``, or the stuck stand-in
-    (``sleep 600``). In the whole suite this process has other children too (a Ray cluster)."""
+    """This process's running helper processes (``-m serve_app.workers``, or the stuck stand-in,
+    ``sleep 600``) that were not running when the test began."""
     found = set()
     for task in os.listdir(f"/proc/{os.getpid()}/task"):
         with open(f"/proc/{os.getpid()}/task/{task}/children") as children:
             found |= {int(pid) for pid in children.read().split()}
-    return {pid for pid in found if running(pid) and _is_helper(pid)}
+    return {pid for pid in found if running(pid) and _is_helper(pid)} - _earlier
 
 
 def _is_helper(pid: int) -> bool:
