@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import itertools
 import logging
+import math
 import os
 import pickle
 import select
@@ -30,10 +32,6 @@ from typing import Any, BinaryIO
 _HEADER = 8  # bytes of big-endian frame length
 CLOSED = "the server's helper processes are shut down (the replica is stopping)"
 START_TIMEOUT_S = 60.0  # a warm-up (imports) that takes longer is stuck, not slow; read at each start
-# After a start fails, an empty slot fails its caller at once for this long: the callers queued
-# behind that start get its error, rather than each wait out a start of its own (up to
-# START_TIMEOUT_S apiece) before its 503.
-START_RETRY_S = 0.5
 
 logger = logging.getLogger("ray.serve")
 
@@ -45,10 +43,39 @@ def _write_frame(stream: BinaryIO, payload: bytes) -> None:
 
 
 def _read_frame(stream: BinaryIO) -> bytes | None:
+    """The next frame's payload; None when the stream ends before a whole frame (the child
+    exited, also midway through writing one)."""
     header = stream.read(_HEADER)
     if len(header) < _HEADER:
         return None
-    return stream.read(int.from_bytes(header, "big"))
+    length = int.from_bytes(header, "big")
+    payload = stream.read(length)
+    return payload if len(payload) == length else None
+
+
+def _read_frame_within(fd: int, timeout_s: float) -> bytes | None:
+    """As ``_read_frame``, from a raw file descriptor with nothing read from it yet, the whole
+    frame within ``timeout_s`` seconds, else ``TimeoutError``. ``poll``, not ``select``: a
+    busy server's descriptors go past select's limit of 1024."""
+    deadline = time.monotonic() + timeout_s
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+
+    def read_exactly(size: int) -> bytes | None:
+        chunks: list[bytes] = []
+        while size > 0:
+            left_ms = math.ceil((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0 or not poller.poll(left_ms):
+                raise TimeoutError(f"no whole answer from the helper process within {timeout_s:g} s")
+            chunk = os.read(fd, size)
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+    header = read_exactly(_HEADER)
+    return None if header is None else read_exactly(int.from_bytes(header, "big"))
 
 
 class WorkerProcess:
@@ -87,23 +114,24 @@ class WorkerProcess:
     def call(self, function: str, args: tuple[Any, ...], answer_within_s: float | None = None) -> Any:
         """Run ``module:function(*args)`` in the child; re-raise its exception here.
 
-        Raises ``ChildProcessError`` when the child died (killed on timeout, or crashed), also
-        when that shows as a broken pipe on the next call to a worker that died idle; and
-        ``TimeoutError`` when ``answer_within_s`` (seconds) passes with no answer begun, the
-        child left running (the caller kills it): a wait in this thread, so nothing else is
-        started that could fail or fire late."""
+        Raises ``ChildProcessError`` when the child died (killed on timeout, or crashed, also
+        midway through its answer), also when that shows as a broken pipe on the next call to a
+        worker that died idle. ``answer_within_s`` (seconds; only for a child's first call,
+        whose stdout nothing has read yet): ``TimeoutError`` when the whole answer has not come
+        by then, the child left running (the caller kills it). The wait is in this thread, so
+        nothing else is started that could fail, or fire late."""
         module, _, name = function.partition(":")
         request = pickle.dumps((module, name, args), protocol=pickle.HIGHEST_PROTOCOL)
         try:
             _write_frame(self.proc.stdin, request)
-            answered = (
-                answer_within_s is None or select.select([self.proc.stdout], [], [], answer_within_s)[0]
-            )
-            frame = _read_frame(self.proc.stdout) if answered else b""
+            if answer_within_s is None:
+                frame = _read_frame(self.proc.stdout)
+            else:
+                frame = _read_frame_within(self.proc.stdout.fileno(), answer_within_s)
+        except TimeoutError:  # an OSError too, but not a dead child
+            raise
         except OSError as error:  # BrokenPipeError, ConnectionResetError
             raise ChildProcessError(f"worker process for {function} exited") from error
-        if not answered:  # (TimeoutError is an OSError: raised out here, not turned into the above)
-            raise TimeoutError(f"no answer from the helper process within {answer_within_s:g} s")
         if frame is None:
             raise ChildProcessError(f"worker process for {function} exited")
         status, value = pickle.loads(frame)
@@ -134,10 +162,12 @@ class WorkerPool:
     replacement, which puts it back however that ends. A process that cannot start (too many open
     files, say) fails that caller only, with ``ChildProcessError`` (the router answers 503), and
     leaves its slot empty for the next; an earlier version left the queue empty for good and
-    every later call waited forever. Callers that find an empty slot within START_RETRY_S of a
-    failed start get its error at once, so a queue of callers behind a stuck start waits for one
-    START_TIMEOUT_S, not one each. After ``close()`` every call, waiting or new, raises
-    ``ChildProcessError`` at once, and a worker still busy is killed when its call ends."""
+    every later call waited forever. A caller that was already waiting when a start failed, and
+    then finds an empty slot, gets that start's error at once, so a queue of callers behind a
+    stuck start waits for one START_TIMEOUT_S, not one each; a caller that comes later starts a
+    process afresh. After ``close()`` every call, waiting or new, raises ``ChildProcessError``
+    (one whose process is starting once that start ends), and a worker still busy is killed
+    when its call ends."""
 
     def __init__(self, size: int, warm_up: str | None = None) -> None:
         self.size = size
@@ -145,7 +175,10 @@ class WorkerPool:
         self._slots: asyncio.Queue[WorkerProcess | None] | None = None
         self._replacing: set[asyncio.Task] = set()
         self._closed = False
-        self._failed_start: tuple[float, str] | None = None  # (time.monotonic(), message)
+        # The latest failed start: (its number, its message). Set from the starting threads in
+        # one assignment, read once per use: a tuple never seen half-written.
+        self._failure_numbers = itertools.count(1)
+        self._failure: tuple[int, str] = (0, "")
 
     def _queue(self) -> asyncio.Queue[WorkerProcess | None]:
         if self._slots is None:
@@ -158,20 +191,20 @@ class WorkerPool:
         """Start a process in every idle empty slot now (raises what starting one raises)."""
         queue = self._queue()
         for _ in range(queue.qsize()):
-            self._put(await self._fill(queue.get_nowait()))
+            self._put(await self._fill(queue.get_nowait(), self._failure[0]))
 
-    async def _fill(self, slot: WorkerProcess | None) -> WorkerProcess:
+    async def _fill(self, slot: WorkerProcess | None, seen_failure: int) -> WorkerProcess:
         """The worker in a slot the caller took from the queue, starting one in an empty slot.
-        Should that start fail, the slot goes back empty and the error is raised; should the
-        caller be cancelled meanwhile, the slot goes back once the start has ended."""
+        ``seen_failure``: the number of the latest failed start when the caller began to wait;
+        a later one fails this caller at once with its message. Should the start fail, the slot
+        goes back empty and the error is raised; should the caller be cancelled meanwhile, the
+        slot goes back once the start has ended."""
         if slot is not None:
             return slot
-        if self._closed:
+        failure = self._failure
+        if self._closed or failure[0] != seen_failure:
             self._put(None)
-            raise ChildProcessError(CLOSED)
-        if self._failed_start is not None and time.monotonic() - self._failed_start[0] < START_RETRY_S:
-            self._put(None)
-            raise ChildProcessError(self._failed_start[1])
+            raise ChildProcessError(CLOSED if self._closed else failure[1])
         spawning = asyncio.ensure_future(asyncio.to_thread(self._start_process))
         try:
             worker = await asyncio.shield(spawning)
@@ -189,16 +222,14 @@ class WorkerPool:
     def _start_process(self) -> WorkerProcess:
         """A new process; ``ChildProcessError`` when none can start (e.g. too many open files)."""
         try:
-            worker = WorkerProcess(self.warm_up)
+            return WorkerProcess(self.warm_up)
         except ChildProcessError as error:
-            self._failed_start = (time.monotonic(), str(error))
+            self._failure = (next(self._failure_numbers), str(error))
             raise
         except OSError as error:
             message = f"could not start a helper process: {error}"
-            self._failed_start = (time.monotonic(), message)
+            self._failure = (next(self._failure_numbers), message)
             raise ChildProcessError(message) from error
-        self._failed_start = None
-        return worker
 
     def _return_spawned(self, spawning: asyncio.Future[WorkerProcess]) -> None:
         failed = spawning.cancelled() or spawning.exception() is not None
@@ -214,7 +245,8 @@ class WorkerPool:
     async def call(self, function: str, args: tuple[Any, ...], timeout_s: float | None = None) -> Any:
         if self._closed:
             raise ChildProcessError(CLOSED)
-        worker = await self._fill(await self._queue().get())
+        seen_failure = self._failure[0]
+        worker = await self._fill(await self._queue().get(), seen_failure)
         try:
             result = await asyncio.wait_for(asyncio.to_thread(worker.call, function, args), timeout_s)
         except (TimeoutError, ChildProcessError):
