@@ -44,8 +44,9 @@ CACHE_S = 1.0  # one scrape of the cluster serves every /metrics call within thi
 NODES_TTL_S = 10.0
 SCRAPE_TIMEOUT_S = 3.0
 MERGE_TIMEOUT_S = 30.0
-# The most agent text merged in the router's own process when the helper fails: a 1.9 MB merge
-# there stalled the event loop 77-81 ms (GC pauses under the GIL), so 8 MiB is some 300 ms.
+# The most agent text merged in the router's own process when the helper fails: there, the merge's
+# GC pauses under the GIL stall the event loop (77-81 ms for 1.9 MB; up to 100 ms measured for
+# 8.3 M characters).
 THREAD_MERGE_MAX_CHARS = 8 * 2**20
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 REQUESTS_NAME = "modelopt_serve_http_requests"
@@ -79,9 +80,9 @@ class ClusterMetrics:
     A helper that fails (cannot start, dies) is replaced; that scrape merges in a thread as
     before when the text is at most THREAD_MERGE_MAX_CHARS, and a warning says why. A merge that
     outruns MERGE_TIMEOUT_S (about 90 MB of text), or a helper failure with more than
-    THREAD_MERGE_MAX_CHARS of text, raises
-    ``MetricsUnavailableError`` (503) rather than merge here and stall every stream for seconds:
-    a Prometheus scrape has long given up by then anyway (its default timeout is 10 s)."""
+    THREAD_MERGE_MAX_CHARS of text, raises ``MetricsUnavailableError`` (503) rather than merge
+    here and stall every stream longer (about a second for 90 MB): a Prometheus scrape has long
+    given up by then anyway (its default timeout is 10 s)."""
 
     def __init__(self, targets: Callable[[], list[str]] = metrics_targets) -> None:
         self._targets_fn = targets
