@@ -32,8 +32,8 @@ def _only_this_tests_helpers() -> None:
 
 
 def _children() -> set[int]:
-    """This process's running helper processes (``-m serve_app.workers``, or the stuck stand-in,
-    ``sleep 600``) that were not running when the test began."""
+    """This process's running helper processes (``-m serve_app.workers``, stand-ins from
+    ``_fake_python`` too) that were not running when the test began."""
     found = set()
     for task in os.listdir(f"/proc/{os.getpid()}/task"):
         try:
@@ -50,7 +50,21 @@ def _is_helper(pid: int) -> bool:
             argv = cmdline.read().split(b"\0")
     except OSError:  # it has just ended
         return False
-    return b"serve_app.workers" in argv or argv[:2] == [b"sleep", b"600"]
+    return b"serve_app.workers" in argv
+
+
+def _fake_python(tmp_path, name: str, body: str) -> str:
+    """An executable that stands in for ``python -m serve_app.workers``: ``body`` runs with
+    ``stdin``/``stdout`` (binary) and ``frame(n)`` (the 8-byte length header) defined."""
+    script = tmp_path / name
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import sys, time\n"
+        "stdin, stdout = sys.stdin.buffer, sys.stdout.buffer\n"
+        "def frame(n):\n    return n.to_bytes(8, 'big')\n" + body
+    )
+    script.chmod(0o755)
+    return str(script)
 
 
 async def _call(pool: WorkerPool) -> bytes:
@@ -192,13 +206,11 @@ def test_a_warm_up_that_raises_is_a_helper_that_cannot_start_and_names_the_cause
 def test_a_warm_up_that_never_ends_is_killed_at_the_start_limit(monkeypatch, tmp_path):
     """A stuck start (an import that blocks, a child that never answers) used to hold its caller
     and every later one forever."""
-    stuck = tmp_path / "stuck-python"
-    stuck.write_text("#!/bin/sh\nexec sleep 600\n")
-    stuck.chmod(0o755)
+    stuck = _fake_python(tmp_path, "stuck", "time.sleep(600)\n")  # reads nothing, answers nothing
 
     async def scenario() -> None:
         pool = WorkerPool(1, warm_up="serve_app.deployments.template_render:warm_up")
-        monkeypatch.setattr(sys, "executable", str(stuck))
+        monkeypatch.setattr(sys, "executable", stuck)
         monkeypatch.setattr(workers, "START_TIMEOUT_S", 1.0)
         started = time.monotonic()
         message = r"its warm-up \(serve_app.deployments.template_render:warm_up\) took longer than 1 s"
@@ -245,13 +257,11 @@ def test_after_close_calls_fail_at_once_and_a_busy_worker_ends_with_its_call():
 def test_callers_queued_behind_a_stuck_start_fail_with_it_not_one_start_limit_each(monkeypatch, tmp_path):
     """Each queued caller used to take the empty slot and wait out a start of its own: the 8th of
     8 callers on 2 slots waited 4 start limits (4 minutes at the real 60 s) for its 503."""
-    stuck = tmp_path / "stuck-python"
-    stuck.write_text("#!/bin/sh\nexec sleep 600\n")
-    stuck.chmod(0o755)
+    stuck = _fake_python(tmp_path, "stuck", "time.sleep(600)\n")  # reads nothing, answers nothing
 
     async def scenario() -> list[float]:
         pool = WorkerPool(2, warm_up="serve_app.deployments.template_render:warm_up")
-        monkeypatch.setattr(sys, "executable", str(stuck))
+        monkeypatch.setattr(sys, "executable", stuck)
         monkeypatch.setattr(workers, "START_TIMEOUT_S", 1.0)
         started = time.monotonic()
 
@@ -269,20 +279,6 @@ def test_callers_queued_behind_a_stuck_start_fail_with_it_not_one_start_limit_ea
     waited = asyncio.run(scenario())
     assert max(waited) < 1.9, waited
     assert _children() == set()
-
-
-def _fake_python(tmp_path, name: str, body: str) -> str:
-    """An executable that stands in for ``python -m serve_app.workers``: ``body`` runs with
-    ``stdin``/``stdout`` (binary) and ``frame(n)`` (the 8-byte length header) defined."""
-    script = tmp_path / name
-    script.write_text(
-        f"#!{sys.executable}\n"
-        "import sys, time\n"
-        "stdin, stdout = sys.stdin.buffer, sys.stdout.buffer\n"
-        "def frame(n):\n    return n.to_bytes(8, 'big')\n" + body
-    )
-    script.chmod(0o755)
-    return str(script)
 
 
 def test_a_helper_that_dies_midway_through_its_answer_is_a_dead_helper_and_not_reused(monkeypatch, tmp_path):

@@ -104,12 +104,12 @@ class ClusterMetrics:
     async def _merge(self, documents: list[str]) -> bytes:
         if not documents:
             return merge(documents)
+        size = sum(len(document) for document in documents)
         try:
             return await self._merger.call(
                 "serve_app.router.metrics_merge:merge", (documents,), MERGE_TIMEOUT_S
             )
         except TimeoutError:
-            size = sum(len(document) for document in documents)
             message = (
                 f"merging the metrics agents' text ({size} characters) took longer than"
                 f" {MERGE_TIMEOUT_S:g} s; retry later"
@@ -118,7 +118,6 @@ class ClusterMetrics:
             raise MetricsUnavailableError(message) from None
         except (OSError, ChildProcessError) as error:
             reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-            size = sum(len(document) for document in documents)
             if size > THREAD_MERGE_MAX_CHARS:
                 logger.warning(
                     "/metrics answered 503: merging in a helper process failed (%s), and the agents'"
